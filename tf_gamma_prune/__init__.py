@@ -1,0 +1,14 @@
+"""tf_gamma_prune: channel pruning for Keras 3 models.
+
+Train with :class:`GammaISTA` so that useless BatchNormalization channels reach
+exactly zero, remove them with ``prune_model`` and ship the result with
+``to_tflite``.
+
+This module only re-exports the public API; it never imports
+``tensorflow_model_optimization`` (that would switch the process to legacy
+Keras).
+"""
+
+__version__ = "0.1.0"
+
+# --- public API (one import line per module; keep sorted by module) ---
