@@ -1,0 +1,490 @@
+"""GammaISTA: a Keras optimizer wrapper that soft-thresholds BatchNormalization γ.
+
+After the wrapped optimizer's update, every penalised γ takes the proximal (ISTA)
+step of Ye et al. 2018::
+
+    γ ← sign(γ) · max(|γ| − η_t · ρ · λ_l, 0)
+
+with ``η_t`` the inner optimizer's learning rate at that step, ``ρ`` the global
+strength and ``λ_l`` the per-layer penalty (see :func:`gamma_penalties`). Unlike
+an L1 subgradient this gives channels whose γ is **exactly** zero.
+
+Example:
+
+>>> import keras
+>>> from tf_gamma_prune import GammaISTA
+>>> model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(4, 3),
+...     keras.layers.BatchNormalization(), keras.layers.ReLU(),
+...     keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(2)])
+>>> model.compile(optimizer=GammaISTA(keras.optimizers.SGD(0.1), rho=0.5),
+...               loss="mse")
+>>> _ = model.fit(keras.random.normal((16, 8, 8, 1)), keras.ops.zeros((16, 2)),
+...               epochs=1, verbose=0)
+
+γ slots. With the default ``gamma_step="inner"`` γ is updated by the inner
+optimizer like any weight, then shrunk; wherever the shrink leaves γ at zero, the
+inner optimizer's zero-initialised slots for that entry (SGD momentum, Adam's
+moments, ...) are reset to zero (``reset_slots=True``). With SGD (with or without
+momentum) a γ at zero therefore stays exactly zero as long as its data gradient
+satisfies ``|g| ≤ ρ·λ_l`` — the fixed-point condition of the proximal step — and
+stale momentum cannot push it out. With ``gamma_step="sgd"`` γ is left out of the
+inner optimizer and takes a plain proximal-gradient step ``prox(γ − η_t·g)``:
+exact ISTA whatever the inner optimizer is (recommended with Adam/RMSprop, whose
+scale-free steps make the threshold a heuristic; inner gradient clipping then does
+not apply to γ).
+
+Mixed precision: Keras wraps the optimizer in ``LossScaleOptimizer`` itself when the
+dtype policy is ``mixed_float16``; put ``LossScaleOptimizer`` *outside* GammaISTA
+when doing it by hand, so that skipped (non-finite) steps skip the shrink too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import math
+from typing import Any, Mapping, Sequence
+
+import keras
+
+from tf_gamma_prune.batchnorm import (
+    NoBatchNormError,
+    batchnorm_layers,
+    check_finite_gammas,
+    resolve_layer_name,
+)
+
+_GAMMA_STEPS = ("inner", "sgd")
+
+
+@dataclasses.dataclass(eq=False)
+class _Target:
+    """One penalised γ variable and what the shrink needs to know about it."""
+
+    name: str
+    variable: Any
+    penalty: float
+    slots: list = dataclasses.field(default_factory=list)
+
+
+class _State:
+    """Python-side state of a GammaISTA, hidden from Keras' variable tracking."""
+
+    def __init__(self, explicit_gammas: list):
+        self.explicit_gammas = explicit_gammas
+        self.model: keras.Model | None = None
+        self.targets: list[_Target] = []
+        self.gamma_ids: set[int] = set()
+
+
+@keras.saving.register_keras_serializable(package="tf_gamma_prune")
+class GammaISTA(keras.optimizers.Optimizer):
+    """Wrap a Keras optimizer and add an ISTA step on BatchNormalization γ.
+
+    Args:
+        inner_optimizer: any ``keras.optimizers.Optimizer`` (SGD with or without
+            momentum, Adam, AdamW, RMSprop, ...). Learning rate, iterations and
+            slots are the inner optimizer's.
+        rho: global penalty strength ρ: a float (settable later via ``.rho``), or a
+            ``keras.optimizers.schedules.LearningRateSchedule`` evaluated at
+            ``iterations`` (e.g. ``PiecewiseConstantDecay`` for a warm-up ρ).
+        penalties: per-layer λ_l. ``None``: 1.0 for every γ. A mapping from layer
+            name (qualified ``"backbone/bn"`` or a unique bare name) to λ, e.g.
+            the result of :func:`gamma_penalties`; layers it does not name get
+            ``default_penalty``.
+        exclude: layer names whose γ is left alone (same naming as ``penalties``).
+        gamma_variables: explicit γ variables (or their ``.path`` strings) for
+            custom layers or custom training loops; replaces automatic discovery.
+            ``penalties`` may then be keyed by variable path.
+        gamma_step: ``"inner"`` or ``"sgd"``; see the module docstring.
+        reset_slots: with ``gamma_step="inner"``, zero the inner optimizer's
+            zero-initialised slots wherever γ ends a step at zero.
+        default_penalty: λ for γ not named in ``penalties``.
+        name: optimizer name.
+
+    γ discovery: when Keras builds the optimizer (``fit``, ``load_model``, ...)
+    GammaISTA finds the model doing the building and takes every
+    ``BatchNormalization`` γ in it, nested models included. In a custom training
+    loop call ``optimizer.attach(model)`` before the first ``apply_gradients``, or
+    pass ``gamma_variables=`` (e.g. ``[bn.gamma for _, bn in
+    batchnorm_layers(model)]``).
+    """
+
+    def __init__(
+        self,
+        inner_optimizer: keras.optimizers.Optimizer,
+        rho: float | keras.optimizers.schedules.LearningRateSchedule = 1e-4,
+        penalties: Mapping[str, float] | None = None,
+        exclude: Sequence[str] = (),
+        gamma_variables: Sequence[Any] | None = None,
+        gamma_step: str = "inner",
+        reset_slots: bool = True,
+        default_penalty: float = 1.0,
+        name: str | None = None,
+        **kwargs: Any,
+    ):
+        if kwargs:
+            raise ValueError(
+                f"GammaISTA does not take {sorted(kwargs)}; set them on the inner "
+                "optimizer (e.g. SGD(..., weight_decay=...))."
+            )
+        if not isinstance(inner_optimizer, keras.optimizers.Optimizer):
+            raise TypeError(
+                "GammaISTA wraps a Keras 3 optimizer instance, e.g. "
+                f"GammaISTA(keras.optimizers.SGD(0.05)); got {inner_optimizer!r}."
+            )
+        if getattr(inner_optimizer, "gradient_accumulation_steps", None):
+            raise ValueError(
+                "Gradient accumulation on the inner optimizer is not supported: the "
+                "γ shrink would run on every micro-step. Use a larger batch instead."
+            )
+        if gamma_step not in _GAMMA_STEPS:
+            raise ValueError(f"gamma_step must be one of {_GAMMA_STEPS}, got {gamma_step!r}.")
+        super().__init__(learning_rate=0.0, name=name or "gamma_ista")
+        self.inner_optimizer = inner_optimizer
+        self.penalties = _validated_penalties(penalties)
+        self.exclude = tuple(exclude)
+        self.gamma_step = gamma_step
+        self.reset_slots = bool(reset_slots)
+        self.default_penalty = _validated_penalty("default_penalty", default_penalty)
+        self.gamma_variable_paths = (
+            None
+            if gamma_variables is None
+            else tuple(v if isinstance(v, str) else v.path for v in gamma_variables)
+        )
+        # Plain containers of variables would be picked up by Keras' attribute
+        # tracking and saved as optimizer state; keep them in an untracked holder.
+        self._state = _State(
+            explicit_gammas=[]
+            if gamma_variables is None
+            else [v for v in gamma_variables if not isinstance(v, str)]
+        )
+        if isinstance(rho, keras.optimizers.schedules.LearningRateSchedule):
+            self._rho_schedule = rho
+        else:
+            self._rho_schedule = None
+            rho = _validated_penalty("rho", rho)
+            with keras.name_scope(self.name, caller=self):
+                rho_variable = keras.Variable(
+                    rho, name="rho", dtype="float32", trainable=False,
+                    aggregation="only_first_replica",
+                )
+            self._track_variable(rho_variable)
+            self._rho = rho_variable
+
+    # ------------------------------------------------------------------ model
+    def attach(self, model: keras.Model) -> "GammaISTA":
+        """Use ``model``'s BatchNormalization layers for γ discovery.
+
+        Only needed in custom training loops that call ``apply_gradients`` without
+        ``model.fit``; returns ``self``.
+        """
+        self._state.model = model
+        return self
+
+    # ------------------------------------------------------------ delegation
+    @property
+    def learning_rate(self):
+        return self.inner_optimizer.learning_rate
+
+    @learning_rate.setter
+    def learning_rate(self, learning_rate):
+        self.inner_optimizer.learning_rate = learning_rate
+
+    @property
+    def iterations(self):
+        return self.inner_optimizer.iterations
+
+    @property
+    def variables(self):
+        return self._variables + self.inner_optimizer.variables
+
+    @property
+    def rho(self):
+        """Current ρ (a tensor when ρ is a schedule)."""
+        if self._rho_schedule is not None:
+            return self._rho_schedule(self.iterations)
+        return self._rho
+
+    @rho.setter
+    def rho(self, value: float) -> None:
+        if self._rho_schedule is not None:
+            raise ValueError("ρ is a schedule here; build a new GammaISTA to change it.")
+        self._rho.assign(_validated_penalty("rho", value))
+
+    @property
+    def targets(self) -> list[tuple[str, Any, float]]:
+        """``(layer_name, γ variable, λ)`` of every penalised γ (after build)."""
+        return [(t.name, t.variable, t.penalty) for t in self._state.targets]
+
+    def scale_loss(self, loss):
+        return self.inner_optimizer.scale_loss(loss)
+
+    def finalize_variable_values(self, var_list):
+        self.inner_optimizer.finalize_variable_values(var_list)
+
+    # ------------------------------------------------------------------ build
+    def build(self, var_list):
+        var_list = list(var_list)
+        targets = self._find_targets(var_list)
+        target_keys = {id(t.variable) for t in targets}
+        self._exclude_gammas_from_weight_decay([t.variable for t in targets])
+        if self.gamma_step == "sgd":
+            inner_vars = [v for v in var_list if id(v) not in target_keys]
+        else:
+            inner_vars = var_list
+        slots = _record_slots(self.inner_optimizer, inner_vars)
+        for t in targets:
+            t.slots = [s for s, zeros in slots.get(id(t.variable), []) if zeros]
+        self._state.targets = targets
+        self._state.gamma_ids = target_keys
+        super().build(var_list)
+
+    def _find_targets(self, var_list: list) -> list[_Target]:
+        by_id = {id(v): v for v in var_list}
+        if self.gamma_variable_paths is not None:
+            return self._explicit_targets(var_list)
+        model = self._state.model or _calling_model(var_list)
+        if model is None:
+            raise RuntimeError(
+                "GammaISTA could not tell which variables are BatchNormalization γ: "
+                "it was built outside model.fit/compile. Call "
+                "`optimizer.attach(model)` first, or pass "
+                "`gamma_variables=[bn.gamma for bn in ...]`."
+            )
+        named = [(n, l) for n, l in batchnorm_layers(model) if id(l.gamma) in by_id]
+        if not named:
+            raise NoBatchNormError(
+                f"Model '{model.name}' has no trainable BatchNormalization γ, so "
+                "GammaISTA would sparsify nothing. Add BatchNormalization after the "
+                "conv/dense layers you want to prune, or use the plain optimizer."
+            )
+        check_finite_gammas(named)
+        names = [n for n, _ in named]
+        penalties = {resolve_layer_name(k, names): v for k, v in self.penalties.items()}
+        excluded = {resolve_layer_name(k, names) for k in self.exclude}
+        return [
+            _Target(n, layer.gamma, penalties.get(n, self.default_penalty))
+            for n, layer in named
+            if n not in excluded and penalties.get(n, self.default_penalty) > 0
+        ]
+
+    def _explicit_targets(self, var_list: list) -> list[_Target]:
+        explicit = {id(v) for v in self._state.explicit_gammas}
+        paths = set(self.gamma_variable_paths)
+        chosen = [v for v in var_list if id(v) in explicit or v.path in paths]
+        found = {v.path for v in chosen}
+        missing = sorted(p for p in paths if p not in found)
+        if missing:
+            raise ValueError(
+                f"gamma_variables {missing} are not among the trainable variables. "
+                f"Valid paths include: {', '.join(v.path for v in var_list[:20])} ..."
+            )
+        known = {v.path for v in chosen}
+        unknown = sorted(set(self.penalties) - known)
+        if unknown:
+            raise ValueError(
+                f"penalties name {unknown}, which are not in gamma_variables "
+                f"({sorted(known)}). With gamma_variables, key penalties by variable path."
+            )
+        return [
+            _Target(v.path, v, self.penalties.get(v.path, self.default_penalty))
+            for v in chosen
+            if v.path not in self.exclude
+        ]
+
+    def _exclude_gammas_from_weight_decay(self, gammas: list) -> None:
+        inner = self.inner_optimizer
+        keys = getattr(inner, "_exclude_from_weight_decay", None) or set()
+        inner._exclude_from_weight_decay = set(keys) | {inner._var_key(v) for v in gammas}
+        inner._exclude_from_weight_decay_cache = {}
+
+    # ------------------------------------------------------------------ apply
+    def apply(self, grads, trainable_variables=None):
+        if len(grads) == 0:
+            return
+        if not self.built:
+            if trainable_variables is None:
+                raise ValueError(
+                    "Build the optimizer first (optimizer.build(variables)) or pass "
+                    "trainable_variables."
+                )
+            with keras.name_scope(self.name, caller=self):
+                self.build(trainable_variables)
+            self.built = True
+        if trainable_variables is None:
+            trainable_variables = self._trainable_variables
+        trainable_variables = list(trainable_variables)
+        learning_rate = self.inner_optimizer.learning_rate  # η_t before the step
+        rho = self.rho
+        if self.gamma_step == "inner":
+            self.inner_optimizer.apply(grads, trainable_variables)
+            gamma_grads = None
+        else:
+            own = [(g, v) for g, v in zip(grads, trainable_variables) if id(v) in self._state.gamma_ids]
+            rest = [(g, v) for g, v in zip(grads, trainable_variables) if id(v) not in self._state.gamma_ids]
+            if rest:
+                self.inner_optimizer.apply([g for g, _ in rest], [v for _, v in rest])
+            gamma_grads = {id(v): g for g, v in own}
+        self._shrink_gammas(learning_rate, rho, gamma_grads)
+
+    def _shrink_gammas(self, learning_rate, rho, gamma_grads) -> None:
+        jobs = []
+        for t in self._state.targets:
+            grad = None if gamma_grads is None else gamma_grads.get(id(t.variable))
+            if gamma_grads is not None and grad is None:
+                grad = keras.ops.zeros_like(t.variable)
+            threshold = keras.ops.cast(learning_rate * rho * t.penalty, t.variable.dtype)
+            jobs.append((t, threshold, grad))
+        if keras.backend.backend() == "tensorflow":
+            _tf_shrink(self, jobs, learning_rate)
+        else:
+            for t, threshold, grad in jobs:
+                _shrink_variable(t.variable, threshold, grad, learning_rate, *t.slots)
+
+    # ---------------------------------------------------------- serialization
+    def get_config(self):
+        rho = (
+            keras.saving.serialize_keras_object(self._rho_schedule)
+            if self._rho_schedule is not None
+            else float(keras.ops.convert_to_numpy(self._rho))
+        )
+        return {
+            "name": self.name,
+            "inner_optimizer": keras.saving.serialize_keras_object(self.inner_optimizer),
+            "rho": rho,
+            "penalties": dict(self.penalties),
+            "exclude": list(self.exclude),
+            "gamma_variables": (
+                None if self.gamma_variable_paths is None else list(self.gamma_variable_paths)
+            ),
+            "gamma_step": self.gamma_step,
+            "reset_slots": self.reset_slots,
+            "default_penalty": self.default_penalty,
+        }
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        inner = keras.saving.deserialize_keras_object(
+            config.pop("inner_optimizer"), custom_objects=custom_objects
+        )
+        rho = config.pop("rho")
+        if isinstance(rho, dict):
+            rho = keras.saving.deserialize_keras_object(rho, custom_objects=custom_objects)
+        return cls(inner, rho=rho, **config)
+
+
+# ---------------------------------------------------------------- helpers
+def _validated_penalty(what: str, value: Any) -> float:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{what} must be a number, got {value!r}.") from None
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{what} must be finite and ≥ 0, got {value}.")
+    return value
+
+
+def _validated_penalties(penalties: Mapping[str, float] | None) -> dict[str, float]:
+    if penalties is None:
+        return {}
+    if not isinstance(penalties, Mapping):
+        raise TypeError(
+            "penalties must map layer names to λ, e.g. gamma_penalties(model); "
+            f"got {type(penalties).__name__}."
+        )
+    return {str(k): _validated_penalty(f"penalties['{k}']", v) for k, v in penalties.items()}
+
+
+def _calling_model(var_list: list) -> keras.Model | None:
+    """The ``keras.Model`` up the call stack whose variables these are.
+
+    Keras builds optimizers from model methods (``fit``'s symbolic build, the
+    train step, ``compile_from_config`` when loading); the model is that
+    method's ``self``.
+    """
+    wanted = {id(v) for v in var_list}
+    frame = inspect.currentframe()
+    try:
+        depth = 0
+        while frame is not None and depth < 80:
+            candidate = frame.f_locals.get("self")
+            if isinstance(candidate, keras.Model):
+                ids = {id(v) for v in candidate.trainable_variables}
+                if wanted and wanted <= ids:
+                    return candidate
+            frame = frame.f_back
+            depth += 1
+    finally:
+        del frame
+    return None
+
+
+def _record_slots(inner: keras.optimizers.Optimizer, var_list: list) -> dict[int, list]:
+    """Build ``inner`` on ``var_list`` and map each variable to its slot variables.
+
+    Returns ``{id(model_variable): [(slot, initialised_with_zeros), ...]}``.
+    Slots are recorded by intercepting ``add_variable_from_reference`` during the
+    build, which every Keras optimizer uses for per-variable state.
+    """
+    slots: dict[int, list] = {}
+    original = inner.add_variable_from_reference
+
+    def recording(reference_variable, name=None, initializer="zeros"):
+        slot = original(reference_variable, name=name, initializer=initializer)
+        zeros = isinstance(initializer, str) and initializer == "zeros"
+        slots.setdefault(id(reference_variable), []).append((slot, zeros))
+        return slot
+
+    inner.add_variable_from_reference = recording
+    try:
+        with keras.name_scope(inner.name, caller=inner):
+            inner.build(var_list)
+    finally:
+        del inner.add_variable_from_reference  # back to the class method
+    return slots
+
+
+def _shrink_variable(gamma, threshold, grad, learning_rate, *slots) -> None:
+    """γ ← soft_threshold(γ [− η·g], threshold); zero the slots where γ is 0."""
+    ops = keras.ops
+    value = gamma if grad is None else gamma - ops.cast(learning_rate, gamma.dtype) * grad
+    value = ops.convert_to_tensor(value)
+    # sign(v)·max(|v| − t, 0), written so that the sign is taken *before* the
+    # shrink and zeros come out as +0.0.
+    shrunk = ops.where(
+        ops.abs(value) > threshold, value - ops.sign(value) * threshold, ops.zeros_like(value)
+    )
+    gamma.assign(shrunk)
+    if slots:
+        is_zero = ops.equal(shrunk, 0.0)
+        for slot in slots:
+            slot.assign(ops.where(is_zero, ops.zeros_like(slot), slot))
+
+
+def _tf_shrink(optimizer: GammaISTA, jobs: list, learning_rate) -> None:
+    """Run the shrink through tf.distribute like the Keras TF optimizer does."""
+    import tensorflow as tf
+
+    grads_and_vars = [(g, t.variable.value) for t, _, g in jobs if g is not None]
+    if grads_and_vars:
+        reduced = optimizer._all_reduce_sum_gradients(grads_and_vars)
+        reduced_iter = iter(g for g, _ in reduced)
+        jobs = [(t, thr, next(reduced_iter) if g is not None else None) for t, thr, g in jobs]
+
+    def cross_replica(distribution, jobs, learning_rate):
+        for t, threshold, grad in jobs:
+            def update(gamma, threshold, grad, learning_rate, *slots):
+                _shrink_variable(gamma, threshold, grad, learning_rate, *slots)
+
+            distribution.extended.update(
+                t.variable.value,
+                update,
+                args=(threshold, grad, learning_rate, *[s.value for s in t.slots]),
+                group=False,
+            )
+
+    tf.__internal__.distribute.interim.maybe_merge_call(
+        cross_replica, optimizer._distribution_strategy, jobs, learning_rate
+    )
