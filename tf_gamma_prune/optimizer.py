@@ -234,8 +234,9 @@ class GammaISTA(keras.optimizers.Optimizer):
         else:
             inner_vars = var_list
         slots = _record_slots(self.inner_optimizer, inner_vars)
-        for t in targets:
-            t.slots = [s for s, zeros in slots.get(id(t.variable), []) if zeros]
+        if self.reset_slots:
+            for t in targets:
+                t.slots = [s for s, zeros in slots.get(id(t.variable), []) if zeros]
         self._state.targets = targets
         self._state.gamma_ids = target_keys
         super().build(var_list)
