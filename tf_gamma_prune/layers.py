@@ -1,0 +1,71 @@
+"""Custom Keras layers used by pruned models (all serializable).
+
+:class:`BorderCorrection` adds a fixed map to its input. ``prune_model`` inserts
+it after a convolution whose folded constant input is not uniform over space —
+with zero padding the border positions of a ``'same'`` convolution see fewer
+constant taps than the interior ones, so a plain bias fold is off at the
+borders. The layer holds the exact per-position difference, is a plain ``Add``
+of a constant in TFLite, and is never trained.
+
+Example:
+
+>>> import numpy as np
+>>> layer = BorderCorrection(np.ones((2, 2, 3), "float32"))
+>>> out = layer(np.zeros((1, 2, 2, 3), "float32"))
+>>> float(np.asarray(out).sum())
+12.0
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+import numpy as np
+
+
+@keras.saving.register_keras_serializable(package="tf_gamma_prune")
+class BorderCorrection(keras.layers.Layer):
+    """Adds a fixed (non-trainable) map to its input: ``y = x + correction``.
+
+    Args:
+        correction: the map to add, shape ``(H, W, C)`` for a 2-D feature map
+            (any shape that broadcasts against the input without its batch axis).
+            Can be omitted when ``shape`` is given (the values then come from a
+            saved model's weights).
+        shape: the map's shape, used when ``correction`` is omitted.
+    """
+
+    def __init__(
+        self,
+        correction: Any = None,
+        shape: tuple[int, ...] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if correction is None and shape is None:
+            raise ValueError("BorderCorrection needs `correction` or `shape`.")
+        self._initial = None if correction is None else np.asarray(correction)
+        self.map_shape = tuple(int(d) for d in (
+            shape if shape is not None else self._initial.shape
+        ))
+        self.correction = self.add_weight(
+            name="correction",
+            shape=self.map_shape,
+            initializer="zeros",
+            trainable=False,
+        )
+        if self._initial is not None:
+            self.correction.assign(self._initial.astype(self.correction.dtype))
+        self.built = True
+
+    def call(self, inputs: Any) -> Any:
+        return keras.ops.add(inputs, keras.ops.cast(self.correction, inputs.dtype))
+
+    def compute_output_shape(self, input_shape: tuple) -> tuple:
+        return input_shape
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config["shape"] = list(self.map_shape)
+        return config
