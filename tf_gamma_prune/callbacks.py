@@ -135,6 +135,13 @@ class SparsityMonitor(keras.callbacks.Callback):
         import tensorflow as tf
 
         if self._writer is None:
+            try:
+                import tensorboard  # noqa: F401 - tf.summary needs it for histograms
+            except ImportError:
+                raise ImportError(
+                    "SparsityMonitor(log_dir=...) writes TensorBoard summaries: "
+                    "`pip install tensorboard` (or tf-gamma-prune[tensorboard])."
+                ) from None
             self._writer = tf.summary.create_file_writer(self.log_dir)
         with self._writer.as_default(step=epoch):
             for name, layer in batchnorm_layers(self.model):

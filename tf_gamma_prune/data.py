@@ -146,10 +146,15 @@ def load_tfds_arrays(
 
     out = []
     for split in splits:
-        ds = tfds.load(name, split=split, as_supervised=True, batch_size=-1,
-                       data_dir=data_dir, download=download)
-        images, labels = tfds.as_numpy(ds)
-        out.append((images, labels))
+        ds = tfds.load(name, split=split, as_supervised=True, data_dir=data_dir,
+                       download=download)
+        # Batches of 1024 rather than batch_size=-1: the latter aborts the process
+        # under tfds' mock data (TF 2.21).
+        images, labels = [], []
+        for x, y in tfds.as_numpy(ds.batch(1024)):
+            images.append(x)
+            labels.append(y)
+        out.append((np.concatenate(images), np.concatenate(labels)))
     return out
 
 

@@ -1,0 +1,86 @@
+"""Data module: IDX parsing against the real Debian files, errors, the tfds path."""
+
+import gzip
+import struct
+
+import numpy as np
+import pytest
+
+from tf_gamma_prune.data import (
+    DEBIAN_FASHION_MNIST, CorruptDatasetError, DatasetNotFoundError, load_fashion_mnist,
+    load_tfds_arrays, make_dataset, read_idx,
+)
+
+needs_fashion_mnist = pytest.mark.skipif(
+    not DEBIAN_FASHION_MNIST.exists(),
+    reason="Debian package dataset-fashion-mnist not installed (the README's setup installs it)",
+)
+
+
+def write_idx(path, array):
+    header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+def test_read_idx_round_trip_and_corruption(tmp_path):
+    array = np.arange(24, dtype=np.uint8).reshape(2, 3, 4)
+    write_idx(tmp_path / "a.gz", array)
+    np.testing.assert_array_equal(read_idx(tmp_path / "a.gz"), array)
+    raw = gzip.open(tmp_path / "a.gz").read()
+    with gzip.open(tmp_path / "truncated.gz", "wb") as f:
+        f.write(raw[:-5])
+    with pytest.raises(CorruptDatasetError, match="truncated"):
+        read_idx(tmp_path / "truncated.gz")
+    (tmp_path / "junk").write_bytes(b"\x12\x34\x56\x78rest")
+    with pytest.raises(CorruptDatasetError, match="magic"):
+        read_idx(tmp_path / "junk")
+
+
+@needs_fashion_mnist
+def test_real_fashion_mnist_shapes_and_known_labels():
+    (x, y), (xt, yt) = load_fashion_mnist()
+    assert x.shape == (60000, 28, 28, 1) and xt.shape == (10000, 28, 28, 1)
+    assert x.dtype == np.float32 and 0.0 <= x.min() and x.max() <= 1.0
+    # First labels of the official files (ankle boot, T-shirt, T-shirt, dress, ...).
+    assert y[:6].tolist() == [9, 0, 0, 3, 0, 2]
+    assert yt[:6].tolist() == [9, 2, 1, 1, 6, 1]
+    assert np.bincount(y).tolist() == [6000] * 10
+
+
+def test_missing_dataset_says_how_to_get_it(tmp_path, monkeypatch):
+    monkeypatch.setattr("tf_gamma_prune.data.DEBIAN_FASHION_MNIST", tmp_path / "absent")
+    monkeypatch.delenv("FASHION_MNIST_DIR", raising=False)
+    with pytest.raises(DatasetNotFoundError, match="apt-get install dataset-fashion-mnist"):
+        load_fashion_mnist(directory=tmp_path, use_tfds=False)
+
+
+def test_directory_argument_is_used(tmp_path):
+    images = np.random.default_rng(0).integers(0, 255, (5, 28, 28)).astype(np.uint8)
+    labels = np.array([1, 2, 3, 4, 5], np.uint8)
+    for split, n in (("train", 5), ("t10k", 5)):
+        write_idx(tmp_path / f"{split}-images-idx3-ubyte.gz", images[:n])
+        write_idx(tmp_path / f"{split}-labels-idx1-ubyte.gz", labels[:n])
+    (x, y), _ = load_fashion_mnist(directory=tmp_path, use_tfds=False)
+    np.testing.assert_allclose(x[..., 0], images / 255.0, rtol=1e-6)
+    assert y.tolist() == labels.tolist()
+
+
+def test_tfds_path_with_mock_data():
+    import tensorflow_datasets as tfds
+
+    with tfds.testing.mock_data(num_examples=6):
+        (train, test) = load_tfds_arrays("cifar10", splits=("train", "test"))
+    assert train[0].shape == (6, 32, 32, 3) and train[1].shape == (6,)
+    assert test[0].shape[1:] == (32, 32, 3)
+
+
+def test_pipeline_batches_and_augmentation_keeps_shapes():
+    x = np.random.default_rng(0).random((10, 28, 28, 1)).astype("float32")
+    y = np.arange(10)
+    batches = list(make_dataset(x, y, batch_size=4, shuffle=True, augment="pad_crop_flip", seed=1))
+    assert [b[0].shape[0] for b in batches] == [4, 4, 2]
+    assert batches[0][0].shape[1:] == (28, 28, 1)
+    assert sorted(np.concatenate([b[1].numpy() for b in batches]).tolist()) == list(range(10))
+    with pytest.raises(ValueError, match="augment"):
+        make_dataset(x, y, augment="rotate")
