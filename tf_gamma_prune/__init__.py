@@ -14,6 +14,7 @@ __version__ = "0.1.0"
 # --- public API (one import line per module; keep sorted by module) ---
 from tf_gamma_prune.batchnorm import NoBatchNormError, NonFiniteGammaError, batchnorm_layers
 from tf_gamma_prune.callbacks import SparsityMonitor, gamma_sparsity, sparsity_summary
+from tf_gamma_prune.export import ExportError, check_parity, gpu_compatibility, to_tflite, builtin_op_names, benchmark_latency, compare_latency
 from tf_gamma_prune.layer_graph import UnsupportedModelError, layer_graph
 from tf_gamma_prune.optimizer import GammaISTA
 from tf_gamma_prune.penalties import InexactRescaleError, gamma_penalties, rescale_gamma
