@@ -18,3 +18,8 @@ from tf_gamma_prune.export import ExportError, check_parity, gpu_compatibility, 
 from tf_gamma_prune.layer_graph import UnsupportedModelError, layer_graph
 from tf_gamma_prune.optimizer import GammaISTA
 from tf_gamma_prune.penalties import InexactRescaleError, gamma_penalties, rescale_gamma
+from tf_gamma_prune.flops import LayerCost, ModelCost, count_macs, model_cost  # noqa: E402,F401
+from tf_gamma_prune.graph import ChannelGraph, DynamicShapeError, SharedLayerError, UnsupportedLayerError, channel_graph, coupled_groups, register_layer_kind  # noqa: E402,F401
+from tf_gamma_prune.layers import BorderCorrection, ConstantFeature  # noqa: E402,F401
+from tf_gamma_prune.selection import RemovalPlan, SelectionError, plan_removal  # noqa: E402,F401
+from tf_gamma_prune.surgery import NonFiniteWeightError, PruneReport, prune_model  # noqa: E402,F401

@@ -131,9 +131,10 @@ def _builtin_kinds() -> dict[type, str]:
     put(RESHAPE, "Flatten", "Reshape", "Permute")
     put(OPAQUE, "Softmax", "LayerNormalization", "GroupNormalization",
         "UnitNormalization")
-    from tf_gamma_prune.layers import BorderCorrection
+    from tf_gamma_prune.layers import BorderCorrection, ConstantFeature
 
     kinds[BorderCorrection] = POINTWISE
+    kinds[ConstantFeature] = OPAQUE
     return kinds
 
 

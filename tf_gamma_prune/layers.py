@@ -69,3 +69,60 @@ class BorderCorrection(keras.layers.Layer):
         config = super().get_config()
         config["shape"] = list(self.map_shape)
         return config
+
+
+@keras.saving.register_keras_serializable(package="tf_gamma_prune")
+class ConstantFeature(keras.layers.Layer):
+    """Outputs a fixed feature map for every example: ``y[i] = value``.
+
+    ``prune_model`` puts it where a whole conv/dense layer became constant (all
+    of its input channels were constant and removed) but its output is still
+    needed, e.g. a residual branch whose every channel is constant. It reads a
+    model input only for the batch size.
+
+    Args:
+        value: the map, shape ``(H, W, C)`` (the output shape without batch).
+        shape: the map's shape, used when ``value`` is omitted (loading).
+
+    Example:
+
+    >>> import numpy as np
+    >>> layer = ConstantFeature(np.full((2, 2, 1), 3.0, "float32"))
+    >>> np.asarray(layer(np.zeros((4, 5), "float32"))).shape
+    (4, 2, 2, 1)
+    """
+
+    def __init__(
+        self,
+        value: Any = None,
+        shape: tuple[int, ...] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if value is None and shape is None:
+            raise ValueError("ConstantFeature needs `value` or `shape`.")
+        initial = None if value is None else np.asarray(value)
+        self.map_shape = tuple(int(d) for d in (
+            shape if shape is not None else initial.shape
+        ))
+        self.value = self.add_weight(
+            name="value", shape=self.map_shape, initializer="zeros", trainable=False
+        )
+        if initial is not None:
+            self.value.assign(initial.astype(self.value.dtype))
+        self.built = True
+
+    def call(self, inputs: Any) -> Any:
+        batch = keras.ops.shape(inputs)[0]
+        value = keras.ops.cast(self.value, self.compute_dtype)
+        return keras.ops.broadcast_to(
+            keras.ops.expand_dims(value, 0), (batch,) + self.map_shape
+        )
+
+    def compute_output_shape(self, input_shape: tuple) -> tuple:
+        return (input_shape[0],) + self.map_shape
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config["shape"] = list(self.map_shape)
+        return config

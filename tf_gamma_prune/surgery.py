@@ -1,0 +1,714 @@
+"""Rebuild a narrower model: remove channels, fold their constants downstream.
+
+:func:`prune_model` is the one user action: it analyses the model
+(:mod:`~tf_gamma_prune.graph`), decides what to remove
+(:mod:`~tf_gamma_prune.selection`) and rebuilds a **new** functional model —
+the input model is never modified.
+
+A removed channel disappears from its producer (conv filters, bias, BN slices,
+PReLU alphas...) and from every reader. Where a conv/dense layer read it, its
+value (a constant for γ = 0 channels) is folded in:
+
+* into the reader's bias: ``b += Σ_spatial W[..., k, :] · c_k``;
+* if the reader has no bias and feeds only a BatchNormalization, into that BN's
+  moving mean instead: ``moving_mean -= Σ_spatial W[..., k, :] · c_k`` (BN
+  computes ``x − mean``, so adding a constant to ``x`` is subtracting it from
+  the mean);
+* otherwise the reader gets a bias.
+
+With zero padding ('same' convs, ZeroPadding layers) the border positions of a
+reader see fewer constant taps than its interior. ``fold="exact"`` (default)
+then adds a :class:`~tf_gamma_prune.layers.BorderCorrection` holding the
+per-position difference, so the pruned model computes the same function;
+``fold="bias"`` is the paper's plain bias fold and the report states the
+measured deviation.
+
+Nested models are inlined: the pruned model is one flat functional model whose
+layers keep their names (a nested layer whose name clashes with another gets
+its qualified name with ``_`` for ``/``).
+
+Example:
+
+>>> import keras, numpy as np
+>>> x = keras.Input((8, 8, 3))
+>>> y = keras.layers.Conv2D(8, 3, padding="same", name="conv")(x)
+>>> y = keras.layers.BatchNormalization(name="bn")(y)
+>>> y = keras.layers.ReLU(name="relu")(y)
+>>> y = keras.layers.Conv2D(4, 3, padding="same", name="head")(y)
+>>> model = keras.Model(x, y)
+>>> bn = model.get_layer("bn")
+>>> _ = bn.gamma.assign(np.where(np.arange(8) < 3, 0.0, 1.0))
+>>> _ = bn.beta.assign(np.linspace(-1, 1, 8))
+>>> small, report = prune_model(model, return_report=True)
+>>> small.get_layer("conv").filters, report.max_rel_deviation < 1e-5
+(5, True)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping
+
+import keras
+import numpy as np
+
+from tf_gamma_prune.flops import model_cost
+from tf_gamma_prune.graph import (
+    CONCAT,
+    DEPTHWISE,
+    MIXING,
+    ChannelGraph,
+    Constants,
+    DynamicShapeError,
+    SharedLayerError,
+    UnsupportedLayerError,
+    _has_padding_effect,
+    activation_mixes_channels,
+    channel_graph,
+    linear_response,
+)
+from tf_gamma_prune.layer_graph import LayerCall, TensorId, functional_core
+from tf_gamma_prune.layers import BorderCorrection, ConstantFeature
+from tf_gamma_prune.selection import RemovalPlan, plan_removal
+
+L = keras.layers
+
+
+class NonFiniteWeightError(ValueError):
+    """A layer holds NaN or Inf weights; pruning would spread them."""
+
+
+@dataclasses.dataclass
+class PruneReport:
+    """What :func:`prune_model` did.
+
+    Attributes:
+        widths: per conv/dense/depthwise/BatchNormalization layer, output
+            channels ``(before, after)``.
+        params_before / params_after: parameter counts.
+        macs_before / macs_after: multiply-accumulates per example (``None``
+            for dynamic input shapes).
+        removed_constant: channel groups removed because they were constant.
+        removed_selected: channel groups removed because the selection asked.
+        border_corrections: layers that got a BorderCorrection (exact fold).
+        constant_layers: layers replaced by their constant output.
+        fold: ``"exact"`` or ``"bias"``.
+        max_abs_deviation / max_rel_deviation: largest output difference from
+            the original on the probe batch (relative to the largest |output|);
+            ``None`` without a probe.
+        notes: other decisions and approximations.
+    """
+
+    widths: dict[str, tuple[int, int]]
+    params_before: int
+    params_after: int
+    macs_before: int | None
+    macs_after: int | None
+    removed_constant: int
+    removed_selected: int
+    border_corrections: list[str]
+    constant_layers: list[str]
+    fold: str
+    max_abs_deviation: float | None = None
+    max_rel_deviation: float | None = None
+    notes: list[str] = dataclasses.field(default_factory=list)
+
+    def summary(self) -> str:
+        """A short human-readable summary."""
+        lines = [
+            f"params {self.params_before:,} -> {self.params_after:,}"
+            f" ({self.params_after / max(self.params_before, 1):.1%})",
+        ]
+        if self.macs_before is not None and self.macs_after is not None:
+            lines.append(
+                f"MACs {self.macs_before:,} -> {self.macs_after:,}"
+                f" ({self.macs_after / max(self.macs_before, 1):.1%})"
+            )
+        lines.append(
+            f"removed {self.removed_constant} constant and {self.removed_selected} "
+            f"selected channel groups; fold={self.fold}"
+        )
+        if self.max_abs_deviation is not None:
+            lines.append(
+                f"probe deviation: max abs {self.max_abs_deviation:.3g}, "
+                f"max rel {self.max_rel_deviation:.3g}"
+            )
+        changed = [f"  {n}: {a} -> {b}" for n, (a, b) in self.widths.items() if a != b]
+        if changed:
+            lines.append("widths:")
+            lines.extend(changed)
+        lines.extend(f"note: {n}" for n in self.notes)
+        return "\n".join(lines)
+
+
+def prune_model(
+    model: keras.Model,
+    selection: Mapping[str, Any] | None = None,
+    *,
+    fold: str = "exact",
+    remove_constant: bool = True,
+    round_to: int = 1,
+    calibration_data: Any = None,
+    probe: bool = True,
+    probe_inputs: Any = None,
+    return_report: bool = False,
+) -> keras.Model | tuple[keras.Model, PruneReport]:
+    """Remove channels from a BatchNormalization-based Keras model.
+
+    By default every channel that is constant (BatchNormalization γ exactly 0,
+    and whatever that makes constant downstream) and can be removed exactly is
+    removed; tied channels (residual adds, depthwise convs...) go only where
+    they are constant in every member.
+
+    Args:
+        model: a functional or Sequential Keras 3 model (nested models are
+            inlined). Not modified.
+        selection: optional explicit channels to keep, ``{layer_name: keep}``
+            with ``keep`` a boolean mask or a list of indices over that layer's
+            output channels (see :mod:`tf_gamma_prune.selection`). Removed
+            non-constant channels are dropped (treated as 0) unless
+            ``calibration_data`` is given.
+        fold: ``"exact"`` (default) folds constants exactly, adding fixed
+            border-correction maps where zero padding requires them (needs
+            static spatial shapes); ``"bias"`` is the paper's plain bias fold.
+        remove_constant: remove the exactly removable constant channels (on by
+            default, also with a selection).
+        round_to: keep conv/dense widths at multiples of this; the extra kept
+            channels are those with the largest |γ|.
+        calibration_data: a batch of model inputs; removed non-constant
+            channels are then replaced by their mean activation over it
+            (folded like constants).
+        probe: measure the output deviation from ``model`` on a random batch
+            (inference mode) and put it in the report.
+        probe_inputs: the batch to probe with instead of random inputs.
+        return_report: return ``(pruned_model, PruneReport)``.
+
+    Returns:
+        The pruned model, or ``(model, report)`` with ``return_report=True``.
+
+    Raises:
+        UnsupportedModelError / UnsupportedLayerError: subclassed models,
+            Lambda layers, unknown layer types (named in the message).
+        SharedLayerError: a shared layer whose uses would fold differently.
+        DynamicShapeError: exact folding needs a static spatial shape.
+        NonFiniteWeightError: NaN/Inf weights (the layer is named).
+        SelectionError: unknown layer names, masks of the wrong size,
+            selections removing every channel of a layer or pinned channels.
+    """
+    graph = channel_graph(model, fold=fold)
+    weights = _numpy_weights(graph)
+    plan = plan_removal(graph, selection, remove_constant=remove_constant,
+                        round_to=round_to)
+    means = {}
+    if calibration_data is not None and plan.selected.any():
+        means = _mean_activations(graph, calibration_data, plan)
+    rebuilder = _Rebuilder(graph, plan, weights, means)
+    pruned = rebuilder.build(model)
+    if not return_report:
+        return pruned
+    report = _report(model, pruned, graph, plan, rebuilder)
+    if probe:
+        _probe(model, pruned, report, probe_inputs)
+    return pruned, report
+
+
+# --- weights -------------------------------------------------------------------
+def _numpy_weights(graph: ChannelGraph) -> dict[int, dict[str, np.ndarray]]:
+    """Every layer's weights as numpy arrays by name; checks they are finite."""
+    out: dict[int, dict[str, np.ndarray]] = {}
+    for call in graph.graph.calls:
+        layer = call.layer
+        if id(layer) in out or not isinstance(layer, L.Layer):
+            continue
+        arrays = {}
+        for w in layer.weights:
+            arr = keras.ops.convert_to_numpy(w)
+            if np.issubdtype(arr.dtype, np.floating) and not np.all(np.isfinite(arr)):
+                raise NonFiniteWeightError(
+                    f"Layer '{call.name}' ({type(layer).__name__}) has non-finite "
+                    f"values (NaN/Inf) in its weight '{w.name}'. Training diverged or "
+                    "the weights are corrupt: reload a good checkpoint before pruning."
+                )
+            arrays[w.name] = arr
+        out[id(layer)] = arrays
+    return out
+
+
+# --- calibration means ----------------------------------------------------------
+def _mean_activations(graph: ChannelGraph, data: Any, plan: RemovalPlan) -> dict[TensorId, np.ndarray]:
+    """Per-channel mean (over batch and space) of every tensor a mixing layer
+    reads, on ``data``, computed by running the original layers eagerly."""
+    lg = graph.graph
+    wanted = {t for _, t in graph.fold_sites()}
+    inputs = keras.tree.flatten(data) if not isinstance(data, np.ndarray) else [data]
+    values: dict[TensorId, Any] = {
+        t: keras.ops.convert_to_tensor(v) for t, v in zip(lg.inputs, inputs)
+    }
+    remaining = {t: len(lg.consumers(t)) for t in values}
+    means: dict[TensorId, np.ndarray] = {}
+    for call in lg.calls:
+        args, kwargs = call.call_arguments(values)
+        if isinstance(call.layer, L.Layer) and _accepts_training(call.layer):
+            kwargs["training"] = False
+        outs = keras.tree.flatten(call.layer(*args, **kwargs))
+        for t, v in zip(call.outputs, outs):
+            values[t] = v
+            remaining[t] = len(lg.consumers(t))
+            if t in wanted:
+                arr = np.asarray(keras.ops.convert_to_numpy(v), np.float64)
+                means[t] = arr.reshape(-1, arr.shape[-1]).mean(axis=0)
+        for t in dict.fromkeys(call.inputs):
+            remaining[t] -= 1
+            if remaining[t] <= 0 and t not in lg.outputs:
+                values.pop(t, None)
+    return means
+
+
+def _accepts_training(layer: Any) -> bool:
+    import inspect
+
+    try:
+        return "training" in inspect.signature(layer.call).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+# --- rebuild ---------------------------------------------------------------------
+_EMPTY = object()  # value of a tensor whose every channel was removed
+
+
+class _Rebuilder:
+    def __init__(self, graph: ChannelGraph, plan: RemovalPlan,
+                 weights: dict[int, dict[str, np.ndarray]],
+                 means: dict[TensorId, np.ndarray]) -> None:
+        self.graph = graph
+        self.plan = plan
+        self.weights = weights
+        self.means = means
+        removed = plan.removed
+        self.keep = {t: np.flatnonzero(~removed[g]) for t, g in graph.channels.items()}
+        self.values: dict[TensorId, Any] = {}
+        self.new_layers: dict[int, Any] = {}
+        self.mean_shift: dict[int, np.ndarray] = {}
+        self.shared_bias: dict[int, np.ndarray] = {}
+        self.border_corrections: list[str] = []
+        self.constant_layers: list[str] = []
+        self.notes: list[str] = list(plan.notes) + list(graph.notes)
+        self.names = _LayerNames(graph)
+        self.bias_deviation = 0.0
+
+    # model --------------------------------------------------------------------
+    def build(self, model: keras.Model) -> keras.Model:
+        lg = self.graph.graph
+        core = functional_core(model)
+        new_inputs = []
+        for t, kt in zip(lg.inputs, core.inputs):
+            name = kt._keras_history.operation.name
+            inp = keras.Input(batch_shape=kt.shape, dtype=kt.dtype,
+                              sparse=kt.sparse, name=name)
+            new_inputs.append(inp)
+            self.values[t] = inp
+        self.first_input = new_inputs[0]
+        for call in lg.calls:
+            self.rebuild_call(call)
+        outputs = [self.values[t] for t in lg.outputs]
+        inputs = keras.tree.pack_sequence_as(core._inputs_struct, new_inputs)
+        outputs = keras.tree.pack_sequence_as(core._outputs_struct, outputs)
+        pruned = keras.Model(inputs, outputs, name=model.name)
+        if not model.trainable:
+            pruned.trainable = False
+        return pruned
+
+    def rebuild_call(self, call: LayerCall) -> None:
+        kind = self.graph.kinds[call]
+        if all(len(self.keep[t]) == 0 for t in call.outputs):
+            for t in call.outputs:
+                self.values[t] = _EMPTY
+            return
+        if kind == MIXING:
+            self.rebuild_mixing(call)
+            return
+        args, kwargs = call.call_arguments(self.values)
+        if kind == CONCAT:
+            parts = [v for v in args[0] if v is not _EMPTY]
+            if len(parts) == 1:
+                self.values[call.outputs[0]] = parts[0]
+                return
+            args = [parts] + list(args[1:])
+        layer = self.layer_for(call)
+        out = layer(*args, **kwargs)
+        for t, v in zip(call.outputs, keras.tree.flatten(out)):
+            self.values[t] = v
+        self.set_weights_once(call, layer)
+
+    # generic layers ---------------------------------------------------------------
+    def layer_for(self, call: LayerCall) -> Any:
+        old = call.layer
+        if id(old) in self.new_layers:
+            return self.new_layers[id(old)]
+        if not isinstance(old, L.Layer):  # a keras.ops operation node
+            try:
+                new = type(old).from_config(old.get_config())
+            except Exception:  # noqa: BLE001 - stateless: reusing it is harmless
+                new = old
+            self.new_layers[id(old)] = new
+            return new
+        config = old.get_config()
+        config["name"] = self.names.of(call)
+        self.adjust_config(call, config)
+        new = type(old).from_config(config)
+        self.new_layers[id(old)] = new
+        return new
+
+    def adjust_config(self, call: LayerCall, config: dict) -> None:
+        layer = call.layer
+        in_t, out_t = call.inputs[0], call.outputs[0]
+        keep_in = self.keep.get(in_t)
+        width_in = self.graph.width(in_t)
+        if isinstance(layer, L.Reshape):
+            target = list(config["target_shape"])
+            target[-1] = len(self.keep[out_t])
+            config["target_shape"] = tuple(target)
+        if isinstance(layer, BorderCorrection):
+            config["shape"] = list(layer.map_shape[:-1]) + [len(keep_in)]
+        if isinstance(layer, (L.Rescaling, L.Normalization)):
+            for key in ("scale", "offset", "mean", "variance"):
+                value = config.get(key)
+                if value is not None and np.size(value) == width_in and width_in > 1:
+                    config[key] = np.asarray(value).reshape(-1)[keep_in].tolist()
+
+    def set_weights_once(self, call: LayerCall, layer: Any) -> None:
+        if getattr(layer, "_tgp_weights_set", False) or not isinstance(layer, L.Layer):
+            return
+        layer._tgp_weights_set = True
+        old = self.weights[id(call.layer)]
+        if not old:
+            return
+        kind = self.graph.kinds[call]
+        in_t, out_t = call.inputs[0], call.outputs[0]
+        keep_in = self.keep[in_t]
+        width_in = self.graph.width(in_t)
+        new = {}
+        for name, arr in old.items():
+            if kind == DEPTHWISE:
+                arr = _slice_depthwise(name, arr, keep_in, call.layer.depth_multiplier)
+            elif len(keep_in) != width_in and arr.ndim >= 1 and arr.shape[-1] == width_in:
+                arr = arr[..., keep_in]
+            if name == "moving_mean" and id(call.layer) in self.mean_shift:
+                arr = arr - self.mean_shift[id(call.layer)][keep_in].astype(arr.dtype)
+            new[name] = arr
+        _assign(layer, new, call.name)
+
+    # conv / dense -----------------------------------------------------------------
+    def rebuild_mixing(self, call: LayerCall) -> None:
+        layer = call.layer
+        in_t, out_t = call.inputs[0], call.outputs[0]
+        keep_in, keep_out = self.keep[in_t], self.keep[out_t]
+        response = self.fold_response(call)
+        if len(keep_in) == 0:
+            self.replace_by_constant(call, response)
+            return
+        u, border = _split_response(response, self.graph.width(out_t))
+        u_out = u[keep_out]
+        border_out = None if border is None else border[0][..., keep_out]
+        if border_out is not None and self.graph.fold == "bias":
+            self.bias_deviation = max(self.bias_deviation, float(np.abs(border_out).max()))
+            border_out = None
+        x = self.values[in_t]
+        if id(layer) in self.new_layers:  # shared layer: second use
+            new = self.new_layers[id(layer)]
+            first = self.shared_bias[id(layer)]
+            if not np.allclose(first, u_out, rtol=1e-6, atol=1e-9):
+                raise SharedLayerError(
+                    f"Layer '{call.name}' is shared, and its uses read removed channels "
+                    "with different constants, so one folded bias cannot serve both. "
+                    "Give each use its own layer (unshare it) or keep those channels "
+                    "(exclude them from the selection / remove_constant=False)."
+                )
+            y = new(x)
+        else:
+            new, y = self.new_mixing_layer(call, x, u_out, split_activation=border_out is not None)
+        if border_out is not None:
+            name = self.names.fresh(f"{new.name}_border")
+            y = BorderCorrection(border_out, name=name, dtype=layer.dtype_policy)(y)
+            self.border_corrections.append(call.name)
+            if _activation_name(layer) != "linear":
+                act_name = self.names.fresh(f"{new.name}_activation")
+                y = L.Activation(layer.activation, name=act_name,
+                                 dtype=layer.dtype_policy)(y)
+        self.values[out_t] = y
+
+    def new_mixing_layer(self, call: LayerCall, x: Any, u_out: np.ndarray,
+                         split_activation: bool) -> tuple[Any, Any]:
+        layer = call.layer
+        in_t, out_t = call.inputs[0], call.outputs[0]
+        keep_in, keep_out = self.keep[in_t], self.keep[out_t]
+        config = layer.get_config()
+        config["name"] = self.names.of(call)
+        width_key = "units" if isinstance(layer, L.Dense) else "filters"
+        config[width_key] = len(keep_out)
+        old = self.weights[id(layer)]
+        bias = old.get("bias")
+        fold_needed = bool(np.any(u_out != 0))
+        shared = len(self.graph.graph.calls_of(layer)) > 1
+        bn = None if (bias is not None or not fold_needed or shared) else self.batchnorm_after(call)
+        if fold_needed and bias is None and bn is None:
+            config["use_bias"] = True
+            bias = np.zeros(self.graph.width(out_t), np.float32)
+        if split_activation:
+            config["activation"] = "linear"
+        new = type(layer).from_config(config)
+        self.new_layers[id(layer)] = new
+        y = new(x)
+        arrays = _slice_mixing(layer, old, keep_in, keep_out)
+        if bias is not None:
+            b = np.asarray(bias, np.float64)[keep_out] + (u_out if bn is None else 0.0)
+            arrays["bias"] = b
+        if bn is not None:
+            shift = np.zeros(self.graph.width(out_t))
+            shift[keep_out] = u_out
+            self.mean_shift[id(bn.layer)] = shift
+        _assign(new, arrays, call.name)
+        self.shared_bias[id(layer)] = u_out
+        return new, y
+
+    def batchnorm_after(self, call: LayerCall) -> LayerCall | None:
+        """The BatchNormalization that alone reads this bias-free layer, if any."""
+        lg = self.graph.graph
+        out_t = call.outputs[0]
+        if out_t in lg.outputs or _activation_name(call.layer) != "linear":
+            return None
+        readers = lg.consumers(out_t)
+        if len(readers) != 1 or not isinstance(readers[0].layer, L.BatchNormalization):
+            return None
+        if len(lg.calls_of(readers[0].layer)) != 1:
+            return None
+        return readers[0]
+
+    def fold_response(self, call: LayerCall) -> np.ndarray | None:
+        """The pre-activation, bias-free response of ``call`` to the values of
+        its removed input channels (constants, calibration means or 0)."""
+        in_t = call.inputs[0]
+        groups = self.graph.channels[in_t]
+        removed = self.plan.removed[groups]
+        if not removed.any():
+            return None
+        const = self.graph.constants.get(in_t)
+        rank = len(self.graph.graph.shape(in_t))
+        if const is not None:
+            value = np.where(removed & const.mask, const.value, 0.0)
+            fold_mask = removed & const.mask
+        else:
+            value = np.zeros((1,) * (rank - 1) + (len(groups),))
+            fold_mask = np.zeros(len(groups), bool)
+        mean = self.means.get(in_t)
+        if mean is not None:
+            extra = removed & ~fold_mask
+            value = value + np.where(extra, mean, 0.0)
+        if not np.any(value != 0):
+            return None
+        src = Constants(np.ones(len(groups), bool), value)
+        needs_map = not src.uniform or _has_padding_effect(call.layer)
+        if needs_map and src.uniform and self.graph.fold == "bias":
+            needs_map = False
+        if needs_map and src.uniform:
+            shape = self.graph.graph.shape(in_t)
+            if any(d is None for d in shape[1:]):
+                raise DynamicShapeError(
+                    f"Zero padding in '{call.name}': its input {shape} has no static "
+                    "spatial size, so the exact fold of the removed constant channels "
+                    "cannot be computed. Build the model with a static input shape or "
+                    "pass fold='bias'."
+                )
+            value = np.broadcast_to(value, (1,) + tuple(shape[1:])).copy()
+        return linear_response(call.layer, value, map_input=needs_map)
+
+    def replace_by_constant(self, call: LayerCall, response: np.ndarray | None) -> None:
+        """A conv/dense whose every input channel was removed outputs a constant."""
+        layer = call.layer
+        out_t = call.outputs[0]
+        shape = self.graph.graph.shape(out_t)
+        value = np.zeros((1,) * (len(shape) - 1) + (self.graph.width(out_t),))
+        if response is not None:
+            value = value + response
+        bias = self.weights[id(layer)].get("bias")
+        if bias is not None:
+            value = value + bias
+        fn = getattr(layer, "activation", None)
+        if fn is not None and _activation_name(layer) != "linear":
+            value = np.asarray(keras.ops.convert_to_numpy(
+                fn(keras.ops.convert_to_tensor(value.astype("float32")))), np.float64)
+        full = (1,) + tuple(int(d) for d in shape[1:])
+        value = np.broadcast_to(value, full)[0][..., self.keep[out_t]]
+        name = self.names.of(call)
+        y = ConstantFeature(value.astype("float32"), name=name,
+                            dtype=layer.dtype_policy)(self.first_input)
+        self.constant_layers.append(call.name)
+        self.values[out_t] = y
+
+
+def _activation_name(layer: Any) -> str:
+    fn = getattr(layer, "activation", None)
+    if fn is None:
+        return "linear"
+    return str(getattr(fn, "__name__", type(fn).__name__)).lower()
+
+
+def _split_response(response: np.ndarray | None,
+                    width: int) -> tuple[np.ndarray, tuple | None]:
+    """Split a response into a per-channel bias part and a border map.
+
+    The bias part is the response at the central position (the interior); the
+    border map is what remains (``None`` when the response is uniform).
+    """
+    if response is None:
+        return np.zeros(width), None
+    if all(d == 1 for d in response.shape[1:-1]):
+        return response.reshape(-1), None
+    center = tuple(d // 2 for d in response.shape[1:-1])
+    u = response[(0,) + center]
+    rest = response - u
+    scale = max(float(np.abs(response).max()), 1e-30)
+    if float(np.abs(rest).max()) <= 1e-9 * scale:
+        return u, None
+    return u, (rest[0],)
+
+
+def _slice_mixing(layer: Any, old: dict[str, np.ndarray], keep_in: np.ndarray,
+                  keep_out: np.ndarray) -> dict[str, np.ndarray]:
+    """Kernels of a conv / separable conv / dense, sliced to the kept channels."""
+    known = {"kernel", "bias", "depthwise_kernel", "pointwise_kernel"}
+    unknown = set(old) - known
+    if unknown:
+        raise UnsupportedLayerError(
+            f"Layer '{layer.name}' ({type(layer).__name__}) has weights "
+            f"{sorted(unknown)} that pruning cannot slice (LoRA or quantized "
+            "layers?). Merge/dequantize them into a plain layer first."
+        )
+    out = {}
+    if "kernel" in old:
+        out["kernel"] = old["kernel"][..., keep_in, :][..., keep_out]
+    if "depthwise_kernel" in old:
+        dw = old["depthwise_kernel"]
+        dm = dw.shape[-1]
+        out["depthwise_kernel"] = dw[..., keep_in, :]
+        mid = (keep_in[:, None] * dm + np.arange(dm)).reshape(-1)
+        out["pointwise_kernel"] = old["pointwise_kernel"][..., mid, :][..., keep_out]
+    return out
+
+
+def _slice_depthwise(name: str, arr: np.ndarray, keep_in: np.ndarray, dm: int) -> np.ndarray:
+    if name == "kernel":
+        return arr[..., keep_in, :]
+    if name == "bias":
+        return arr.reshape(-1, dm)[keep_in].reshape(-1)
+    return arr
+
+
+def _assign(layer: Any, arrays: dict[str, np.ndarray], name: str) -> None:
+    for w in layer.weights:
+        if w.name not in arrays:
+            continue
+        value = arrays[w.name]
+        if tuple(value.shape) != tuple(w.shape):
+            raise ValueError(
+                f"internal error: weight '{w.name}' of '{name}' has shape "
+                f"{tuple(w.shape)} but the sliced value has {value.shape}"
+            )
+        w.assign(value.astype(w.dtype))
+
+
+class _LayerNames:
+    """Unique names for the rebuilt layers (original names where possible)."""
+
+    def __init__(self, graph: ChannelGraph) -> None:
+        self.by_layer: dict[int, str] = {}
+        self.used: set[str] = set()
+        for call in graph.graph.calls:
+            if id(call.layer) in self.by_layer:
+                continue
+            name = call.layer.name
+            if name in self.used:
+                name = self.fresh(call.name.replace("/", "_"))
+            self.used.add(name)
+            self.by_layer[id(call.layer)] = name
+
+    def of(self, call: LayerCall) -> str:
+        return self.by_layer[id(call.layer)]
+
+    def fresh(self, base: str) -> str:
+        name, i = base, 1
+        while name in self.used:
+            name = f"{base}_{i}"
+            i += 1
+        self.used.add(name)
+        return name
+
+
+# --- report ----------------------------------------------------------------------
+def _report(model: keras.Model, pruned: keras.Model, graph: ChannelGraph,
+            plan: RemovalPlan, rebuilder: _Rebuilder) -> PruneReport:
+    widths: dict[str, tuple[int, int]] = {}
+    for call in graph.graph.calls:
+        layer = call.layer
+        if graph.kinds[call] in (MIXING, DEPTHWISE) or isinstance(layer, L.BatchNormalization):
+            t = call.outputs[0]
+            widths.setdefault(call.name, (graph.width(t), len(rebuilder.keep[t])))
+    before, after = model_cost(model), model_cost(pruned)
+    notes = list(rebuilder.notes)
+    if rebuilder.bias_deviation:
+        notes.append(
+            f"fold='bias': border effects ignored, largest per-position bias error "
+            f"{rebuilder.bias_deviation:.3g} (pre-activation)"
+        )
+    return PruneReport(
+        widths=widths,
+        params_before=before.params,
+        params_after=after.params,
+        macs_before=before.macs,
+        macs_after=after.macs,
+        removed_constant=int(plan.constant.sum()),
+        removed_selected=int(plan.selected.sum()),
+        border_corrections=rebuilder.border_corrections,
+        constant_layers=rebuilder.constant_layers,
+        fold=graph.fold,
+        notes=notes,
+    )
+
+
+def probe_batch(model: keras.Model, batch_size: int = 2, seed: int = 0,
+                default_size: int = 32) -> list[np.ndarray]:
+    """Random normal inputs for ``model`` (unknown sizes become ``default_size``)."""
+    rng = np.random.default_rng(seed)
+    batch = []
+    for kt in functional_core(model).inputs:
+        shape = (batch_size,) + tuple(d if d is not None else default_size
+                                      for d in kt.shape[1:])
+        batch.append(rng.standard_normal(shape).astype(kt.dtype))
+    return batch
+
+
+def output_deviation(original: keras.Model, pruned: keras.Model,
+                     inputs: Any) -> tuple[float, float]:
+    """Largest absolute and relative output difference (inference mode).
+
+    The relative value divides by the largest |output| of ``original``.
+    """
+    a = [np.asarray(keras.ops.convert_to_numpy(v), np.float64)
+         for v in keras.tree.flatten(original(inputs, training=False))]
+    b = [np.asarray(keras.ops.convert_to_numpy(v), np.float64)
+         for v in keras.tree.flatten(pruned(inputs, training=False))]
+    abs_dev = max(float(np.abs(x - y).max()) for x, y in zip(a, b))
+    scale = max(float(np.abs(x).max()) for x in a)
+    return abs_dev, abs_dev / max(scale, 1e-30)
+
+
+def _probe(model: keras.Model, pruned: keras.Model, report: PruneReport,
+           probe_inputs: Any) -> None:
+    inputs = probe_inputs
+    if inputs is None:
+        batch = probe_batch(model)
+        inputs = batch[0] if len(batch) == 1 else batch
+    report.max_abs_deviation, report.max_rel_deviation = output_deviation(
+        model, pruned, inputs
+    )
