@@ -109,6 +109,32 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> None:
             os.close(dir_fd)
 
 
+def save_keras_atomic(model: Any, path: str | os.PathLike) -> None:
+    """``model.save(path)`` through a temporary ``.keras`` file and ``os.replace``.
+
+    A failing save leaves neither ``path`` changed nor a temporary file behind.
+    """
+    path = os.path.abspath(os.fspath(path))
+    if not path.endswith(".keras"):
+        raise ExportError(f"Keras models are saved as .keras files; got {path!r}.")
+    directory = os.path.dirname(path)
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)[:-6]}.", suffix=".tmp.keras", dir=directory)
+    os.close(fd)
+    try:
+        model.save(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
 def read_tflite(source: TFLiteSource) -> bytes:
     """The flatbuffer bytes of ``source`` (bytes as they are, or a file path)."""
     if isinstance(source, (bytes, bytearray, memoryview)):
@@ -359,6 +385,52 @@ def to_tflite(
     if path is not None:
         write_atomic(path, flatbuffer)
     return flatbuffer
+
+
+def calibration_inputs(source: str, input_shape: Sequence[int | None], n: int = 200, seed: int = 0) -> np.ndarray:
+    """Calibration/parity inputs for a single-input model, from a short spec.
+
+    ``source`` is one of:
+
+    * ``"npy:PATH"``: a ``.npy`` array of model inputs (batch first), already
+      preprocessed exactly like the model's training inputs;
+    * ``"fashion_mnist"``: the first ``n`` Fashion-MNIST training images,
+      (N, 28, 28, 1) float32 in [0, 1] (offline copy only; see
+      :func:`tf_gamma_prune.data.load_fashion_mnist`);
+    * ``"random"``: uniform [0, 1) noise. **Only for smoke tests**: int8 ranges
+      calibrated on noise do not match real data.
+
+    >>> calibration_inputs("random", (None, 4, 4, 3), n=2).shape
+    (2, 4, 4, 3)
+    """
+    shape = tuple(input_shape[1:])
+    if source == "random":
+        if any(d is None for d in shape):
+            raise CalibrationDataError(f"Cannot draw random inputs for a dynamic input shape {input_shape}.")
+        x = np.random.default_rng(seed).random((n,) + shape, dtype=np.float32)
+    elif source.startswith("npy:"):
+        try:
+            x = np.load(source[4:], allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise CalibrationDataError(f"Cannot read calibration array {source[4:]!r}: {e}") from e
+        x = np.asarray(x, dtype=np.float32)[:n]
+    elif source == "fashion_mnist":
+        from tf_gamma_prune.data import load_fashion_mnist
+
+        (x, _), _ = load_fashion_mnist(use_tfds=False)
+        x = x[:n]
+    else:
+        raise CalibrationDataError(
+            f"Unknown calibration source {source!r}; use 'npy:PATH' (a .npy array of preprocessed "
+            "inputs), 'fashion_mnist', or 'random' (smoke tests only)."
+        )
+    if x.ndim != len(shape) + 1 or any(d is not None and d != s for d, s in zip(shape, x.shape[1:])):
+        raise CalibrationDataError(
+            f"Calibration inputs of shape {x.shape} do not fit the model input {tuple(input_shape)}."
+        )
+    if len(x) == 0:
+        raise CalibrationDataError(f"Calibration source {source!r} holds no examples.")
+    return x
 
 
 # ----------------------------------------------------------------------------

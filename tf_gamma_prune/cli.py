@@ -1,0 +1,190 @@
+"""tf-gamma-prune: prune, export and time Keras models for phones.
+
+Usage:
+  python -m tf_gamma_prune export IN.keras --tflite OUT.tflite
+      [--quantize none|float16|dynamic|int8 --calibration npy:PATH|fashion_mnist|random
+       --int8_io --batch_size 1 --parity_samples 32]
+  python -m tf_gamma_prune prune IN.keras --out OUT.keras
+      [--tflite OUT.tflite --quantize ... --calibration ...]
+  python -m tf_gamma_prune benchmark A.tflite [B.tflite] [--threads 1,2 --runs 50 --warmup 5
+      --json OUT.json]
+
+Models load with Keras safe mode: a file holding Python code (a Lambda layer)
+is refused unless you trust it and pass --trust_model (alias --unsafe).
+`--calibration random` is for smoke tests only: int8 ranges calibrated on noise
+do not fit real data; use npy:PATH with a few hundred preprocessed training
+inputs instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags, logging  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("out", None, "prune: where to write the pruned .keras model.")
+flags.DEFINE_string("tflite", None, "export/prune: where to write the .tflite model.")
+flags.DEFINE_enum("quantize", "none", ["none", "float16", "dynamic", "int8"], "TFLite quantization.")
+flags.DEFINE_string(
+    "calibration", None,
+    "int8 calibration and parity inputs: npy:PATH, fashion_mnist, or random (smoke tests only).",
+)
+flags.DEFINE_integer("calibration_samples", 200, "Examples used for int8 calibration.")
+flags.DEFINE_boolean("int8_io", False, "With --quantize int8: int8 input/output tensors.")
+flags.DEFINE_integer("batch_size", 1, "Fixed batch size of the exported model; 0 = dynamic.")
+flags.DEFINE_integer("parity_samples", 32, "Examples for the Keras-vs-TFLite parity check (0 = skip).")
+flags.DEFINE_boolean("trust_model", False, "Load models with safe_mode=False (allows Lambda layers). "
+                     "Only for files you trust: loading runs their Python code.")
+flags.DEFINE_alias("unsafe", "trust_model")
+flags.DEFINE_list("threads", ["1", "2"], "benchmark: thread counts.")
+flags.DEFINE_integer("runs", 50, "benchmark: timed runs per model and thread count.")
+flags.DEFINE_integer("warmup", 5, "benchmark: untimed runs first.")
+flags.DEFINE_string("json", None, "benchmark: also write the results as JSON here.")
+
+COMMANDS = ("export", "prune", "benchmark")
+
+
+class CliError(Exception):
+    """A user-facing failure: printed as one message, exit status 1."""
+
+
+def _say(line: str) -> None:
+    print(line, flush=True)
+
+
+def load_model(path: str, trust: bool):
+    """Load a .keras model in safe mode unless ``trust``; refusals say what to do."""
+    import keras
+
+    import tf_gamma_prune.layers  # noqa: F401  registers the package's custom layers
+
+    if not os.path.exists(path):
+        raise CliError(f"No such model file: {path}")
+    try:
+        return keras.models.load_model(path, safe_mode=not trust)
+    except ValueError as e:
+        if not trust and ("safe_mode" in str(e) or "Lambda" in str(e)):
+            raise CliError(
+                f"Refused to load {path} in safe mode: it contains Python code (e.g. a Lambda layer) "
+                "that would run when loaded. If you trust this file, pass --trust_model."
+            ) from e
+        raise CliError(f"Cannot load {path} as a Keras model: {e}") from e
+
+
+def _export(model, path: str) -> bytes:
+    from tf_gamma_prune import export
+
+    quantization = None if FLAGS.quantize == "none" else FLAGS.quantize
+    shape = tuple(model.inputs[0].shape)
+    inputs = None
+    if FLAGS.calibration:
+        inputs = export.calibration_inputs(FLAGS.calibration, shape, n=max(FLAGS.calibration_samples, FLAGS.parity_samples))
+        if FLAGS.calibration == "random":
+            _say("warning: --calibration random is for smoke tests only; int8 ranges will not fit real data")
+    elif quantization == "int8":
+        raise CliError("--quantize int8 needs --calibration npy:PATH (or fashion_mnist; random for smoke tests).")
+    flatbuffer = export.to_tflite(
+        model, path, quantization=quantization,
+        representative_data=None if inputs is None else [inputs[: FLAGS.calibration_samples]],
+        int8_io=FLAGS.int8_io, batch_size=FLAGS.batch_size or None,
+        calibration_samples=FLAGS.calibration_samples,
+    )
+    _say(f"wrote {path} ({len(flatbuffer):,} bytes, quantization={FLAGS.quantize})")
+    _say("ops: " + ", ".join(f"{k}×{v}" for k, v in export.op_counts(flatbuffer).items()))
+    if FLAGS.parity_samples > 0:
+        if inputs is None:
+            inputs = export.calibration_inputs("random", shape, n=FLAGS.parity_samples)
+        report = export.check_parity(model, flatbuffer, inputs[: FLAGS.parity_samples])
+        top1 = "" if report.top1_agreement is None else f", top-1 agreement {report.top1_agreement:.1%}"
+        _say(f"parity on {report.n} inputs: max abs {report.max_abs:.3g}, max rel {report.max_rel:.3g}{top1}")
+        if quantization is None:
+            report.assert_within(1e-4)
+    _say(export.gpu_compatibility(flatbuffer).summary())
+    return flatbuffer
+
+
+def cmd_export(args: list[str]) -> None:
+    if len(args) != 1 or not FLAGS.tflite:
+        raise app.UsageError("export IN.keras --tflite OUT.tflite [--quantize ...]")
+    _export(load_model(args[0], FLAGS.trust_model), FLAGS.tflite)
+
+
+def cmd_prune(args: list[str]) -> None:
+    if len(args) != 1 or not FLAGS.out:
+        raise app.UsageError("prune IN.keras --out OUT.keras [--tflite OUT.tflite ...]")
+    try:
+        from tf_gamma_prune.surgery import prune_model
+    except ImportError as e:
+        raise CliError(f"Pruning is not available in this installation ({e}).") from e
+    from tf_gamma_prune.export import save_keras_atomic
+
+    model = load_model(args[0], FLAGS.trust_model)
+    pruned, report = prune_model(model, return_report=True)
+    _say(report.summary())
+    save_keras_atomic(pruned, FLAGS.out)
+    _say(f"wrote {FLAGS.out}")
+    if FLAGS.tflite:
+        _export(pruned, FLAGS.tflite)
+
+
+def cmd_benchmark(args: list[str]) -> None:
+    from tf_gamma_prune import export
+
+    if len(args) not in (1, 2):
+        raise app.UsageError("benchmark A.tflite [B.tflite] [--threads 1,2 --runs 50]")
+    try:
+        threads = [int(t) for t in FLAGS.threads]
+    except ValueError as e:
+        raise app.UsageError(f"--threads takes integers like 1,2 (got {FLAGS.threads})") from e
+    results: dict = {"models": args, "runs": FLAGS.runs, "warmup": FLAGS.warmup, "threads": {}}
+    if len(args) == 1:
+        for n in threads:
+            r = export.benchmark_latency(args[0], num_threads=n, warmup=FLAGS.warmup, runs=FLAGS.runs)
+            _say(f"threads={n}: median {r.median_ms:.3f} ms (p10 {r.p10_ms:.3f}, p90 {r.p90_ms:.3f})")
+            results["threads"][n] = {"a": _latency_dict(r)}
+    else:
+        comparisons = export.compare_latency(
+            args[0], args[1], threads=threads, warmup=FLAGS.warmup, runs=FLAGS.runs,
+            progress=lambda line: print(line, file=sys.stderr, flush=True),
+        )
+        _say(f"{'threads':>7} {'A median ms':>12} {'B median ms':>12} {'speed-up A/B':>13}")
+        for c in comparisons:
+            _say(f"{c.num_threads:>7} {c.a.median_ms:>12.3f} {c.b.median_ms:>12.3f} {c.speedup:>12.2f}x")
+            results["threads"][c.num_threads] = {
+                "a": _latency_dict(c.a), "b": _latency_dict(c.b), "speedup": c.speedup,
+            }
+    if FLAGS.json:
+        export.write_atomic(FLAGS.json, (json.dumps(results, indent=2) + "\n").encode())
+        _say(f"wrote {FLAGS.json}")
+
+
+def _latency_dict(r) -> dict:
+    return {"median_ms": r.median_ms, "p10_ms": r.p10_ms, "p90_ms": r.p90_ms, "runs": r.runs}
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) < 2 or argv[1] not in COMMANDS:
+        raise app.UsageError(f"Give a command: one of {', '.join(COMMANDS)}.")
+    if not FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # TF's SavedModel chatter is not for users
+    from tf_gamma_prune.export import ExportError
+
+    command = {"export": cmd_export, "prune": cmd_prune, "benchmark": cmd_benchmark}[argv[1]]
+    try:
+        command(argv[2:])
+    except (CliError, ExportError, ValueError) as e:  # typed library errors explain themselves
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+
+
+def run() -> None:
+    """Console entry point (``tf-gamma-prune``, ``python -m tf_gamma_prune``)."""
+    main_module = sys.modules.get("__main__")
+    if main_module is not None and not getattr(main_module, "__doc__", None):
+        main_module.__doc__ = __doc__  # absl prints it for --help and usage errors
+    app.run(main)
