@@ -346,3 +346,20 @@ def test_mirrored_strategy_two_cpu_replicas_match_single_device():
 def test_batchnorm_layers_lists_qualified_names():
     model = dense_bn_model()
     assert [n for n, _ in batchnorm_layers(model)] == ["bn"]
+
+
+@pytest.mark.parametrize("inner", ["adam", "rmsprop"])
+def test_wrapped_adaptive_optimizers_reach_zeros_and_reset_their_moments(inner):
+    model = dense_bn_model()
+    optimizer = {"adam": keras.optimizers.Adam(0.05),
+                 "rmsprop": keras.optimizers.RMSprop(0.05, momentum=0.5)}[inner]
+    model.compile(GammaISTA(optimizer, rho=2.0), loss="mse")
+    rng = np.random.default_rng(0)
+    model.fit(rng.normal(size=(32, 5)), rng.normal(size=(32, 2)), batch_size=8, epochs=3,
+              verbose=0)
+    gamma = model.get_layer("bn").gamma.numpy()
+    assert np.any(gamma == 0)
+    slots = [v for v in optimizer.variables if "bn_gamma" in v.path]
+    assert slots, "the inner optimizer should keep slots for γ in inner mode"
+    for slot in slots:
+        assert np.all(slot.numpy()[gamma == 0] == 0), slot.path
