@@ -476,7 +476,7 @@ class _ChannelBuilder:
         """Calls of one weighted layer must keep the same channels."""
         first: dict[int, LayerCall] = {}
         for call in self.graph.calls:
-            if not call.layer.weights:
+            if not getattr(call.layer, "weights", None):
                 continue
             other = first.setdefault(id(call.layer), call)
             if other is call:

@@ -511,6 +511,9 @@ class _Rebuilder:
         needs_map = not src.uniform or _has_padding_effect(call.layer)
         if needs_map and src.uniform and self.graph.fold == "bias":
             needs_map = False
+            self.notes.append(
+                f"'{call.name}': bias fold ignores the zero padding at its borders"
+            )
         if needs_map and src.uniform:
             shape = self.graph.graph.shape(in_t)
             if any(d is None for d in shape[1:]):
