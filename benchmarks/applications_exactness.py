@@ -1,0 +1,171 @@
+"""Is prune_model exact on every BatchNorm-based keras.applications model?
+
+For each architecture (weights=None, a small input): random BN statistics and
+β, a random half of the γ set to 0, prune, and compare the pruned model's
+outputs with the original's on random inputs (inference mode, float64
+comparison). Records per model: exact / inexact / unsupported (with the error
+message), relative error, parameters and MACs before/after, border
+corrections, and timings. Writes benchmarks/results/applications_exactness.json
+atomically.
+
+    python benchmarks/applications_exactness.py                # every model
+    python benchmarks/applications_exactness.py --models=ResNet50,MobileNetV2
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+import traceback
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from absl import app, flags  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("models", [], "keras.applications names (default: all BN-based).")
+flags.DEFINE_integer("size", 64, "Input height/width (raised to each model's minimum).")
+flags.DEFINE_float("zero_fraction", 0.5, "Fraction of γ set to exactly 0.")
+flags.DEFINE_float("tolerance", 1e-5, "Relative max error counted as exact.")
+flags.DEFINE_integer("seed", 0, "Random seed.")
+flags.DEFINE_string(
+    "output",
+    os.path.join(os.path.dirname(__file__), "results", "applications_exactness.json"),
+    "Where to write the JSON results.",
+)
+
+# BatchNorm-based architectures in keras.applications (ConvNeXt uses
+# LayerNormalization and VGG has no normalization: listed to record why not).
+ALL_MODELS = [
+    "ResNet50", "ResNet101", "ResNet152", "ResNet50V2", "ResNet101V2", "ResNet152V2",
+    "ResNetRS50", "ResNetRS101", "ResNetRS152", "ResNetRS200", "ResNetRS270",
+    "ResNetRS350", "ResNetRS420",
+    "MobileNet", "MobileNetV2", "MobileNetV3Small", "MobileNetV3Large",
+    "DenseNet121", "DenseNet169", "DenseNet201",
+    "EfficientNetB0", "EfficientNetB1", "EfficientNetB2", "EfficientNetB3",
+    "EfficientNetB4", "EfficientNetB5", "EfficientNetB6", "EfficientNetB7",
+    "EfficientNetV2B0", "EfficientNetV2B1", "EfficientNetV2B2", "EfficientNetV2B3",
+    "EfficientNetV2S", "EfficientNetV2M", "EfficientNetV2L",
+    "Xception", "InceptionV3", "InceptionResNetV2", "NASNetMobile", "NASNetLarge",
+    "RegNetX002", "RegNetX004", "RegNetX006", "RegNetX008", "RegNetX016",
+    "RegNetX032", "RegNetX040", "RegNetX064", "RegNetX080", "RegNetX120",
+    "RegNetX160", "RegNetX320",
+    "RegNetY002", "RegNetY004", "RegNetY006", "RegNetY008", "RegNetY016",
+    "RegNetY032", "RegNetY040", "RegNetY064", "RegNetY080", "RegNetY120",
+    "RegNetY160", "RegNetY320",
+    "ConvNeXtTiny",
+]
+MIN_SIZE = {"Xception": 71, "InceptionV3": 75, "InceptionResNetV2": 75,
+            "NASNetMobile": 224, "NASNetLarge": 331}
+
+
+def randomize_batchnorms(model, rng, zero_fraction):
+    from tf_gamma_prune.batchnorm import batchnorm_layers
+    import numpy as np
+
+    count = 0
+    for _, bn in batchnorm_layers(model):
+        c = bn.moving_mean.shape[0]
+        if bn.scale:
+            gamma = rng.uniform(0.5, 1.5, c) * rng.choice([-1.0, 1.0], c)
+            gamma[rng.random(c) < zero_fraction] = 0.0
+            bn.gamma.assign(gamma)
+        if bn.center:
+            bn.beta.assign(rng.normal(0.3, 1.0, c))
+        bn.moving_mean.assign(rng.normal(0.0, 0.5, c))
+        bn.moving_variance.assign(rng.uniform(0.5, 2.0, c))
+        count += 1
+    return count
+
+
+def check_model(name):
+    import keras
+    import numpy as np
+
+    from tf_gamma_prune import prune_model
+
+    rng = np.random.default_rng(FLAGS.seed)
+    size = max(FLAGS.size, MIN_SIZE.get(name, 0))
+    record = {"model": name, "input_shape": [size, size, 3]}
+    t0 = time.perf_counter()
+    model = getattr(keras.applications, name)(weights=None, input_shape=(size, size, 3))
+    record["build_s"] = round(time.perf_counter() - t0, 2)
+    record["batchnorms"] = randomize_batchnorms(model, rng, FLAGS.zero_fraction)
+    if record["batchnorms"] == 0:
+        record.update(status="not BN-based", reason="no BatchNormalization layer")
+        return record
+    try:
+        t0 = time.perf_counter()
+        pruned, report = prune_model(model, return_report=True, probe=False)
+        record["prune_s"] = round(time.perf_counter() - t0, 2)
+    except Exception as err:  # noqa: BLE001 - recorded, not hidden
+        record.update(status="unsupported", error_type=type(err).__name__,
+                      reason=str(err).splitlines()[0][:400])
+        return record
+    x = rng.standard_normal((2, size, size, 3)).astype("float32")
+    a = np.asarray(model(x, training=False), np.float64)
+    b = np.asarray(pruned(x, training=False), np.float64)
+    rel = float(np.abs(a - b).max() / max(np.abs(a).max(), 1e-30))
+    record.update(
+        status="exact" if rel <= FLAGS.tolerance else "inexact",
+        relative_error=rel,
+        params_before=report.params_before, params_after=report.params_after,
+        macs_before=report.macs_before, macs_after=report.macs_after,
+        removed_constant_groups=report.removed_constant,
+        border_corrections=len(report.border_corrections),
+        constant_layers=len(report.constant_layers),
+        notes=report.notes[:5],
+    )
+    return record
+
+
+def write_atomically(path, payload):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(payload, f, indent=2)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def main(argv):
+    del argv
+    import keras
+    import tensorflow as tf
+
+    names = FLAGS.models or ALL_MODELS
+    results = []
+    for name in names:
+        keras.backend.clear_session()
+        try:
+            record = check_model(name)
+        except Exception as err:  # noqa: BLE001
+            record = {"model": name, "status": "error", "error_type": type(err).__name__,
+                      "reason": str(err).splitlines()[0][:400],
+                      "traceback": traceback.format_exc()[-1500:]}
+        print(json.dumps({k: v for k, v in record.items() if k != "traceback"}),
+              flush=True)
+        results.append(record)
+        summary = {}
+        for r in results:
+            summary[r["status"]] = summary.get(r["status"], 0) + 1
+        write_atomically(FLAGS.output, {
+            "benchmark": "applications_exactness",
+            "tolerance": FLAGS.tolerance,
+            "zero_fraction": FLAGS.zero_fraction,
+            "seed": FLAGS.seed,
+            "tensorflow": tf.__version__,
+            "keras": keras.__version__,
+            "python": sys.version.split()[0],
+            "machine": platform.machine(),
+            "summary": summary,
+            "results": results,
+        })
+
+
+if __name__ == "__main__":
+    app.run(main)
