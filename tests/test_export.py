@@ -305,3 +305,32 @@ def test_compare_latency_alternates_and_counts(convnet, float_tflite, monkeypatc
         pairs = [tuple(seq[i:i + 2]) for i in range(0, len(seq), 2)]
         assert pairs == [("a", "b"), ("b", "a")] * 3 + [("a", "b")]
     assert len(lines) == 2 and "threads=2" in lines[1]
+
+
+# --- other model kinds, docs --------------------------------------------------------
+
+
+def test_subclassed_model_needs_and_accepts_an_input_signature():
+    class Tiny(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.conv = keras.layers.Conv2D(4, 3)
+            self.head = keras.layers.Dense(3)
+
+        def call(self, x):
+            return self.head(keras.ops.mean(self.conv(x), axis=(1, 2)))
+
+    model = Tiny()
+    x = np.random.default_rng(0).random((5, 8, 8, 3), dtype=np.float32)
+    model(x)
+    with pytest.raises(ExportError, match="input_signature"):
+        to_tflite(model)
+    flatbuffer = to_tflite(model, input_signature=[tf.TensorSpec((1, 8, 8, 3), tf.float32)])
+    assert check_parity(model, flatbuffer, x).max_rel <= 1e-4
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    result = doctest.testmod(export, optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 10 and result.failed == 0

@@ -165,19 +165,27 @@ def _input_signature(model: Any, batch_size: int | None) -> list:
     ]
 
 
-def _inference_fn(model: Any, n_inputs: int) -> Callable:
+def _input_structure(model: Any) -> Any:
+    """``model.input`` (tensor, list or dict of inputs) or ``None`` for subclassed models."""
+    try:
+        return model.input
+    except (AttributeError, ValueError):
+        return None
+
+
+def _pack_inputs(model: Any, arrays: list) -> Any:
+    """Arrange flat inputs (in ``model.inputs`` order) the way ``model`` is called."""
     import keras
 
-    structure = getattr(model, "input", None)
+    structure = _input_structure(model)
+    if structure is not None and len(keras.tree.flatten(structure)) == len(arrays):
+        return keras.tree.pack_sequence_as(structure, list(arrays))
+    return arrays[0] if len(arrays) == 1 else list(arrays)
 
+
+def _inference_fn(model: Any) -> Callable:
     def serve(*args):
-        if structure is not None and n_inputs > 1:
-            x = keras.tree.pack_sequence_as(structure, list(args))
-        elif n_inputs == 1:
-            x = args[0]
-        else:
-            x = list(args)
-        return model(x, training=False)
+        return model(_pack_inputs(model, list(args)), training=False)
 
     return serve
 
@@ -366,7 +374,7 @@ def to_tflite(
         # variables as VAR_HANDLE/READ_VARIABLE ops (not frozen).
         archive = keras.export.ExportArchive()
         archive.track(model)
-        archive.add_endpoint("serve", _inference_fn(model, len(signature)), signature)
+        archive.add_endpoint("serve", _inference_fn(model), signature)
         archive.write_out(saved_model_dir, verbose=False)
         converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir)
         _configure_quantization(converter, quantization, representative, int8_io)
@@ -666,8 +674,8 @@ def check_parity(
             and zero point; int8 outputs are dequantized.
         classifier: force (or forbid) the top-1 agreement; ``None`` decides from
             the output shape.
-        chunk: examples per interpreter call for dynamic-batch models (fixed-batch
-            models run at their batch size).
+        chunk: examples per Keras call and per interpreter call for dynamic-batch
+            models (fixed-batch models run at their exported batch size).
 
     Example:
 
@@ -688,19 +696,21 @@ def check_parity(
         else:
             raise ExportError(f"Inputs {sorted(named)} do not match the TFLite inputs {sorted(runner.inputs)}.")
     n = next(iter(named.values())).shape[0]
-    step = runner.fixed_batch or chunk
+    keras_order = [k for k in keras_names if k in named] if set(keras_names) == set(named) else list(named)
 
     expected: list[list[np.ndarray]] = []
+    for start in range(0, n, chunk):
+        x = [named[k][start:start + chunk] for k in keras_order]
+        y = model(_pack_inputs(model, x), training=False)
+        expected.append([keras.ops.convert_to_numpy(t) for t in keras.tree.flatten(y)])
+
     got: list[list[np.ndarray]] = []
-    keras_order = [k for k in keras_names if k in named] if set(keras_names) == set(named) else list(named)
+    step = runner.fixed_batch or chunk
     for start in range(0, n, step):
         part = {k: v[start:start + step] for k, v in named.items()}
         m = next(iter(part.values())).shape[0]
         if runner.fixed_batch and m < step:  # pad the last chunk of a fixed-batch model
             part = {k: np.concatenate([v, np.repeat(v[-1:], step - m, axis=0)]) for k, v in part.items()}
-        x = [part[k][:m] for k in keras_order]
-        y = model(x[0] if len(x) == 1 else keras.tree.pack_sequence_as(model.input, x), training=False)
-        expected.append([keras.ops.convert_to_numpy(t) for t in keras.tree.flatten(y)])
         got.append([o[:m] for o in runner(part)])
 
     n_outputs = len(expected[0])
