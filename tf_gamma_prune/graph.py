@@ -660,8 +660,7 @@ class _ChannelBuilder:
             src = _no_constants(w, rank)
         mask = src.mask | zero_gamma
         x = np.where(src.mask, src.value, 0.0)
-        value = _run_layer(call, [x])
-        return Constants(mask, _as_rank(value, rank))
+        return Constants(mask, _as_rank(batchnorm_inference(layer, x), rank))
 
     def depthwise_constants(self, call: LayerCall, src: Constants) -> Constants:
         layer = call.layer
@@ -680,20 +679,15 @@ class _ChannelBuilder:
 
     def linear_response(self, call: LayerCall, src: Constants, include_bias: bool) -> np.ndarray:
         """The layer's pre-activation output for the constant input ``src``."""
-        needs_map = (
-            not src.uniform
-            or (_has_padding_effect(call.layer) and np.any(src.value != 0))
-        )
-        if needs_map and self.fold == "bias" and src.uniform:
-            needs_map = False
-            self.notes.append(
-                f"'{call.name}': zero padding ignored for a constant input (bias fold)"
-            )
-        if needs_map:
-            x = self.as_map(src, call.inputs[0], f"Zero padding in '{call.name}'")
-        else:
-            x = src.value
-        out = linear_response(call.layer, x, map_input=needs_map)
+        spatial = None
+        if src.uniform and _has_padding_effect(call.layer) and np.any(src.value != 0):
+            if self.fold == "bias":
+                self.notes.append(
+                    f"'{call.name}': zero padding ignored for a constant input (bias fold)"
+                )
+            else:
+                spatial = self.full_shape(call.inputs[0], f"Zero padding in '{call.name}'")[1:-1]
+        out = linear_response(call.layer, src.value, spatial)
         if include_bias and getattr(call.layer, "use_bias", False):
             out = out + keras.ops.convert_to_numpy(call.layer.bias).astype(np.float64)
         return out
@@ -763,6 +757,20 @@ class _ChannelBuilder:
             return Constants(mask, src.value.reshape((1,) * (self.rank(out_t) - 1) + (c_out,)))
         x = self.as_map(src, call.inputs[0], f"Layer '{call.name}'")
         return Constants(mask, x.reshape(self.full_shape(out_t, f"Layer '{call.name}'")))
+
+
+def batchnorm_inference(layer: Any, x: np.ndarray) -> np.ndarray:
+    """A BatchNormalization (last axis) in inference mode, in float64 numpy.
+
+    With γ = 0 the output is exactly β, whatever ``x`` is (finite).
+    """
+    w = layer.moving_mean.shape[0]
+    mean = _numpy_weight(layer.moving_mean)
+    var = _numpy_weight(layer.moving_variance)
+    gamma = _numpy_weight(layer.gamma) if layer.scale else np.ones(w)
+    beta = _numpy_weight(layer.beta) if layer.center else np.zeros(w)
+    scale = gamma / np.sqrt(var + layer.epsilon)
+    return (np.asarray(x, np.float64) - mean) * scale + beta
 
 
 def _is_zero_padding(layer: Any) -> bool:
@@ -854,55 +862,128 @@ def _numpy_weight(variable: Any) -> np.ndarray:
     return np.asarray(keras.ops.convert_to_numpy(variable), np.float64)
 
 
-def linear_response(layer: Any, value: np.ndarray, map_input: bool | None = None) -> np.ndarray:
+def linear_response(layer: Any, value: np.ndarray,
+                    spatial_shape: tuple[int, ...] | None = None) -> np.ndarray:
     """The bias-free, pre-activation output of a conv / depthwise / separable /
     dense ``layer`` for a constant input ``value`` (float64).
 
-    A uniform ``value`` (shape ``(1, 1, ..., C)``) gives the interior response,
-    uniform too; a full map (``(1, H, W, C)``, ``map_input=True``) is run
-    through the layer's own convolution (same strides, padding, dilation), so
-    border positions come out exactly.
+    ``value`` is either uniform over space (shape ``(1, 1, ..., C)``) or a full
+    map (``(1, H, W, C)``). A uniform value without ``spatial_shape`` gives the
+    interior response (uniform too); with ``spatial_shape`` (the input's
+    static spatial size) the exact per-position response, zero padding
+    included. Maps are run through the layer's own strides/padding/dilation.
 
     Example:
 
     >>> import keras, numpy as np
-    >>> conv = keras.layers.Conv2D(2, 3, padding="same", use_bias=False)
+    >>> conv = keras.layers.Conv2D(1, 3, padding="same", use_bias=False)
     >>> conv.build((None, 4, 4, 1))
-    >>> _ = conv.kernel.assign(np.ones((3, 3, 1, 2)))
+    >>> _ = conv.kernel.assign(np.ones((3, 3, 1, 1)))
     >>> linear_response(conv, np.ones((1, 1, 1, 1)))[0, 0, 0].tolist()
-    [9.0, 9.0]
+    [9.0]
+    >>> linear_response(conv, np.ones((1, 1, 1, 1)), (4, 4))[0, :2, :2, 0].tolist()
+    [[4.0, 6.0], [6.0, 9.0]]
     """
     value = np.asarray(value, np.float64)
-    if map_input is None:
-        map_input = not all(d == 1 for d in value.shape[1:-1])
+    uniform = all(d == 1 for d in value.shape[1:-1])
     if isinstance(layer, L.Dense):
         return np.tensordot(value, _numpy_weight(layer.kernel), axes=[[-1], [0]])
+    if uniform and (spatial_shape is None or not _has_padding_effect(layer)):
+        return _interior_response(layer, value)
+    if uniform:
+        return _uniform_response_map(layer, value.reshape(-1), tuple(spatial_shape))
+    if all(k == 1 for k in _kernel_size(layer)):
+        strided = value[(slice(None),) + tuple(slice(None, None, s) for s in layer.strides)]
+        return _interior_response(layer, strided)
+    return _conv_map(layer, value)
+
+
+def _effective_kernels(layer: Any, channel_value: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """Kernel taps already multiplied by the constant input: ``(*k, C_out)``.
+
+    For a separable conv, the depthwise part and the pointwise matrix.
+    Only the input channels with a nonzero value are read.
+    """
+    nz = np.flatnonzero(channel_value)
     if isinstance(layer, (L.DepthwiseConv1D, L.DepthwiseConv2D)):
-        kernel = _numpy_weight(layer.kernel)
-        if not map_input:
-            summed = kernel.sum(axis=tuple(range(kernel.ndim - 2)))  # (C, dm)
-            out = value[..., :, None] * summed
-            return out.reshape(value.shape[:-1] + (-1,))
-        return _conv_map(layer, value, depthwise=kernel)
+        k = _numpy_weight(layer.kernel)
+        return (k * channel_value[:, None]).reshape(k.shape[:-2] + (-1,)), None
     if isinstance(layer, (L.SeparableConv1D, L.SeparableConv2D)):
         dw = _numpy_weight(layer.depthwise_kernel)
         pw = _numpy_weight(layer.pointwise_kernel)
-        if not map_input:
-            summed = dw.sum(axis=tuple(range(dw.ndim - 2)))
-            mid = (value[..., :, None] * summed).reshape(value.shape[:-1] + (-1,))
-            return np.tensordot(mid, pw.reshape(pw.shape[-2:]), axes=[[-1], [0]])
-        return _conv_map(layer, value, depthwise=dw, pointwise=pw)
-    kernel = _numpy_weight(layer.kernel)
-    if not map_input:
-        summed = kernel.sum(axis=tuple(range(kernel.ndim - 2)))  # (C_in, C_out)
-        return np.tensordot(value, summed, axes=[[-1], [0]])
-    return _conv_map(layer, value, kernel=kernel)
+        taps = (dw * channel_value[:, None]).reshape(dw.shape[:-2] + (-1,))
+        return taps, pw.reshape(pw.shape[-2:])
+    k = keras.ops.convert_to_numpy(layer.kernel)[..., nz, :].astype(np.float64)
+    return np.tensordot(k, channel_value[nz], axes=[[-2], [0]]), None
 
 
-def _conv_map(layer: Any, value: np.ndarray, kernel: np.ndarray | None = None,
-              depthwise: np.ndarray | None = None,
-              pointwise: np.ndarray | None = None) -> np.ndarray:
+def _interior_response(layer: Any, value: np.ndarray) -> np.ndarray:
+    """Response where every kernel tap reads ``value`` (uniform, or a map read
+    by a 1x1 kernel)."""
+    lead = value.shape[:-1]
+    if isinstance(layer, (L.DepthwiseConv1D, L.DepthwiseConv2D)):
+        k = _numpy_weight(layer.kernel)
+        summed = k.sum(axis=tuple(range(k.ndim - 2)))  # (C, dm)
+        return (value[..., :, None] * summed).reshape(lead + (-1,))
+    if isinstance(layer, (L.SeparableConv1D, L.SeparableConv2D)):
+        dw = _numpy_weight(layer.depthwise_kernel)
+        pw = _numpy_weight(layer.pointwise_kernel)
+        summed = dw.sum(axis=tuple(range(dw.ndim - 2)))
+        mid = (value[..., :, None] * summed).reshape(lead + (-1,))
+        return np.tensordot(mid, pw.reshape(pw.shape[-2:]), axes=[[-1], [0]])
+    nz = np.flatnonzero(np.any(value.reshape(-1, value.shape[-1]) != 0, axis=0))
+    k = keras.ops.convert_to_numpy(layer.kernel)[..., nz, :].astype(np.float64)
+    summed = k.sum(axis=tuple(range(k.ndim - 2)))  # (nz, C_out)
+    return np.tensordot(value[..., nz], summed, axes=[[-1], [0]])
+
+
+def _tap_masks(layer: Any, spatial_shape: tuple[int, ...]) -> list[np.ndarray]:
+    """Per spatial axis, ``(out, k)``: whether tap ``a`` of output ``i`` reads
+    inside the input (TensorFlow's 'same' / Keras' 'causal' padding)."""
+    masks = []
+    dilation = layer.dilation_rate
+    for axis, (size, k, s) in enumerate(zip(spatial_shape, _kernel_size(layer), layer.strides)):
+        d = dilation[axis] if isinstance(dilation, (tuple, list)) else dilation
+        extent = (k - 1) * d + 1
+        if layer.padding == "valid":
+            out, before = (size - extent) // s + 1, 0
+        elif layer.padding == "causal":
+            out, before = -(-size // s), (k - 1) * d
+        else:  # same
+            out = -(-size // s)
+            before = max((out - 1) * s + extent - size, 0) // 2
+        pos = np.arange(out)[:, None] * s - before + np.arange(k)[None, :] * d
+        masks.append(((pos >= 0) & (pos < size)).astype(np.float64))
+    return masks
+
+
+def _uniform_response_map(layer: Any, channel_value: np.ndarray,
+                          spatial_shape: tuple[int, ...]) -> np.ndarray:
+    """Exact per-position response to a uniform input, without a convolution:
+    the valid taps of an output position are a product of per-axis intervals."""
+    taps, pointwise = _effective_kernels(layer, channel_value)
+    out = taps
+    masks = _tap_masks(layer, spatial_shape)
+    # contract one spatial axis at a time: (k1, ..., kn, O) -> (o1, ..., on, O)
+    for axis, mask in enumerate(masks):
+        out = np.tensordot(mask, out, axes=[[1], [axis]])  # new axis first
+        out = np.moveaxis(out, 0, axis)
+    if pointwise is not None:
+        out = out @ pointwise
+    return out[None]
+
+
+def _conv_map(layer: Any, value: np.ndarray) -> np.ndarray:
+    """Run the layer's convolution (no bias) on a map, in float64."""
     ops = keras.ops
+    kernel = depthwise = pointwise = None
+    if isinstance(layer, (L.DepthwiseConv1D, L.DepthwiseConv2D)):
+        depthwise = _numpy_weight(layer.kernel)
+    elif isinstance(layer, (L.SeparableConv1D, L.SeparableConv2D)):
+        depthwise = _numpy_weight(layer.depthwise_kernel)
+        pointwise = _numpy_weight(layer.pointwise_kernel)
+    else:
+        kernel = _numpy_weight(layer.kernel)
     x = ops.convert_to_tensor(value, "float64")
     padding = layer.padding
     if padding == "causal":

@@ -24,6 +24,17 @@ import keras
 import numpy as np
 
 
+def _initializer(value: np.ndarray | None) -> Any:
+    """``"zeros"`` (values come from saved weights) or the given array."""
+    if value is None:
+        return "zeros"
+
+    def initializer(shape: Any, dtype: Any = None) -> np.ndarray:
+        return np.asarray(value, dtype=keras.backend.standardize_dtype(dtype)).reshape(shape)
+
+    return initializer
+
+
 @keras.saving.register_keras_serializable(package="tf_gamma_prune")
 class BorderCorrection(keras.layers.Layer):
     """Adds a fixed (non-trainable) map to its input: ``y = x + correction``.
@@ -52,11 +63,10 @@ class BorderCorrection(keras.layers.Layer):
         self.correction = self.add_weight(
             name="correction",
             shape=self.map_shape,
-            initializer="zeros",
+            initializer=_initializer(self._initial),
             trainable=False,
         )
-        if self._initial is not None:
-            self.correction.assign(self._initial.astype(self.correction.dtype))
+        self._initial = None
         self.built = True
 
     def call(self, inputs: Any) -> Any:
@@ -106,10 +116,9 @@ class ConstantFeature(keras.layers.Layer):
             shape if shape is not None else initial.shape
         ))
         self.value = self.add_weight(
-            name="value", shape=self.map_shape, initializer="zeros", trainable=False
+            name="value", shape=self.map_shape, initializer=_initializer(initial),
+            trainable=False,
         )
-        if initial is not None:
-            self.value.assign(initial.astype(self.value.dtype))
         self.built = True
 
     def call(self, inputs: Any) -> Any:
