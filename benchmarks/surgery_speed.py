@@ -1,0 +1,128 @@
+"""How long does prune_model take, relative to keras.models.clone_model?
+
+Builds ResNet152 (weights=None), sets random BN statistics and zeroes a random
+fraction of the γ, then times ``prune_model(model)`` and
+``keras.models.clone_model(model)`` in the same process, alternating the two
+for ``--repeats`` rounds (so drifts in machine load hit both alike). The
+target is a median ratio ≤ 2: pruning rebuilds the model like a clone does,
+plus the channel analysis, weight slicing and exact constant folding.
+
+Writes benchmarks/results/surgery_speed.json atomically (temp file + rename).
+
+    python benchmarks/surgery_speed.py --repeats=5
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from absl import app, flags  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("model", "ResNet152", "keras.applications architecture.")
+flags.DEFINE_integer("size", 224, "Input height/width.")
+flags.DEFINE_integer("repeats", 5, "Alternating rounds of clone / prune.")
+flags.DEFINE_float("zero_fraction", 0.5, "Fraction of γ set to exactly 0.")
+flags.DEFINE_integer("seed", 0, "Random seed.")
+flags.DEFINE_string(
+    "output",
+    os.path.join(os.path.dirname(__file__), "results", "surgery_speed.json"),
+    "Where to write the JSON results.",
+)
+
+
+def randomize_batchnorms(model, seed, zero_fraction):
+    import numpy as np
+
+    from tf_gamma_prune.batchnorm import batchnorm_layers
+
+    rng = np.random.default_rng(seed)
+    for _, bn in batchnorm_layers(model):
+        c = bn.moving_mean.shape[0]
+        gamma = rng.uniform(0.5, 1.5, c)
+        gamma[rng.random(c) < zero_fraction] = 0.0
+        bn.gamma.assign(gamma)
+        bn.beta.assign(rng.normal(0.3, 1.0, c))
+        bn.moving_mean.assign(rng.normal(0.0, 0.5, c))
+        bn.moving_variance.assign(rng.uniform(0.5, 2.0, c))
+
+
+def write_atomically(path, payload):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(payload, f, indent=2)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def main(argv):
+    del argv
+    import keras
+    import tensorflow as tf
+
+    from tf_gamma_prune import prune_model
+
+    model = getattr(keras.applications, FLAGS.model)(
+        weights=None, input_shape=(FLAGS.size, FLAGS.size, 3))
+    randomize_batchnorms(model, FLAGS.seed, FLAGS.zero_fraction)
+    prune_model(model)  # warm-up: first eager ops, imports
+    keras.models.clone_model(model)
+
+    clone_s, prune_s = [], []
+    pruned = None
+    for _ in range(FLAGS.repeats):
+        t0 = time.perf_counter()
+        keras.models.clone_model(model)
+        clone_s.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        pruned = prune_model(model)
+        prune_s.append(time.perf_counter() - t0)
+        print(f"clone {clone_s[-1]:.2f}s  prune {prune_s[-1]:.2f}s", flush=True)
+
+    t0 = time.perf_counter()
+    _, report = prune_model(model, return_report=True)
+    report_s = time.perf_counter() - t0
+    ratios = [p / c for p, c in zip(prune_s, clone_s)]
+    payload = {
+        "benchmark": "surgery_speed",
+        "model": FLAGS.model,
+        "input_shape": [FLAGS.size, FLAGS.size, 3],
+        "zero_fraction": FLAGS.zero_fraction,
+        "repeats": FLAGS.repeats,
+        "clone_model_s": [round(v, 3) for v in clone_s],
+        "prune_model_s": [round(v, 3) for v in prune_s],
+        "median_clone_s": round(statistics.median(clone_s), 3),
+        "median_prune_s": round(statistics.median(prune_s), 3),
+        "median_ratio": round(statistics.median(ratios), 3),
+        "target_ratio": 2.0,
+        "prune_with_report_and_probe_s": round(report_s, 3),
+        "params_before": report.params_before,
+        "params_after": report.params_after,
+        "border_params": report.border_params,
+        "macs_before": report.macs_before,
+        "macs_after": report.macs_after,
+        "probe_max_rel_deviation": report.max_rel_deviation,
+        "layers": len(model.layers),
+        "pruned_layers": len(pruned.layers),
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "python": sys.version.split()[0],
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+    }
+    write_atomically(FLAGS.output, payload)
+    print(json.dumps({k: payload[k] for k in (
+        "median_clone_s", "median_prune_s", "median_ratio", "probe_max_rel_deviation")}))
+
+
+if __name__ == "__main__":
+    app.run(main)
