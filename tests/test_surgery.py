@@ -514,3 +514,29 @@ def test_nothing_constant_means_nothing_removed():
     assert report.params_after == report.params_before
     assert report.removed_constant == 0
     assert_same_function(model, pruned, tol=1e-6)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_pooling_keeps_positive_constants_exact(seed):
+    # β > 0 so every constant survives the ReLU: 'same' max/avg pooling of a
+    # constant must give the constant (TF pads max pooling with -inf and
+    # leaves the padding out of the average)
+    model = randomize_batchnorms(pooling(), seed=seed, positive_beta=True)
+    pruned, report = prune_model(model, return_report=True)
+    assert report.removed_constant > 0
+    assert_same_function(model, pruned)
+
+
+def test_dynamic_shape_whole_constant_input_keeps_one_channel():
+    x = keras.Input((None, None, 3))
+    s = L.Conv2D(4, 1, name="stem")(x)
+    b = L.ReLU()(L.BatchNormalization(name="bn1")(L.Conv2D(3, 1, name="c1")(s)))
+    b = L.BatchNormalization(name="bn2")(L.Conv2D(4, 1, name="c2")(b))
+    y = L.Conv2D(2, 1)(L.Add()([s, b]))
+    model = randomize_batchnorms(keras.Model(x, y), zero_fraction=0.0, positive_beta=True)
+    model.get_layer("bn1").gamma.assign(np.zeros(3))
+    pruned, report = prune_model(model, return_report=True,
+                                 probe_inputs=np.random.rand(2, 7, 5, 3).astype("float32"))
+    assert pruned.get_layer("c1").filters == 1
+    assert any("kept one input channel" in n for n in report.notes)
+    assert_same_function(model, pruned, np.random.rand(2, 9, 6, 3).astype("float32"))
