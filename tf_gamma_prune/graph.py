@@ -400,6 +400,16 @@ def channel_graph(model: keras.Model, fold: str = "exact") -> ChannelGraph:
             know (the message names the layer and its type).
         DynamicShapeError: ``fold="exact"`` and a constant must become a map on
             a tensor whose spatial shape is not static.
+
+    Example:
+
+    >>> import keras
+    >>> x = keras.Input((4, 4, 2))
+    >>> y = keras.layers.DepthwiseConv2D(3, padding="same", name="dw")(x)
+    >>> y = keras.layers.Conv2D(3, 1, name="pw")(y)
+    >>> graph = channel_graph(keras.Model(x, y))
+    >>> graph.num_groups, graph.pinned.tolist()  # input channels, pw outputs
+    (5, [True, True, True, True, True])
     """
     if fold not in FOLD_MODES:
         raise ValueError(f"fold must be one of {FOLD_MODES}, got {fold!r}.")

@@ -190,6 +190,20 @@ def prune_model(
     Returns:
         The pruned model, or ``(model, report)`` with ``return_report=True``.
 
+    Example:
+
+    >>> import keras, numpy as np
+    >>> x = keras.Input((6, 6, 3))
+    >>> h = keras.layers.Conv2D(4, 3, padding="same", name="conv")(x)
+    >>> h = keras.layers.BatchNormalization(name="bn")(h)
+    >>> y = keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(h))
+    >>> model = keras.Model(x, y)
+    >>> _ = model.get_layer("bn").gamma.assign([1.0, 0.0, 1.0, 0.0])
+    >>> prune_model(model).get_layer("conv").filters
+    2
+    >>> prune_model(model, {"bn": [0]}).get_layer("conv").filters  # + a selection
+    1
+
     Raises:
         UnsupportedModelError / UnsupportedLayerError: subclassed models,
             Lambda layers, unknown layer types (named in the message).
