@@ -63,7 +63,7 @@ def main(argv):
     import numpy as np
     import tensorflow as tf
 
-    from tf_gamma_prune.export import write_atomic
+    from tf_gamma_prune.atomic_io import write_json_atomic
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(FLAGS.batch_size, FLAGS.image_size, FLAGS.image_size, 3)).astype("float32")
@@ -97,8 +97,7 @@ def main(argv):
                         "keras": keras.__version__, "machine": platform.machine(),
                         "cpus": os.cpu_count()},
     }
-    os.makedirs(os.path.dirname(FLAGS.output), exist_ok=True)
-    write_atomic(FLAGS.output, (json.dumps(result, indent=2) + "\n").encode())
+    write_json_atomic(FLAGS.output, result)
     print(json.dumps({k: result[k] for k in ("median_step_ms", "ratio_gamma_ista_over_sgd",
                                              "target_met")}, indent=2))
 

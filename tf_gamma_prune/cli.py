@@ -121,7 +121,7 @@ def cmd_prune(args: list[str]) -> None:
         from tf_gamma_prune.surgery import prune_model
     except ImportError as e:
         raise CliError(f"Pruning is not available in this installation ({e}).") from e
-    from tf_gamma_prune.export import save_keras_atomic
+    from tf_gamma_prune.atomic_io import save_keras_atomic
 
     model = load_model(args[0], FLAGS.trust_model)
     pruned, report = prune_model(model, return_report=True)
