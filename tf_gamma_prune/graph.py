@@ -146,8 +146,7 @@ _OP_BINARY = {"Add", "Subtract", "Multiply", "Divide", "TrueDivide", "Maximum",
 _OP_UNARY = {"Relu", "Relu6", "Sigmoid", "HardSigmoid", "Silu", "Swish",
              "HardSilu", "HardSwish", "Gelu", "Tanh", "Elu", "Selu", "LeakyRelu",
              "Softplus", "Softsign", "Exp", "Negative", "Abs", "Square", "Sqrt",
-             "Mish", "Celu", "Glu"}
-_OP_UNARY.discard("Glu")  # splits the channel axis
+             "Mish", "Celu"}
 _CHANNEL_ACTIVATIONS = {"softmax", "log_softmax", "glu"}
 
 
@@ -505,16 +504,11 @@ class _ChannelBuilder:
         if kind in (MIXING, DEPTHWISE, POINTWISE, SPATIAL, RESHAPE) and (
             len(ins) != 1 or len(out) != 1
         ):
-            if len(ins) == 0:
-                raise UnsupportedLayerError(
-                    f"Layer '{call.name}' reads no tensor; it cannot be analysed."
-                )
-            if kind != POINTWISE or len(out) != 1:
-                raise UnsupportedLayerError(
-                    f"Layer '{call.name}' ({type(call.layer).__name__}) is called on "
-                    f"{len(ins)} tensors; the channel graph only supports single-"
-                    "input calls of this layer type."
-                )
+            raise UnsupportedLayerError(
+                f"Layer '{call.name}' ({type(call.layer).__name__}) is called on "
+                f"{len(ins)} tensor(s) with {len(out)} output(s); the channel graph "
+                "only supports one input and one output for this layer type."
+            )
         if kind == MIXING:
             ids = self.fresh(self.width(out[0]))
             self.raw[out[0]] = ids
