@@ -10,6 +10,13 @@ unique. Channels tied together (see :mod:`tf_gamma_prune.graph`) are removed
 together: a group is removed when some selected layer drops it and no selected
 layer keeps it.
 
+Emptying a layer: a selection that removes every channel of a layer it names
+raises :class:`SelectionError` (a layer without channels would cut the
+network). Constant channels are different: when every channel of a layer is
+constant the layer goes away, and a conv/dense layer that then reads nothing
+is replaced by its constant output (``ConstantFeature``), or — when its output
+has no static shape — keeps its one best input channel.
+
 :func:`plan_removal` turns the graph, a selection and options into one boolean
 per channel group. It never looks at the rebuild.
 

@@ -219,7 +219,7 @@ def prune_model(
                         round_to=round_to)
     means = {}
     if calibration_data is not None and plan.selected.any():
-        means = _mean_activations(graph, calibration_data, plan)
+        means = _mean_activations(graph, calibration_data)
     rebuilder = _Rebuilder(graph, plan, weights, means)
     pruned = rebuilder.build(model)
     if not return_report:
@@ -253,7 +253,7 @@ def _numpy_weights(graph: ChannelGraph) -> dict[int, dict[str, np.ndarray]]:
 
 
 # --- calibration means ----------------------------------------------------------
-def _mean_activations(graph: ChannelGraph, data: Any, plan: RemovalPlan) -> dict[TensorId, np.ndarray]:
+def _mean_activations(graph: ChannelGraph, data: Any) -> dict[TensorId, np.ndarray]:
     """Per-channel mean (over batch and space) of every tensor a mixing layer
     reads, on ``data``, computed by running the original layers eagerly."""
     lg = graph.graph
