@@ -32,6 +32,7 @@ flags.DEFINE_integer("size", 64, "Input height/width (raised to each model's min
 flags.DEFINE_float("zero_fraction", 0.5, "Fraction of γ set to exactly 0.")
 flags.DEFINE_float("tolerance", 1e-5, "Relative max error counted as exact.")
 flags.DEFINE_integer("seed", 0, "Random seed.")
+flags.DEFINE_bool("update", False, "Keep the other models' results already in --output.")
 flags.DEFINE_string(
     "output",
     os.path.join(os.path.dirname(__file__), "results", "applications_exactness.json"),
@@ -142,6 +143,10 @@ def main(argv):
     import tensorflow as tf
 
     names = FLAGS.models or ALL_MODELS
+    previous = []
+    if FLAGS.update and os.path.exists(FLAGS.output):
+        with open(FLAGS.output) as f:
+            previous = [r for r in json.load(f)["results"] if r["model"] not in names]
     results = []
     for name in names:
         keras.backend.clear_session()
@@ -154,8 +159,10 @@ def main(argv):
         print(json.dumps({k: v for k, v in record.items() if k != "traceback"}),
               flush=True)
         results.append(record)
+        order = {n: i for i, n in enumerate(ALL_MODELS)}
+        merged = sorted(previous + results, key=lambda r: order.get(r["model"], len(order)))
         summary = {}
-        for r in results:
+        for r in merged:
             summary[r["status"]] = summary.get(r["status"], 0) + 1
         write_atomically(FLAGS.output, {
             "benchmark": "applications_exactness",
@@ -167,7 +174,7 @@ def main(argv):
             "python": sys.version.split()[0],
             "machine": platform.machine(),
             "summary": summary,
-            "results": results,
+            "results": merged,
         })
 
 

@@ -6,7 +6,8 @@ Properties (checked against the ORIGINAL model's outputs, not the analysis):
 2. no constant channel that could have been removed survives: every BN
    channel of the pruned model with γ == 0, removed by force (its value folded,
    tied non-constant members treated as 0), changes the outputs — or cannot be
-   removed at all (pinned) — so keeping it was necessary;
+   removed at all (pinned, or tied to a channel the selection keeps) — so
+   keeping it was necessary;
 3. pruning again removes nothing.
 """
 
@@ -118,6 +119,8 @@ def check_recipe(recipe):
                 forced = prune_model(pruned, {name: keep}, remove_constant=False)
             except SelectionError:
                 continue  # pinned: could not have been removed
+            if forced.get_layer(name).moving_mean.shape[0] == len(gamma):
+                continue  # tied to a kept channel (e.g. depthwise multiplier)
             err = relative_error(pruned, forced, x)
             assert err > 1e-6, f"{name}[{k}] is constant and removable but was kept"
 

@@ -135,6 +135,12 @@ def _builtin_kinds() -> dict[type, str]:
 
     kinds[BorderCorrection] = POINTWISE
     kinds[ConstantFeature] = OPAQUE
+    try:  # keras.applications.InceptionResNetV2: inputs[0] + inputs[1] * scale
+        from keras.src.applications.inception_resnet_v2 import CustomScaleLayer
+
+        kinds[CustomScaleLayer] = MERGE
+    except ImportError:  # pragma: no cover - other Keras versions
+        pass
     return kinds
 
 
