@@ -130,7 +130,23 @@ def fine_tune(model, x, y, *, epochs, batch_size, learning_rate, seed, verbose=1
     return model
 
 
+def copy_model(model):
+    """Same architecture and weights, uncompiled: fine-tune it without touching ``model``,
+    or save it without optimizer state.
+
+        tuned = fine_tune(copy_model(pruned), x, y, ...)
+    """
+    import keras
+
+    import tf_gamma_prune.layers  # noqa: F401  registers BorderCorrection / ConstantFeature
+
+    copy = keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
 def keras_accuracy(model, x, y) -> float:
+    """Top-1 accuracy of a logits model on ``(x, y)``."""
     import numpy as np
 
     logits = model.predict(x, batch_size=512, verbose=0)
@@ -159,15 +175,31 @@ def tflite_accuracy(tflite: bytes, x, y) -> float:
 
 
 def format_table(rows: list[StageRow]) -> str:
-    header = (f"{'stage':<26} {'test acc':>8} {'params':>9} {'MACs':>11} "
-              f"{'.tflite KB':>10} {'latency ms':>10}")
+    """The results table; the .tflite columns appear only when some row has them.
+
+        print(format_table([StageRow("dense", 0.91, 289_066, 29_128_448)]))
+    """
+    with_tflite = any(r.tflite_kb is not None or r.latency_ms is not None for r in rows)
+    header = f"{'stage':<26} {'test acc':>8} {'params':>9} {'MACs':>11}"
+    if with_tflite:
+        header += f" {'.tflite KB':>10} {'latency ms':>10}"
     lines = [header, "-" * len(header)]
     for r in rows:
-        size = f"{r.tflite_kb:.1f}" if r.tflite_kb is not None else "-"
-        latency = f"{r.latency_ms:.3f}" if r.latency_ms is not None else "-"
-        lines.append(f"{r.stage:<26} {r.accuracy:>8.4f} {r.params:>9,} {r.macs:>11,} "
-                     f"{size:>10} {latency:>10}")
+        line = f"{r.stage:<26} {r.accuracy:>8.4f} {r.params:>9,} {r.macs:>11,}"
+        if with_tflite:
+            size = f"{r.tflite_kb:.1f}" if r.tflite_kb is not None else "-"
+            latency = f"{r.latency_ms:.3f}" if r.latency_ms is not None else "-"
+            line += f" {size:>10} {latency:>10}"
+        lines.append(line)
     return "\n".join(lines)
+
+
+def quiet_absl_logging() -> None:
+    """Hide TensorFlow's INFO chatter (SavedModel export) unless ``--verbosity`` was given."""
+    from absl import logging
+
+    if not FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)
 
 
 def announce(step: int, total: int, text: str) -> None:
@@ -305,6 +337,7 @@ def main(argv):
     del argv
     from tf_gamma_prune.data import load_fashion_mnist
 
+    quiet_absl_logging()
     (x, y), (x_test, y_test) = load_fashion_mnist()
     if not FLAGS.full:
         x, y = x[: FLAGS.train_examples], y[: FLAGS.train_examples]
