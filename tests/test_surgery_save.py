@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import keras
+import pytest
 import numpy as np
 from test_surgery_helpers import assert_same_function, random_inputs, randomize_batchnorms
 
@@ -63,3 +64,22 @@ def test_one_fine_tuning_step_runs_and_corrections_stay_fixed():
     assert not np.allclose(kernel, np.array(pruned.get_layer("reader").kernel))
     for name, value in before.items():
         np.testing.assert_array_equal(value, np.array(pruned.get_layer(name).weights[0]))
+
+
+def test_tflite_sees_plain_adds_of_constants():
+    export = pytest.importorskip("tf_gamma_prune.export")
+    model = model_needing_corrections()
+    pruned = prune_model(model)
+    flatbuffer = export.to_tflite(pruned)
+    counts = export.op_counts(flatbuffer)
+    export.assert_builtin_only(flatbuffer)
+    # the constant branch and the border correction become ADDs of constants
+    assert set(counts) <= {"ADD", "CONV_2D", "FULLY_CONNECTED", "MEAN"}
+    interpreter = export.make_interpreter(flatbuffer)
+    interpreter.allocate_tensors()
+    x = random_inputs(model, batch=1)
+    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], x)
+    interpreter.invoke()
+    out = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+    ref = np.asarray(model(x, training=False))
+    assert np.abs(out - ref).max() <= 1e-5 * np.abs(ref).max()
