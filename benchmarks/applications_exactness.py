@@ -59,7 +59,6 @@ MIN_SIZE = {"Xception": 71, "InceptionV3": 75, "InceptionResNetV2": 75,
 
 def randomize_batchnorms(model, rng, zero_fraction):
     import keras
-    import numpy as np
 
     from tf_gamma_prune.batchnorm import named_layers
 

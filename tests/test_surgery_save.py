@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import keras
-import pytest
 import numpy as np
+import pytest
 from test_surgery_helpers import assert_same_function, random_inputs, randomize_batchnorms
 
 from tf_gamma_prune import prune_model

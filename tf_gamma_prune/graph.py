@@ -568,7 +568,7 @@ class _ChannelBuilder:
         src_t, out_t = call.inputs[0], call.outputs[0]
         src = self.raw[src_t]
         c_in, c_out = len(src), self.width(out_t)
-        in_shape, out_shape = self.graph.shape(src_t), self.graph.shape(out_t)
+        in_shape = self.graph.shape(src_t)
         layer = call.layer
         decidable = True
         if isinstance(layer, L.Permute):

@@ -62,7 +62,6 @@ from tf_gamma_prune.graph import (
     SharedLayerError,
     UnsupportedLayerError,
     _has_padding_effect,
-    activation_mixes_channels,
     channel_graph,
     linear_response,
 )
@@ -402,7 +401,7 @@ class _Rebuilder:
         if not old:
             return {}
         kind = self.graph.kinds[call]
-        in_t, out_t = call.inputs[0], call.outputs[0]
+        in_t = call.inputs[0]
         keep_in = self.keep[in_t]
         width_in = self.graph.width(in_t)
         new = {}
