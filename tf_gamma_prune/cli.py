@@ -59,24 +59,52 @@ def _say(line: str) -> None:
 
 def load_model(path: str, trust: bool):
     """Load a .keras model in safe mode unless ``trust``; refusals say what to do."""
-    import keras
+    from tf_gamma_prune.export import ModelFileError, UnsafeModelError, load_keras_model
 
-    import tf_gamma_prune.layers  # noqa: F401  registers the package's custom layers
-
-    if not os.path.exists(path):
-        raise CliError(f"No such model file: {path}")
     try:
-        return keras.models.load_model(path, safe_mode=not trust)
-    except ValueError as e:
-        if not trust and ("safe_mode" in str(e) or "Lambda" in str(e)):
-            raise CliError(
-                f"Refused to load {path} in safe mode: it contains Python code (e.g. a Lambda layer) "
-                "that would run when loaded. If you trust this file, pass --trust_model."
-            ) from e
-        raise CliError(f"Cannot load {path} as a Keras model: {e}") from e
+        return load_keras_model(path, trust=trust)
+    except UnsafeModelError as e:
+        raise CliError(
+            f"Refused to load {path} in safe mode: it contains Python code (e.g. a Lambda layer) "
+            "that would run when loaded. If you trust this file, pass --trust_model."
+        ) from e
+    except ModelFileError as e:
+        raise CliError(str(e)) from e
 
 
-def _export(model, path: str) -> bytes:
+class _Outputs:
+    """Files a command writes, all at the end: a failing command leaves none behind.
+
+    Each file is written atomically; if a later one fails, the ones this command
+    created (that did not exist before) are removed again.
+    """
+
+    def __init__(self):
+        self.pending: list[tuple[str, object]] = []
+
+    def add(self, path: str, write) -> None:
+        self.pending.append((path, write))
+
+    def commit(self) -> None:
+        created = []
+        try:
+            for path, write in self.pending:
+                existed = os.path.exists(path)
+                write(path)
+                if not existed:
+                    created.append(path)
+                _say(f"wrote {path}")
+        except BaseException:
+            for path in created:
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
+            raise
+
+
+def _export(model, path: str, outputs: _Outputs) -> bytes:
+    """Convert and check ``model``; the .tflite is written by ``outputs.commit()``."""
     from tf_gamma_prune import export
 
     quantization = None if FLAGS.quantize == "none" else FLAGS.quantize
@@ -89,12 +117,12 @@ def _export(model, path: str) -> bytes:
     elif quantization == "int8":
         raise CliError("--quantize int8 needs --calibration npy:PATH (or fashion_mnist; random for smoke tests).")
     flatbuffer = export.to_tflite(
-        model, path, quantization=quantization,
+        model, None, quantization=quantization,
         representative_data=None if inputs is None else [inputs[: FLAGS.calibration_samples]],
         int8_io=FLAGS.int8_io, batch_size=FLAGS.batch_size or None,
         calibration_samples=FLAGS.calibration_samples,
     )
-    _say(f"wrote {path} ({len(flatbuffer):,} bytes, quantization={FLAGS.quantize})")
+    _say(f"converted ({len(flatbuffer):,} bytes, quantization={FLAGS.quantize})")
     _say("ops: " + ", ".join(f"{k}×{v}" for k, v in export.op_counts(flatbuffer).items()))
     if FLAGS.parity_samples > 0:
         if inputs is None:
@@ -105,13 +133,16 @@ def _export(model, path: str) -> bytes:
         if quantization is None:
             report.assert_within(1e-4)
     _say(export.gpu_compatibility(flatbuffer).summary())
+    outputs.add(path, lambda p: export.write_atomic(p, flatbuffer))
     return flatbuffer
 
 
 def cmd_export(args: list[str]) -> None:
     if len(args) != 1 or not FLAGS.tflite:
         raise app.UsageError("export IN.keras --tflite OUT.tflite [--quantize ...]")
-    _export(load_model(args[0], FLAGS.trust_model), FLAGS.tflite)
+    outputs = _Outputs()
+    _export(load_model(args[0], FLAGS.trust_model), FLAGS.tflite, outputs)
+    outputs.commit()
 
 
 def cmd_prune(args: list[str]) -> None:
@@ -123,13 +154,16 @@ def cmd_prune(args: list[str]) -> None:
         raise CliError(f"Pruning is not available in this installation ({e}).") from e
     from tf_gamma_prune.atomic_io import save_keras_atomic
 
+    if not FLAGS.out.endswith(".keras"):
+        raise CliError(f"--out must name a .keras file, got {FLAGS.out}")
     model = load_model(args[0], FLAGS.trust_model)
     pruned, report = prune_model(model, return_report=True)
     _say(report.summary())
-    save_keras_atomic(pruned, FLAGS.out)
-    _say(f"wrote {FLAGS.out}")
+    outputs = _Outputs()
+    outputs.add(FLAGS.out, lambda p: save_keras_atomic(pruned, p))
     if FLAGS.tflite:
-        _export(pruned, FLAGS.tflite)
+        _export(pruned, FLAGS.tflite, outputs)
+    outputs.commit()
 
 
 def cmd_benchmark(args: list[str]) -> None:
@@ -172,14 +206,24 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"Give a command: one of {', '.join(COMMANDS)}.")
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # TF's SavedModel chatter is not for users
-    from tf_gamma_prune.export import ExportError
-
     command = {"export": cmd_export, "prune": cmd_prune, "benchmark": cmd_benchmark}[argv[1]]
     try:
         command(argv[2:])
-    except (CliError, ExportError, ValueError) as e:  # typed library errors explain themselves
+    except _user_errors() as e:  # typed library errors explain themselves: no traceback
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that describe bad input or environment, not a bug in this package."""
+    from tf_gamma_prune.atomic_io import AtomicWriteError
+    from tf_gamma_prune.export import ExportError
+    from tf_gamma_prune.layer_graph import UnsupportedModelError
+
+    # ValueError covers SelectionError, NonFiniteWeightError, DynamicShapeError,
+    # CalibrationDataError; UnsupportedModelError (a TypeError) covers Lambda and
+    # unknown layers, subclassed models; OSError: unwritable output paths.
+    return (CliError, ExportError, ValueError, UnsupportedModelError, AtomicWriteError, OSError)
 
 
 def run() -> None:

@@ -67,20 +67,98 @@ class ParityError(ExportError):
     """TFLite and Keras outputs differ by more than the allowed tolerance."""
 
 
+class ModelFileError(ExportError, ValueError):
+    """A model file is missing, empty, truncated, corrupt or not a model of that kind."""
+
+
+class UnsafeModelError(ModelFileError):
+    """A ``.keras`` file holds Python code (a Lambda layer) and was loaded in safe mode."""
+
+
+class InputShapeError(ExportError, ValueError):
+    """Inputs whose shape does not fit the model's input; the message gives the expected shape."""
+
+
 # ----------------------------------------------------------------------------
 # files
 # ----------------------------------------------------------------------------
 
 
+TFLITE_IDENTIFIER = b"TFL3"  # flatbuffer file identifier, bytes 4-8 of every .tflite
+
+
 def read_tflite(source: TFLiteSource) -> bytes:
-    """The flatbuffer bytes of ``source`` (bytes as they are, or a file path)."""
+    """The flatbuffer bytes of ``source`` (bytes as they are, or a file path).
+
+    Raises:
+        ModelFileError: missing/unreadable file, or bytes that are not a TFLite
+            flatbuffer (empty, no ``TFL3`` identifier). A truncated flatbuffer keeps
+            its identifier; the interpreter's verifier (:func:`make_interpreter`)
+            rejects it.
+    """
     if isinstance(source, (bytes, bytearray, memoryview)):
-        return bytes(source)
+        data, where = bytes(source), "The given bytes"
+    else:
+        where = f"TFLite model {os.fspath(source)!r}"
+        try:
+            with open(source, "rb") as f:
+                data = f.read()
+        except OSError as e:
+            raise ModelFileError(f"Cannot read {where}: {e}") from e
+    if len(data) < 8 or data[4:8] != TFLITE_IDENTIFIER:
+        raise ModelFileError(
+            f"{where} is not a TFLite flatbuffer ({len(data)} bytes, no 'TFL3' identifier): an empty, "
+            "truncated or wrong file."
+        )
+    return data
+
+
+def load_keras_model(path: str | os.PathLike, *, trust: bool = False, custom_objects: Mapping | None = None):
+    """``keras.models.load_model`` with typed errors for bad files.
+
+    Safe mode is on unless ``trust=True``: a file holding Python code (a Lambda
+    layer) is refused, because loading it would run that code. Only pass
+    ``trust=True`` for files you trust.
+
+    Raises:
+        ModelFileError: missing, empty, truncated or corrupt file, or one Keras
+            cannot load (the message keeps Keras' reason).
+        UnsafeModelError: a Lambda layer (or other code) under safe mode.
+    """
+    import zipfile
+
+    import keras
+
+    import tf_gamma_prune.layers  # noqa: F401  registers the package's custom layers
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ModelFileError(f"No such model file: {path}")
+    if path.endswith(".keras"):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                broken = archive.testzip()  # CRC of every member: catches truncation and bit rot
+                names = set(archive.namelist())
+        except (zipfile.BadZipFile, OSError, EOFError) as e:
+            raise ModelFileError(
+                f"{path} is not a complete .keras archive ({type(e).__name__}: {e}); the file is "
+                "probably truncated (an interrupted copy or save) or not a Keras model."
+            ) from e
+        if broken is not None:
+            raise ModelFileError(f"{path} is corrupt: member {broken!r} fails its CRC check.")
+        if "config.json" not in names:
+            raise ModelFileError(f"{path} is a zip archive without config.json: not a .keras model.")
     try:
-        with open(source, "rb") as f:
-            return f.read()
-    except OSError as e:
-        raise ExportError(f"Cannot read TFLite model {os.fspath(source)!r}: {e}") from e
+        return keras.models.load_model(path, safe_mode=not trust, custom_objects=custom_objects)
+    except Exception as e:  # Keras raises ValueError, TypeError, KeyError, OSError (h5py) ...
+        text = str(e)
+        if not trust and ("safe_mode" in text or "Lambda" in text):
+            raise UnsafeModelError(
+                f"Refused to load {path} in safe mode: it contains Python code (e.g. a Lambda layer) "
+                "that would run when loaded. If you trust this file, pass trust=True (--trust_model "
+                "on the command line)."
+            ) from e
+        raise ModelFileError(f"Cannot load {path} as a Keras model ({type(e).__name__}: {text[:2000]})") from e
 
 
 # ----------------------------------------------------------------------------
@@ -174,10 +252,12 @@ def _representative_dataset(
             for x, spec in zip(xs, signature):
                 if x.ndim == len(spec.shape) - 1:  # a single example without batch axis
                     x = x[None]
-                if x.ndim != len(spec.shape):
+                if x.ndim != len(spec.shape) or any(
+                    d is not None and d != n for d, n in zip(tuple(spec.shape)[1:], x.shape[1:])
+                ):
                     raise CalibrationDataError(
                         f"Representative batch of shape {x.shape} does not fit input "
-                        f"{spec.name!r} of shape {tuple(spec.shape)}."
+                        f"{spec.name!r}: expected (batch,) + {tuple(spec.shape)[1:]}."
                     )
                 arrays.append(x.astype(spec.dtype.as_numpy_dtype, copy=False))
             n = arrays[0].shape[0]
@@ -476,7 +556,7 @@ def make_interpreter(tflite: TFLiteSource, num_threads: int | None = None):
     try:
         return Interpreter(model_content=read_tflite(tflite), num_threads=num_threads)
     except ValueError as e:
-        raise ExportError(f"LiteRT cannot load the model: {e}") from e
+        raise ModelFileError(f"LiteRT cannot load the model (truncated or corrupt flatbuffer?): {e}") from e
 
 
 def _quantize(x: np.ndarray, detail: Mapping) -> np.ndarray:
@@ -592,6 +672,35 @@ def _named_inputs(model: Any, inputs: Any, names: list[str]) -> dict[str, np.nda
     return {names[0]: np.asarray(inputs)}
 
 
+def _check_parity_inputs(model: Any, named: dict[str, np.ndarray], runner: "_SignatureModel") -> None:
+    """Every input has the model's rank and static sizes, and all share one non-zero batch."""
+    keras_shapes = {}
+    for t in getattr(model, "inputs", None) or []:
+        keras_shapes[t.name] = tuple(t.shape)
+    if len(keras_shapes) == len(runner.inputs) and set(keras_shapes) != set(runner.inputs):
+        keras_shapes = dict(zip(runner.inputs, keras_shapes.values()))  # match by position
+    batches = set()
+    for name, value in named.items():
+        signature = [int(d) for d in np.asarray(runner.inputs[name]["shape_signature"])]
+        expected = [None] + [None if d < 0 else d for d in signature[1:]]
+        for i, d in enumerate(keras_shapes.get(name, ())[1:], start=1):
+            if i < len(expected) and expected[i] is None and d is not None:
+                expected[i] = int(d)
+        shown = tuple(expected)
+        if value.ndim != len(expected) or any(
+            e is not None and e != v for e, v in zip(expected[1:], value.shape[1:])
+        ):
+            raise InputShapeError(
+                f"check_parity: input {name!r} has shape {value.shape}; the model expects {shown} "
+                "(batch first, None = any size)."
+            )
+        batches.add(value.shape[0])
+    if len(batches) > 1:
+        raise InputShapeError(f"check_parity: the inputs have different batch sizes {sorted(batches)}.")
+    if batches == {0}:
+        raise InputShapeError("check_parity: the inputs hold no examples (batch size 0).")
+
+
 def check_parity(
     model: Any,
     tflite: TFLiteSource,
@@ -632,6 +741,7 @@ def check_parity(
             named = dict(zip(runner.inputs, named.values()))
         else:
             raise ExportError(f"Inputs {sorted(named)} do not match the TFLite inputs {sorted(runner.inputs)}.")
+    _check_parity_inputs(model, named, runner)
     n = next(iter(named.values())).shape[0]
     keras_order = [k for k in keras_names if k in named] if set(keras_names) == set(named) else list(named)
 
@@ -736,9 +846,11 @@ def analyzer_text(tflite: TFLiteSource, gpu_compatibility: bool = True) -> str:
     """The text that ``tf.lite.experimental.Analyzer.analyze`` prints for the model."""
     import tensorflow as tf
 
+    data = read_tflite(tflite)
+    make_interpreter(data)  # the verifier first: the analyzer segfaults on truncated flatbuffers
     buffer = io.StringIO()
     with contextlib.redirect_stdout(buffer):
-        tf.lite.experimental.Analyzer.analyze(model_content=read_tflite(tflite), gpu_compatibility=gpu_compatibility)
+        tf.lite.experimental.Analyzer.analyze(model_content=data, gpu_compatibility=gpu_compatibility)
     return buffer.getvalue()
 
 
