@@ -18,7 +18,6 @@ import json
 import os
 import platform
 import sys
-import tempfile
 import time
 import traceback
 
@@ -128,12 +127,9 @@ def check_model(name):
 
 
 def write_atomically(path, payload):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(payload, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
+    from tf_gamma_prune.atomic_io import write_json_atomic
+
+    write_json_atomic(path, payload)
 
 
 def main(argv):

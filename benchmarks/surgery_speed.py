@@ -19,7 +19,6 @@ import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -56,12 +55,9 @@ def randomize_batchnorms(model, seed, zero_fraction):
 
 
 def write_atomically(path, payload):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(payload, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
+    from tf_gamma_prune.atomic_io import write_json_atomic
+
+    write_json_atomic(path, payload)
 
 
 def main(argv):
