@@ -494,7 +494,7 @@ def _operator_names(flatbuffer: bytes) -> tuple[list[str], list[str]]:
             for o in range(subgraph.OperatorsLength()):
                 instances.append(code_names[subgraph.Operators(o).OpcodeIndex()])
     except Exception as e:  # malformed buffer
-        raise ExportError(f"Not a readable TFLite flatbuffer ({type(e).__name__}: {e}).") from e
+        raise ModelFileError(f"Not a readable TFLite flatbuffer ({type(e).__name__}: {e}).") from e
     return code_names, instances
 
 
