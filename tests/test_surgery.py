@@ -96,6 +96,21 @@ def conv3d():
     return keras.Model(x, head(cbr(y, 4, conv=L.Conv3D, padding="valid")))
 
 
+def conv_transpose():
+    x = img(6, 6)
+    y = cbr(x, 8, padding="same")
+    y = cbr(y, 6, conv=L.Conv2DTranspose, strides=2, padding="same")
+    y = cbr(y, 6, conv=L.Conv2DTranspose, kernel=(3, 2), strides=(1, 2), padding="valid")
+    return keras.Model(x, head(y))
+
+
+def conv1d_transpose():
+    x = keras.Input((9, 3))
+    y = cbr(x, 6, conv=L.Conv1D, padding="same")
+    y = cbr(y, 5, conv=L.Conv1DTranspose, kernel=4, strides=3, padding="same")
+    return keras.Model(x, head(y))
+
+
 def depthwise():
     x = img()
     y = cbr(x, 8, kernel=1)
@@ -306,7 +321,7 @@ def rescaling_normalization():
 
 
 CASES = [conv2d_same, conv2d_valid_strided, conv2d_same_strided, conv2d_dilated,
-         conv2d_no_bias, conv1d, conv3d, depthwise, depthwise1d, separable,
+         conv2d_no_bias, conv1d, conv3d, conv_transpose, conv1d_transpose, depthwise, depthwise1d, separable,
          separable1d, dense, dense_on_sequence, activations, pooling,
          global_pooling, dropout, zero_padding, residual_add, merges, concatenate,
          squeeze_excite, squeeze_excite_dense_reshape, flatten_dense,

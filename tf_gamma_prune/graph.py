@@ -113,7 +113,8 @@ def _builtin_kinds() -> dict[type, str]:
                 kinds[cls] = kind
 
     put(MIXING, "Conv1D", "Conv2D", "Conv3D", "SeparableConv1D",
-        "SeparableConv2D", "Dense")
+        "SeparableConv2D", "Dense", "Conv1DTranspose", "Conv2DTranspose",
+        "Conv3DTranspose")
     put(DEPTHWISE, "DepthwiseConv1D", "DepthwiseConv2D")
     put(POINTWISE, "BatchNormalization", "Activation", "ReLU", "LeakyReLU",
         "PReLU", "ELU", "Dropout", "SpatialDropout1D", "SpatialDropout2D",
@@ -857,8 +858,15 @@ def _kernel_size(layer: Any) -> tuple[int, ...]:
     return tuple(getattr(layer, "kernel_size", ()) or ())
 
 
+def is_transposed_conv(layer: Any) -> bool:
+    return isinstance(layer, (L.Conv1DTranspose, L.Conv2DTranspose, L.Conv3DTranspose))
+
+
 def _has_padding_effect(layer: Any) -> bool:
-    """Whether the layer's zero padding can make a uniform input non-uniform."""
+    """Whether the layer can make a uniform input non-uniform (zero padding; for
+    transposed convs also the borders and the stride pattern of the taps)."""
+    if is_transposed_conv(layer):
+        return any(k > 1 for k in _kernel_size(layer)) or any(s > 1 for s in layer.strides)
     padding = getattr(layer, "padding", "valid")
     if padding == "valid" or isinstance(layer, L.Dense):
         return False
@@ -900,8 +908,13 @@ def linear_response(layer: Any, value: np.ndarray,
         return np.tensordot(value, _numpy_weight(layer.kernel), axes=[[-1], [0]])
     if uniform and (spatial_shape is None or not _has_padding_effect(layer)):
         return _interior_response(layer, value)
+    if uniform and is_transposed_conv(layer):
+        return _conv_map(layer, np.broadcast_to(value, (1,) + tuple(spatial_shape)
+                                                + value.shape[-1:]))
     if uniform:
         return _uniform_response_map(layer, value.reshape(-1), tuple(spatial_shape))
+    if is_transposed_conv(layer):
+        return _conv_map(layer, value)
     if all(k == 1 for k in _kernel_size(layer)):
         strided = value[(slice(None),) + tuple(slice(None, None, s) for s in layer.strides)]
         return _interior_response(layer, strided)
@@ -942,6 +955,12 @@ def _interior_response(layer: Any, value: np.ndarray) -> np.ndarray:
         mid = (value[..., :, None] * summed).reshape(lead + (-1,))
         return np.tensordot(mid, pw.reshape(pw.shape[-2:]), axes=[[-1], [0]])
     nz = np.flatnonzero(np.any(value.reshape(-1, value.shape[-1]) != 0, axis=0))
+    if is_transposed_conv(layer):
+        # (*k, C_out, C_in): an interior output position receives, on average,
+        # 1 / prod(strides) of the taps (exact for stride 1)
+        k = _numpy_weight(layer.kernel)[..., nz]
+        summed = k.sum(axis=tuple(range(k.ndim - 2))) / float(np.prod(layer.strides))
+        return np.tensordot(value[..., nz], summed, axes=[[-1], [1]])
     k = keras.ops.convert_to_numpy(layer.kernel)[..., nz, :].astype(np.float64)
     summed = k.sum(axis=tuple(range(k.ndim - 2)))  # (nz, C_out)
     return np.tensordot(value[..., nz], summed, axes=[[-1], [0]])
@@ -1003,7 +1022,10 @@ def _conv_map(layer: Any, value: np.ndarray) -> np.ndarray:
         padding = "valid"
     common = dict(strides=layer.strides, padding=padding,
                   data_format="channels_last", dilation_rate=layer.dilation_rate)
-    if kernel is not None:
+    if is_transposed_conv(layer):
+        out = ops.conv_transpose(x, ops.convert_to_tensor(kernel, "float64"),
+                                 output_padding=layer.output_padding, **common)
+    elif kernel is not None:
         out = ops.conv(x, ops.convert_to_tensor(kernel, "float64"), **common)
     elif pointwise is None:
         out = ops.depthwise_conv(x, ops.convert_to_tensor(depthwise, "float64"), **common)

@@ -63,6 +63,7 @@ from tf_gamma_prune.graph import (
     UnsupportedLayerError,
     _has_padding_effect,
     channel_graph,
+    is_transposed_conv,
     linear_response,
 )
 from tf_gamma_prune.layer_graph import LayerCall, TensorId, functional_core
@@ -604,7 +605,9 @@ def _slice_mixing(layer: Any, old: dict[str, np.ndarray], keep_in: np.ndarray,
             "layers?). Merge/dequantize them into a plain layer first."
         )
     out = {}
-    if "kernel" in old:
+    if "kernel" in old and is_transposed_conv(layer):  # (*k, C_out, C_in)
+        out["kernel"] = old["kernel"][..., keep_out, :][..., keep_in]
+    elif "kernel" in old:
         out["kernel"] = old["kernel"][..., keep_in, :][..., keep_out]
     if "depthwise_kernel" in old:
         dw = old["depthwise_kernel"]
