@@ -1,5 +1,6 @@
 """Property-based: random DAGs of conv/BN/activation/pool/add/concat/depthwise/
-dense blocks with random γ zero patterns.
+separable/dense/squeeze-excitation blocks (global-pooling or Flatten→Dense
+heads) with random γ zero patterns.
 
 Properties (checked against the ORIGINAL model's outputs, not the analysis):
 1. the pruned model computes the original function (relative error ≤ 1e-5);
@@ -40,6 +41,9 @@ block = st.one_of(
     st.tuples(st.just("add"), st.integers(0, 99), st.integers(0, 99)),
     st.tuples(st.just("concat"), st.integers(0, 99), st.integers(0, 99)),
     st.tuples(st.just("se"), st.integers(0, 99)),
+    st.tuples(st.just("dense"), st.integers(0, 99), st.integers(1, 5), st.sampled_from(ACTS)),
+    st.tuples(st.just("sep"), st.integers(0, 99), st.integers(1, 5),
+              st.sampled_from(["same", "valid"]), st.sampled_from(ACTS)),
 )
 
 recipes = st.fixed_dictionaries({
@@ -47,6 +51,7 @@ recipes = st.fixed_dictionaries({
     "channels": st.integers(1, 3),
     "blocks": st.lists(block, min_size=1, max_size=7),
     "head_width": st.integers(1, 4),
+    "flatten_head": st.booleans(),
     "seed": st.integers(0, 2**16),
     "zero_fraction": st.sampled_from([0.3, 0.6, 0.9]),
 })
@@ -87,6 +92,14 @@ def build(recipe):
             else:  # project t to a same-shaped branch
                 u = L.BatchNormalization()(L.Conv2D(t.shape[-1], 1)(t))
             y = L.Add()([t, u])
+        elif kind == "dense":  # a Dense on a feature map acts on the channel axis
+            _, _, width, act = spec
+            y = activation(act)(L.BatchNormalization()(L.Dense(width)(t)))
+        elif kind == "sep":
+            _, _, width, padding, act = spec
+            padding = "same" if size < 3 else padding
+            y = L.SeparableConv2D(width, 3, padding=padding)(t)
+            y = activation(act)(L.BatchNormalization()(y))
         elif kind == "concat":
             same = [u for u in tensors if tuple(u.shape[1:3]) == tuple(t.shape[1:3])]
             y = L.Concatenate()([t, same[spec[2] % len(same)]])
@@ -96,7 +109,10 @@ def build(recipe):
             s = L.Conv2D(t.shape[-1], 1, activation="sigmoid")(s)
             y = L.Multiply()([t, s])
         tensors.append(y)
-    h = L.GlobalAveragePooling2D()(tensors[-1])
+    if recipe.get("flatten_head"):
+        h = L.Flatten()(tensors[-1])
+    else:
+        h = L.GlobalAveragePooling2D()(tensors[-1])
     # swish, not ReLU, after global pooling: a ReLU on pooled features is often
     # dead for every probe example, which would hide channels from the oracle
     h = L.Activation("swish")(L.BatchNormalization()(L.Dense(recipe["head_width"])(h)))
