@@ -83,3 +83,19 @@ def test_tflite_sees_plain_adds_of_constants():
     out = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
     ref = np.asarray(model(x, training=False))
     assert np.abs(out - ref).max() <= 1e-5 * np.abs(ref).max()
+
+
+def test_pruning_a_pruned_model_again_keeps_it_exact():
+    # iterative pruning: more γ reach zero during fine-tuning, prune again
+    model = model_needing_corrections()
+    pruned = prune_model(model)
+    x = random_inputs(model)
+    bn = pruned.get_layer("bn0")
+    gamma = np.array(bn.gamma)
+    assert gamma.shape[0] > 1
+    gamma[0] = 0.0
+    bn.gamma.assign(gamma)
+    again, report = prune_model(pruned, return_report=True)
+    assert report.removed_constant > 0
+    assert again.get_layer("stem").filters == pruned.get_layer("stem").filters - 1
+    assert_same_function(pruned, again, x)

@@ -59,6 +59,7 @@ MERGE = "merge"  # elementwise merge of tensors (Add, Multiply, ...)
 CONCAT = "concat"
 RESHAPE = "reshape"  # Flatten / Reshape / Permute
 OPAQUE = "opaque"  # mixes channels but cannot absorb constants: pins them
+CONSTANT = "constant"  # ConstantFeature: new channels, all constant
 
 FOLD_MODES = ("exact", "bias")
 
@@ -135,7 +136,7 @@ def _builtin_kinds() -> dict[type, str]:
     from tf_gamma_prune.layers import BorderCorrection, ConstantFeature
 
     kinds[BorderCorrection] = POINTWISE
-    kinds[ConstantFeature] = OPAQUE
+    kinds[ConstantFeature] = CONSTANT
     try:  # keras.applications.InceptionResNetV2: inputs[0] + inputs[1] * scale
         from keras.src.applications.inception_resnet_v2 import CustomScaleLayer
 
@@ -543,6 +544,8 @@ class _ChannelBuilder:
             self.raw[out[0]] = np.concatenate([self.raw[t] for t in ins])
         elif kind == RESHAPE:
             self.reshape_ids(call)
+        elif kind == CONSTANT:
+            self.raw[out[0]] = self.fresh(self.width(out[0]))
         elif kind == OPAQUE:
             for t in ins:
                 self.pin(self.raw[t], f"read by {type(call.layer).__name__} '{call.name}'")
@@ -592,6 +595,10 @@ class _ChannelBuilder:
     # constants ----------------------------------------------------------------
     def propagate_constants(self, call: LayerCall, kind: str) -> None:
         if kind == OPAQUE or call in self.rearranged:
+            return
+        if kind == CONSTANT:
+            value = _numpy_weight(call.layer.value)[None]
+            self.constants[call.outputs[0]] = Constants(np.ones(value.shape[-1], bool), value)
             return
         if kind in (POINTWISE, SPATIAL) and len(self.raw[call.inputs[0]]) != len(
             self.raw[call.outputs[0]]

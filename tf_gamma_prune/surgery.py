@@ -55,6 +55,7 @@ import numpy as np
 from tf_gamma_prune.flops import model_cost
 from tf_gamma_prune.graph import (
     CONCAT,
+    CONSTANT,
     DEPTHWISE,
     MIXING,
     ChannelGraph,
@@ -390,6 +391,8 @@ class _Rebuilder:
             config["target_shape"] = tuple(target)
         if isinstance(layer, BorderCorrection):
             config["shape"] = list(layer.map_shape[:-1]) + [len(keep_in)]
+        if isinstance(layer, ConstantFeature):
+            config["shape"] = list(layer.map_shape[:-1]) + [len(self.keep[out_t])]
         if isinstance(layer, (L.Rescaling, L.Normalization)):
             for key in ("scale", "offset", "mean", "variance"):
                 value = config.get(key)
@@ -409,6 +412,8 @@ class _Rebuilder:
         for name, arr in old.items():
             if kind == DEPTHWISE:
                 arr = _slice_depthwise(name, arr, keep_in, call.layer.depth_multiplier)
+            elif kind == CONSTANT:
+                arr = arr[..., self.keep[call.outputs[0]]]
             elif len(keep_in) != width_in and arr.ndim >= 1 and arr.shape[-1] == width_in:
                 arr = arr[..., keep_in]
             if name == "moving_mean" and id(call.layer) in self.mean_shift:
