@@ -218,7 +218,7 @@ def test_checkpoint_round_trips_gamma_ista_state_in_process(tmp_path):
         keras.utils.set_random_seed(1)
         model = _compiled_model(keras)
         model.optimizer.rho = rho
-        model.fit(_epoch_data(tf, 0).take(steps), epochs=1, verbose=0)
+        model.fit(_epoch_data(tf, 0).take(steps), epochs=1, verbose=0, shuffle=False)
         return model
 
     trained = fitted(0.3, steps=3)
@@ -276,7 +276,8 @@ def test_resuming_at_the_wrong_epoch_is_refused(tmp_path):
     checkpoint.set_model(model)
     checkpoint.save(TrainingPosition(1, 3))
     with pytest.raises(ResumeError, match="initial_epoch=1 and skip 3 batches"):
-        model.fit(_epoch_data(tf, 0), epochs=1, verbose=0, callbacks=[StepCheckpoint(tmp_path / "a.npz")])
+        model.fit(_epoch_data(tf, 0), epochs=1, verbose=0, shuffle=False,
+                  callbacks=[StepCheckpoint(tmp_path / "a.npz")])
 
 
 def test_module_docstring_example_runs():
