@@ -47,3 +47,127 @@ def test_fashion_mnist_pipeline_tiny(tmp_path):
     table = fashion_mnist.format_table(rows)
     assert "pruned + fine-tuned" in table and ".tflite int8" in table
     assert all(np.isfinite(r.accuracy) for r in rows)
+
+
+def test_cifar10_resnet20_protocol_on_mock_data(tmp_path):
+    import cifar10_resnet20 as c10
+    import example_plots
+    import tensorflow_datasets as tfds
+
+    with tfds.testing.mock_data(num_examples=200):
+        (x, y), (x_test, y_test) = c10.load_cifar10()
+    assert x.shape == (200, 32, 32, 3) and x.dtype == np.float32
+    settings = c10.ProtocolSettings(epochs=2, warmup_epochs=1, finetune_epochs=1, batch_size=50,
+                                    rho_warmup=0.5, rho=2.0, verbose=0)
+    result = c10.run_protocol(x, y, x_test, y_test, settings, str(tmp_path), run_name="tiny")
+
+    # Only the first conv of each block was sparsified; every other γ is untouched by ISTA.
+    first = set(c10.pruned_bn_names(result.sparse))
+    zeros = {layer.name: int(np.sum(np.asarray(layer.gamma) == 0))
+             for layer in result.sparse.layers if hasattr(layer, "gamma")}
+    assert sum(zeros[n] for n in first) > 0
+    assert all(zeros[n] == 0 for n in zeros if n not in first)
+    # Smaller (or equal) and the same function before fine-tuning.
+    assert result.pruned.count_params() <= result.sparse.count_params()
+    assert result.rows[1].params < result.rows[0].params
+    before = result.sparse.predict(x_test, verbose=0)
+    after = result.pruned.predict(x_test, verbose=0)
+    np.testing.assert_allclose(after, before, rtol=0, atol=1e-4 * np.abs(before).max())
+    assert result.report.max_rel_deviation < 1e-4
+    # Only first convs lost channels: block outputs keep their widths.
+    for name, (old, new) in result.report.widths.items():
+        if new != old:
+            assert name.endswith(("_conv1", "_bn1")), name
+    for name, path in result.paths.items():
+        assert os.path.exists(path), name
+    assert example_plots.is_png(result.paths["channel_widths.png"])
+    import fashion_mnist
+
+    assert "pruned + fine-tuned" in fashion_mnist.format_table(result.rows)
+
+
+REPO = os.path.join(os.path.dirname(__file__), "..")
+SAVED = os.path.join(REPO, "saved_models")
+
+
+def _define_flags_once(module, probe_flag):
+    from absl import flags
+
+    if probe_flag not in flags.FLAGS:
+        module.define_flags()
+    return flags.FLAGS
+
+
+@needs_fashion_mnist
+def test_pretrained_main_tiny(tmp_path, capsys):
+    import pretrained
+
+    FLAGS = _define_flags_once(pretrained, "alpha")
+    FLAGS([
+        "pretrained", f"--model={os.path.join(SAVED, 'fashion_vgg_baseline.keras')}",
+        "--train_examples=512", "--epochs=1", "--finetune_epochs=1", "--batch_size=64",
+        "--learning_rate=0.001", "--rho=8", f"--out_dir={tmp_path}"])
+    try:
+        pretrained.main([])
+    finally:
+        FLAGS.unparse_flags()
+    printed = capsys.readouterr().out
+    assert "pruned + fine-tuned" in printed and "rescale back on the pruned model" in printed
+    assert os.path.getsize(tmp_path / "pruned.keras") > 0
+    assert os.path.getsize(tmp_path / "pruned.tflite") > 0
+
+
+@needs_fashion_mnist
+def test_pretrained_flow_is_exact_at_every_step():
+    import pretrained
+
+    from tf_gamma_prune.data import load_fashion_mnist
+
+    (x, y), (x_test, y_test) = load_fashion_mnist()
+    model = pretrained.load_trained_model(os.path.join(SAVED, "fashion_vgg_baseline.keras"))
+    result = pretrained.prune_pretrained(
+        model, x[:512], y[:512], x_test[:256], y_test[:256], alpha=0.1, epochs=1, finetune_epochs=0,
+        batch_size=64, learning_rate=1e-3, finetune_learning_rate=0.01, rho=8.0, seed=0, verbose=0)
+    assert result.rescale_deviation < 1e-5
+    assert result.rescale_back_deviation < 1e-5  # rescale_gamma(pruned, 1/α), BorderCorrection included
+    assert result.prune_deviation < 1e-4
+    assert any(type(layer).__name__ == "BorderCorrection" for layer in result.pruned.layers)
+    ista, pruned = result.rows[1], result.rows[2]
+    # MACs always drop; params may not: border-correction maps (H·W·C each) can outweigh the
+    # removed weights when channels go at full resolution (report.border_params counts them).
+    assert pruned.macs < ista.macs
+    assert result.report.params_after - result.report.border_params < result.report.params_before
+    assert pruned.accuracy == pytest.approx(ista.accuracy, abs=1 / 256)
+
+
+def test_make_saved_models_tiny(tmp_path):
+    import make_saved_models
+
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 1, (256, 28, 28, 1)).astype(np.float32)
+    y = rng.integers(0, 10, 256).astype(np.uint8)
+    paths = make_saved_models.make_saved_models(
+        x, y, x[:64], y[:64], str(tmp_path), epochs=1, ista_epochs=1, finetune_epochs=0,
+        alpha=0.1, rho=3.0, verbose=0)
+    assert sorted(os.path.basename(p) for p in paths.values()) == [
+        "fashion_vgg_baseline.keras", "fashion_vgg_baseline.tflite",
+        "fashion_vgg_pruned.keras", "fashion_vgg_pruned.tflite"]
+    assert all(0 < os.path.getsize(p) < make_saved_models.MAX_BYTES for p in paths.values())
+
+
+@pytest.mark.parametrize("name", ["fashion_vgg_baseline", "fashion_vgg_pruned"])
+def test_committed_saved_models_load_and_match_their_tflite(name):
+    import keras
+
+    import tf_gamma_prune  # noqa: F401  registers the custom layers
+    from tf_gamma_prune.export import assert_builtin_only, check_parity
+
+    keras_path = os.path.join(SAVED, f"{name}.keras")
+    tflite_path = os.path.join(SAVED, f"{name}.tflite")
+    for path in (keras_path, tflite_path):
+        assert os.path.getsize(path) < 2 * 1024 * 1024, path
+    model = keras.models.load_model(keras_path)  # safe mode: no Python code inside
+    assert model.output_shape == (None, 10)
+    assert_builtin_only(tflite_path)
+    inputs = np.random.default_rng(0).uniform(0, 1, (8, 28, 28, 1)).astype(np.float32)
+    check_parity(model, tflite_path, inputs).assert_within(1e-4)
