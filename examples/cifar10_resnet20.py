@@ -149,8 +149,10 @@ def sparsify(x, y, x_test, y_test, settings: ProtocolSettings, callbacks=()):
     if steps_per_epoch == 0:
         raise ValueError(f"{len(x)} training images make no full batch of {settings.batch_size}; "
                          "lower --batch_size or use more images.")
-    rho = keras.optimizers.schedules.PiecewiseConstantDecay(
-        [max(settings.warmup_epochs * steps_per_epoch - 1, 0)], [settings.rho_warmup, settings.rho])
+    rho = settings.rho
+    if settings.warmup_epochs > 0:  # ρ_warmup for the first warmup_epochs · steps_per_epoch steps
+        rho = keras.optimizers.schedules.PiecewiseConstantDecay(
+            [settings.warmup_epochs * steps_per_epoch - 1], [settings.rho_warmup, settings.rho])
     inner = keras.optimizers.SGD(settings.learning_rate, momentum=0.9,
                                  weight_decay=settings.weight_decay or None)
     optimizer = GammaISTA(inner, rho=rho, penalties=gamma_penalties(model),
