@@ -17,6 +17,9 @@ from __future__ import annotations
 import keras
 import numpy as np
 import pytest
+import json
+import pathlib
+
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_surgery_helpers import random_inputs, randomize_batchnorms, relative_error
@@ -143,10 +146,37 @@ def check_recipe(recipe):
             assert err > 1e-6, f"{name}[{k}] is constant and removable but was kept"
 
 
+FUZZ_CASES = pathlib.Path(__file__).parent / "fuzz_cases"
+
+
+def check_and_record(recipe, test_name):
+    """Run :func:`check_recipe`; on failure save the recipe as a reproducible case.
+
+    Hypothesis calls the test last with its shrunk (minimal) failing example, so
+    ``tests/fuzz_cases/new/<test>.json`` ends up holding that one. Move it up into
+    ``tests/fuzz_cases/`` to keep it as a regression case: ``test_saved_cases``
+    replays every JSON file there.
+    """
+    try:
+        check_recipe(recipe)
+    except Exception:
+        target = FUZZ_CASES / "new" / f"{test_name}.json"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(json.dumps(recipe, indent=1) + "\n")
+        raise
+
+
 @settings(max_examples=25, deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(recipes)
 def test_random_dags(recipe):
+    check_and_record(recipe, "test_random_dags")
+
+
+@pytest.mark.parametrize("case", sorted(FUZZ_CASES.glob("*.json")), ids=lambda p: p.stem)
+def test_saved_cases(case):
+    recipe = json.loads(case.read_text())
+    recipe["blocks"] = [tuple(b) for b in recipe["blocks"]]
     check_recipe(recipe)
 
 
@@ -155,4 +185,4 @@ def test_random_dags(recipe):
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(recipes)
 def test_random_dags_many(recipe):
-    check_recipe(recipe)
+    check_and_record(recipe, "test_random_dags_many")
