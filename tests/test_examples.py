@@ -1,6 +1,7 @@
 """The examples' main functions, with tiny settings on real data."""
 
 import glob
+import contextlib
 import os
 import sys
 
@@ -90,27 +91,36 @@ REPO = os.path.join(os.path.dirname(__file__), "..")
 SAVED = os.path.join(REPO, "saved_models")
 
 
-def _define_flags_once(module, probe_flag):
+@contextlib.contextmanager
+def example_flags(module, argv):
+    """Define an example's absl flags, parse ``argv``, and unregister them afterwards.
+
+    The examples define their flags only when run as scripts; leaving them on the
+    global FLAGS would clash with other modules' flags (e.g. the CLI's batch_size)
+    later in the same pytest process.
+    """
     from absl import flags
 
-    if probe_flag not in flags.FLAGS:
-        module.define_flags()
-    return flags.FLAGS
+    before = set(flags.FLAGS)
+    module.define_flags()
+    try:
+        flags.FLAGS(argv)
+        yield flags.FLAGS
+    finally:
+        flags.FLAGS.unparse_flags()
+        for name in set(flags.FLAGS) - before:
+            delattr(flags.FLAGS, name)
 
 
 @needs_fashion_mnist
 def test_pretrained_main_tiny(tmp_path, capsys):
     import pretrained
 
-    FLAGS = _define_flags_once(pretrained, "alpha")
-    FLAGS([
-        "pretrained", f"--model={os.path.join(SAVED, 'fashion_vgg_baseline.keras')}",
-        "--train_examples=512", "--epochs=1", "--finetune_epochs=1", "--batch_size=64",
-        "--learning_rate=0.001", "--rho=8", f"--out_dir={tmp_path}"])
-    try:
+    argv = ["pretrained", f"--model={os.path.join(SAVED, 'fashion_vgg_baseline.keras')}",
+            "--train_examples=512", "--epochs=1", "--finetune_epochs=1", "--batch_size=64",
+            "--learning_rate=0.001", "--rho=8", f"--out_dir={tmp_path}"]
+    with example_flags(pretrained, argv):
         pretrained.main([])
-    finally:
-        FLAGS.unparse_flags()
     printed = capsys.readouterr().out
     assert "pruned + fine-tuned" in printed and "rescale back on the pruned model" in printed
     assert os.path.getsize(tmp_path / "pruned.keras") > 0
