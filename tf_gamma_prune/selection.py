@@ -139,7 +139,8 @@ def plan_removal(
 
     Args:
         graph: the model's :class:`~tf_gamma_prune.graph.ChannelGraph`.
-        selection: optional per-layer keep masks / indices (see module doc).
+        selection: optional per-layer keep masks / indices (see module doc);
+            ``None`` for no selection. An empty mapping is refused.
         remove_constant: also remove every constant channel that can be
             removed exactly (BatchNormalization γ == 0 and what follows).
         round_to: keep the width of every conv/dense output at a multiple of
@@ -149,16 +150,23 @@ def plan_removal(
     Raises:
         SelectionError: see :func:`selected_groups`; also when the selection
             asks to remove pinned channels (model inputs/outputs, channels read
-            by Softmax/LayerNormalization/... ), naming them and why.
+            by Softmax/LayerNormalization/... ), naming them and why, and for an
+            empty selection (``{}``: most likely a criterion that selected
+            nothing; pass ``None`` to remove only constant channels).
     """
     if round_to < 1:
         raise ValueError(f"round_to must be >= 1, got {round_to}.")
+    if selection is not None and len(selection) == 0:
+        raise SelectionError(
+            "The selection names no layer; pass selection=None to remove only "
+            "constant channels."
+        )
     notes: list[str] = []
     constant = graph.removable_constant_groups() if remove_constant else np.zeros(
         graph.num_groups, bool
     )
     selected = np.zeros(graph.num_groups, bool)
-    if selection:
+    if selection is not None:
         selected = selected_groups(graph, selection)
         bad = np.flatnonzero(selected & graph.pinned)
         if bad.size:

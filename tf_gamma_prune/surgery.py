@@ -212,7 +212,8 @@ def prune_model(
         DynamicShapeError: exact folding needs a static spatial shape.
         NonFiniteWeightError: NaN/Inf weights (the layer is named).
         SelectionError: unknown layer names, masks of the wrong size,
-            selections removing every channel of a layer or pinned channels.
+            selections removing every channel of a layer or pinned channels,
+            an empty selection ``{}`` (use ``None`` for no selection).
     """
     graph = channel_graph(model, fold=fold)
     weights = _numpy_weights(graph)
