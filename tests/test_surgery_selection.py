@@ -59,6 +59,35 @@ def test_calibration_replaces_dropped_channels_by_their_mean_activation():
     np.testing.assert_allclose(outputs64(pruned, x)[0], h @ w + b, rtol=1e-5, atol=1e-5)
 
 
+def test_calibration_data_may_be_a_dataset_or_an_iterator_of_batches():
+    import tensorflow as tf
+
+    from tf_gamma_prune import surgery
+
+    model = randomize_batchnorms(mlp(), zero_fraction=0.0)
+    rng = np.random.default_rng(2)
+    calibration = rng.standard_normal((64, 5)).astype("float32")
+    reference = prune_model(model, {"bn1": [1, 3]}, calibration_data=calibration)
+    x = rng.standard_normal((8, 5)).astype("float32")
+    sources = {
+        "(x, y)": (calibration, np.zeros(64)),
+        "batched (x, y) dataset": tf.data.Dataset.from_tensor_slices((calibration, np.zeros(64))).batch(10),
+        "unbatched dataset": tf.data.Dataset.from_tensor_slices(calibration),
+        "generator": (b for b in np.split(calibration, 4)),
+    }
+    for what, data in sources.items():
+        pruned = prune_model(model, {"bn1": [1, 3]}, calibration_data=data)
+        np.testing.assert_allclose(outputs64(pruned, x)[0], outputs64(reference, x)[0],
+                                   rtol=1e-5, atol=1e-5, err_msg=what)
+    # an endless stream: the first ~CALIBRATION_EXAMPLES examples are used
+    endless = tf.data.Dataset.from_tensor_slices(calibration).repeat().batch(16)
+    pulled = []
+    stream = (pulled.append(b) or b for b in endless)
+    pruned = prune_model(model, {"bn1": [1, 3]}, calibration_data=stream)
+    assert len(pulled) == -(-surgery.CALIBRATION_EXAMPLES // 16)
+    np.testing.assert_allclose(outputs64(pruned, x)[0], outputs64(reference, x)[0], rtol=1e-5, atol=1e-5)
+
+
 def test_selection_and_constants_combine():
     model = randomize_batchnorms(mlp(), zero_fraction=0.0)
     model.get_layer("bn1").gamma.assign([1.0, 1.0, 0.0, 1.0, 1.0, 1.0])

@@ -47,11 +47,12 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import keras
 import numpy as np
 
+from tf_gamma_prune.export import CalibrationDataError
 from tf_gamma_prune.flops import model_cost
 from tf_gamma_prune.graph import (
     CONCAT,
@@ -180,9 +181,14 @@ def prune_model(
             default, also with a selection).
         round_to: keep conv/dense widths at multiples of this; the extra kept
             channels are those with the largest |γ|.
-        calibration_data: a batch of model inputs; removed non-constant
-            channels are then replaced by their mean activation over it
-            (folded like constants).
+        calibration_data: model inputs; removed non-constant channels are
+            then replaced by their mean activation over them (folded like
+            constants). Either one in-memory batch (an array, a list/tuple/dict
+            of arrays for a multi-input model, or an ``(x, y)`` pair whose ``y``
+            is ignored), or a ``tf.data.Dataset`` / iterator / generator of such
+            batches, of which the first ~``CALIBRATION_EXAMPLES`` examples are
+            used. Checked before anything else against the model's input
+            shape(s); it must hold at least one example and be finite.
         probe: measure the output deviation from ``model`` on a random batch
             (inference mode) and put it in the report.
         probe_inputs: the batch to probe with instead of random inputs.
@@ -211,17 +217,23 @@ def prune_model(
         SharedLayerError: a shared layer whose uses would fold differently.
         DynamicShapeError: exact folding needs a static spatial shape.
         NonFiniteWeightError: NaN/Inf weights (the layer is named).
+        CalibrationDataError: ``calibration_data`` that does not fit the
+            model's inputs (expected and received shapes in the message),
+            holds no example, or has NaN/Inf values.
         SelectionError: unknown layer names, masks of the wrong size,
             selections removing every channel of a layer or pinned channels,
             an empty selection ``{}`` (use ``None`` for no selection).
     """
     graph = channel_graph(model, fold=fold)
+    batches = None
+    if calibration_data is not None:
+        batches = _calibration_batches(graph, calibration_data)
     weights = _numpy_weights(graph)
     plan = plan_removal(graph, selection, remove_constant=remove_constant,
                         round_to=round_to)
     means = {}
-    if calibration_data is not None and plan.selected.any():
-        means = _mean_activations(graph, calibration_data)
+    if batches is not None and plan.selected.any():
+        means = _mean_activations(graph, batches)
     rebuilder = _Rebuilder(graph, plan, weights, means)
     pruned = rebuilder.build(model)
     if not return_report:
@@ -255,17 +267,139 @@ def _numpy_weights(graph: ChannelGraph) -> dict[int, dict[str, np.ndarray]]:
 
 
 # --- calibration means ----------------------------------------------------------
-def _mean_activations(graph: ChannelGraph, data: Any) -> dict[TensorId, np.ndarray]:
-    """Per-channel mean (over batch and space) of every tensor a mixing layer
-    reads, on ``data``, computed by running the original layers eagerly."""
+CALIBRATION_EXAMPLES = 1024
+"""Batches are taken from a streamed ``calibration_data`` (dataset, iterator)
+until at least this many examples are collected; one in-memory batch is used
+whole."""
+
+
+def _calibration_batches(graph: ChannelGraph, data: Any) -> list[list[np.ndarray]]:
+    """``calibration_data`` as validated batches, one array per model input.
+
+    Raises:
+        CalibrationDataError: wrong structure or shape, no example, NaN/Inf.
+    """
+    lg = graph.graph
+    names = [_input_name(lg.specs[t], i) for i, t in enumerate(lg.inputs)]
+    shapes = [lg.shape(t) for t in lg.inputs]
+    expected = shapes[0] if len(shapes) == 1 else shapes
+    streamed = _is_stream(data)
+    batches: list[list[np.ndarray]] = []
+    count = 0
+    for element in (iter(data) if streamed else [data]):
+        xs = _model_inputs(element, names, expected)
+        arrays = []
+        for x, name, shape in zip(xs, names, shapes):
+            x = received = np.asarray(x)
+            if x.ndim == len(shape) - 1:  # one example without its batch axis
+                x = x[None]
+            if x.ndim != len(shape) or any(
+                d is not None and d != n for d, n in zip(shape[1:], x.shape[1:])
+            ):
+                raise CalibrationDataError(
+                    f"calibration_data for input '{name}' has shape {tuple(received.shape)}; the "
+                    f"model expects {tuple(shape)} (batch first, None = any size)."
+                )
+            if x.dtype.kind in "fc" and not np.all(np.isfinite(x)):
+                bad = int(np.count_nonzero(~np.isfinite(x)))
+                raise CalibrationDataError(
+                    f"calibration_data for input '{name}' has {bad} non-finite value(s) "
+                    "(NaN/Inf); the mean activations, and so the folded biases, would be "
+                    "non-finite. Clean or re-preprocess the data."
+                )
+            arrays.append(x)
+        n = arrays[0].shape[0] if arrays else 0
+        if any(a.shape[0] != n for a in arrays):
+            raise CalibrationDataError(
+                f"calibration_data inputs have different numbers of examples: "
+                f"{[a.shape[0] for a in arrays]}."
+            )
+        if n:
+            batches.append(arrays)
+            count += n
+        if streamed and count >= CALIBRATION_EXAMPLES:
+            break
+    if not count:
+        raise CalibrationDataError(
+            "calibration_data holds no examples; at least one example is needed "
+            f"(model input shape {expected})."
+        )
+    return batches
+
+
+def _input_name(tensor: Any, index: int) -> str:
+    """The name of the InputLayer behind a model input (Keras' dict key for it)."""
+    history = getattr(tensor, "_keras_history", None)
+    name = getattr(history[0], "name", None) if history else None
+    return name or getattr(tensor, "name", None) or f"input {index}"
+
+
+def _is_stream(data: Any) -> bool:
+    """A dataset, iterator or generator of batches (not itself one batch)."""
+    if isinstance(data, (np.ndarray, list, tuple, Mapping, str, bytes)):
+        return False
+    if hasattr(data, "shape") and hasattr(data, "dtype"):  # a tensor
+        return False
+    return hasattr(data, "__iter__")
+
+
+def _model_inputs(element: Any, names: list[str], expected: Any) -> list[Any]:
+    """One batch's arrays in the model's input order; ``(x, y[, w])`` gives ``x``."""
+    n = len(names)
+    if isinstance(element, Mapping):
+        if all(name in element for name in names):
+            return [element[name] for name in names]
+        if n > 1:
+            raise CalibrationDataError(
+                f"calibration_data dict has keys {sorted(map(str, element))}; the model's "
+                f"inputs are {names}."
+            )
+        element = keras.tree.flatten(element)
+    if isinstance(element, (list, tuple)):
+        if n == 1 and len(element) in (1, 2, 3):
+            return _model_inputs(element[0], names, expected)  # x, (x, y), (x, y, w)
+        if n > 1 and len(element) == n and not any(
+            isinstance(e, (list, tuple, Mapping)) for e in element
+        ):
+            return list(element)
+        if n > 1 and len(element) in (2, 3) and isinstance(element[0], (list, tuple, Mapping)):
+            return _model_inputs(element[0], names, expected)  # ((x1, x2), y)
+        raise CalibrationDataError(
+            f"calibration_data is a {type(element).__name__} of {len(element)} items; the "
+            f"model takes {n} input(s) of shape {expected}. Pass one batch (one array per "
+            "input, optionally as (x, y)), or a tf.data.Dataset / iterator of batches."
+        )
+    if n != 1:
+        raise CalibrationDataError(
+            f"calibration_data is one array; the model takes {n} inputs {names} of shapes "
+            f"{expected}: pass a list or dict of arrays."
+        )
+    return [element]
+
+
+def _mean_activations(graph: ChannelGraph,
+                      batches: list[list[np.ndarray]]) -> dict[TensorId, np.ndarray]:
+    """Per-channel mean (over examples and space) of every tensor a mixing
+    layer reads, on ``batches``, computed by running the original layers eagerly."""
+    sums: dict[TensorId, np.ndarray] = {}
+    counts: dict[TensorId, int] = {}
+    for batch in batches:
+        for t, arr in _activations(graph, batch):
+            flat = arr.reshape(-1, arr.shape[-1])
+            sums[t] = sums.get(t, 0.0) + flat.sum(axis=0)
+            counts[t] = counts.get(t, 0) + flat.shape[0]
+    return {t: sums[t] / max(counts[t], 1) for t in sums}
+
+
+def _activations(graph: ChannelGraph,
+                 inputs: list[np.ndarray]) -> Iterator[tuple[TensorId, np.ndarray]]:
+    """``(tensor, float64 value)`` of every fold-site tensor on one batch."""
     lg = graph.graph
     wanted = {t for _, t in graph.fold_sites()}
-    inputs = keras.tree.flatten(data) if not isinstance(data, np.ndarray) else [data]
     values: dict[TensorId, Any] = {
         t: keras.ops.convert_to_tensor(v) for t, v in zip(lg.inputs, inputs)
     }
     remaining = {t: len(lg.consumers(t)) for t in values}
-    means: dict[TensorId, np.ndarray] = {}
     for call in lg.calls:
         args, kwargs = call.call_arguments(values)
         if isinstance(call.layer, L.Layer) and _accepts_training(call.layer):
@@ -275,13 +409,11 @@ def _mean_activations(graph: ChannelGraph, data: Any) -> dict[TensorId, np.ndarr
             values[t] = v
             remaining[t] = len(lg.consumers(t))
             if t in wanted:
-                arr = np.asarray(keras.ops.convert_to_numpy(v), np.float64)
-                means[t] = arr.reshape(-1, arr.shape[-1]).mean(axis=0)
+                yield t, np.asarray(keras.ops.convert_to_numpy(v), np.float64)
         for t in dict.fromkeys(call.inputs):
             remaining[t] -= 1
             if remaining[t] <= 0 and t not in lg.outputs:
                 values.pop(t, None)
-    return means
 
 
 def _accepts_training(layer: Any) -> bool:
