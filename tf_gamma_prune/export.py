@@ -56,7 +56,7 @@ class ExportError(RuntimeError):
 
 
 class CalibrationDataError(ExportError, ValueError):
-    """int8 quantization was asked for without usable representative data."""
+    """Calibration data is missing or unusable (int8 representative data, prune_model means)."""
 
 
 class NonBuiltinOpError(ExportError):
