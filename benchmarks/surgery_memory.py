@@ -115,26 +115,6 @@ class _Sampler:
         self._thread.join()
 
 
-def randomize_batchnorms(model, seed: int, zero_fraction: float) -> tuple[int, int]:
-    import numpy as np
-
-    from tf_gamma_prune.batchnorm import batchnorm_layers
-
-    rng = np.random.default_rng(seed)
-    zeros = total = 0
-    for _, bn in batchnorm_layers(model):
-        c = bn.moving_mean.shape[0]
-        gamma = rng.uniform(0.5, 1.5, c)
-        gamma[rng.random(c) < zero_fraction] = 0.0
-        zeros += int(np.sum(gamma == 0))
-        total += c
-        bn.gamma.assign(gamma.astype("float32"))
-        bn.beta.assign(rng.normal(0.3, 1.0, c).astype("float32"))
-        bn.moving_mean.assign(rng.normal(0.0, 0.5, c).astype("float32"))
-        bn.moving_variance.assign(rng.uniform(0.5, 2.0, c).astype("float32"))
-    return zeros, total
-
-
 def _measure_call(fn) -> dict:
     import gc
     import resource
@@ -169,10 +149,11 @@ def child(kind: str) -> dict:
     import numpy as np
 
     from tf_gamma_prune import prune_model
+    from tf_gamma_prune.batchnorm import randomize_batchnorm
 
     t0 = time.perf_counter()
     model = getattr(keras.applications, FLAGS.model)(weights=None, input_shape=(FLAGS.size, FLAGS.size, 3))
-    zeros, channels = randomize_batchnorms(model, FLAGS.seed, FLAGS.zero_fraction)
+    zeros, channels = randomize_batchnorm(model, seed=FLAGS.seed, zero_fraction=FLAGS.zero_fraction)
     build_s = time.perf_counter() - t0
     weight_bytes = int(sum(np.asarray(w.numpy()).nbytes for w in model.weights))
     kwargs = {"return_report": True} if kind == "report" else {}

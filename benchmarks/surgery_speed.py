@@ -38,22 +38,6 @@ flags.DEFINE_string(
 )
 
 
-def randomize_batchnorms(model, seed, zero_fraction):
-    import numpy as np
-
-    from tf_gamma_prune.batchnorm import batchnorm_layers
-
-    rng = np.random.default_rng(seed)
-    for _, bn in batchnorm_layers(model):
-        c = bn.moving_mean.shape[0]
-        gamma = rng.uniform(0.5, 1.5, c)
-        gamma[rng.random(c) < zero_fraction] = 0.0
-        bn.gamma.assign(gamma)
-        bn.beta.assign(rng.normal(0.3, 1.0, c))
-        bn.moving_mean.assign(rng.normal(0.0, 0.5, c))
-        bn.moving_variance.assign(rng.uniform(0.5, 2.0, c))
-
-
 def write_atomically(path, payload):
     from tf_gamma_prune.atomic_io import write_json_atomic
 
@@ -66,10 +50,11 @@ def main(argv):
     import tensorflow as tf
 
     from tf_gamma_prune import prune_model
+    from tf_gamma_prune.batchnorm import randomize_batchnorm
 
     model = getattr(keras.applications, FLAGS.model)(
         weights=None, input_shape=(FLAGS.size, FLAGS.size, 3))
-    randomize_batchnorms(model, FLAGS.seed, FLAGS.zero_fraction)
+    randomize_batchnorm(model, seed=FLAGS.seed, zero_fraction=FLAGS.zero_fraction)
     prune_model(model)  # warm-up: first eager ops, imports
     keras.models.clone_model(model)
 

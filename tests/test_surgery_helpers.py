@@ -9,26 +9,13 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from tf_gamma_prune.batchnorm import batchnorm_layers
+from tf_gamma_prune.batchnorm import batchnorm_layers, randomize_batchnorm
 
 
 def randomize_batchnorms(model, seed=0, zero_fraction=0.5, positive_beta=False):
-    """Random γ (a random subset exactly 0), β, moving mean and variance.
-
-    β is drawn so that act(β) is usually nonzero: the constants really matter.
-    """
-    rng = np.random.default_rng(seed)
-    for _, bn in batchnorm_layers(model):
-        c = bn.moving_mean.shape[0]
-        if bn.scale:
-            gamma = rng.uniform(0.5, 1.5, c) * rng.choice([-1.0, 1.0], c)
-            gamma[rng.random(c) < zero_fraction] = 0.0
-            bn.gamma.assign(gamma)
-        if bn.center:
-            beta = rng.normal(0.3, 1.0, c)
-            bn.beta.assign(np.abs(beta) if positive_beta else beta)
-        bn.moving_mean.assign(rng.normal(0.0, 0.5, c))
-        bn.moving_variance.assign(rng.uniform(0.5, 2.0, c))
+    """Random signed γ (a random subset exactly 0), β, moving mean and variance."""
+    randomize_batchnorm(model, seed=seed, zero_fraction=zero_fraction, signed_gamma=True,
+                        positive_beta=positive_beta)
     return model
 
 

@@ -108,3 +108,54 @@ def check_finite_gammas(named: list[tuple[str, Any]]) -> None:
                 "(NaN/Inf). Training diverged or the weights are corrupt: lower "
                 "the learning rate or ρ, or reload a good checkpoint."
             )
+
+
+def randomize_batchnorm(
+    model: keras.layers.Layer,
+    *,
+    seed: int = 0,
+    zero_fraction: float = 0.0,
+    signed_gamma: bool = False,
+    positive_beta: bool = False,
+) -> tuple[int, int]:
+    """Give every BatchNormalization non-trivial parameters, as after training.
+
+    For checking that pruning is exact: γ ~ U(0.5, 1.5) (random sign with
+    ``signed_gamma``), a random ``zero_fraction`` of γ set exactly to 0, β ~ N(0.3, 1)
+    (``|β|`` with ``positive_beta``, so ``act(β)`` of a removed channel is a real
+    constant), moving mean ~ N(0, 0.5), moving variance ~ U(0.5, 2). Layers without γ
+    or β get only what they have. Modifies ``model`` in place.
+
+    Returns:
+        ``(zeroed γ entries, γ entries)`` over the whole model.
+
+    >>> import keras
+    >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(8),
+    ...                           keras.layers.BatchNormalization()])
+    >>> randomize_batchnorm(model, seed=0, zero_fraction=1.0)
+    (8, 8)
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    zeros = total = 0
+    seen: set[int] = set()
+    for _, layer in named_layers(model):
+        if id(layer) in seen or not is_batchnorm(layer):
+            continue
+        seen.add(id(layer))
+        c = layer.moving_mean.shape[0]
+        if layer.scale:
+            gamma = rng.uniform(0.5, 1.5, c)
+            if signed_gamma:
+                gamma = gamma * rng.choice([-1.0, 1.0], c)
+            gamma[rng.random(c) < zero_fraction] = 0.0
+            zeros += int(np.sum(gamma == 0))
+            total += c
+            layer.gamma.assign(gamma.astype("float32"))
+        if layer.center:
+            beta = rng.normal(0.3, 1.0, c)
+            layer.beta.assign((np.abs(beta) if positive_beta else beta).astype("float32"))
+        layer.moving_mean.assign(rng.normal(0.0, 0.5, c).astype("float32"))
+        layer.moving_variance.assign(rng.uniform(0.5, 2.0, c).astype("float32"))
+    return zeros, total
