@@ -77,8 +77,48 @@ class _State:
         self.gamma_ids: set[int] = set()
 
 
+class WrapsInnerOptimizer:
+    """Mixin for optimizers that wrap another one (GammaISTA, NetworkSlimming).
+
+    Like ``keras.optimizers.LossScaleOptimizer``: learning rate, iterations and
+    slots are the wrapped ``self.inner_optimizer``'s. Put it before
+    ``keras.optimizers.Optimizer`` in the bases.
+    """
+
+    @property
+    def learning_rate(self):
+        return self.inner_optimizer.learning_rate
+
+    @learning_rate.setter
+    def learning_rate(self, learning_rate):
+        self.inner_optimizer.learning_rate = learning_rate
+
+    @property
+    def iterations(self):
+        return self.inner_optimizer.iterations
+
+    @property
+    def variables(self):
+        return self._variables + self.inner_optimizer.variables
+
+    def scale_loss(self, loss):
+        return self.inner_optimizer.scale_loss(loss)
+
+    def finalize_variable_values(self, var_list):
+        self.inner_optimizer.finalize_variable_values(var_list)
+
+    def attach(self, model: keras.Model):
+        """Use ``model``'s BatchNormalization layers for γ discovery.
+
+        Only needed in custom training loops that call ``apply_gradients`` without
+        ``model.fit``; returns ``self``.
+        """
+        self._state.model = model
+        return self
+
+
 @keras.saving.register_keras_serializable(package="tf_gamma_prune")
-class GammaISTA(keras.optimizers.Optimizer):
+class GammaISTA(WrapsInnerOptimizer, keras.optimizers.Optimizer):
     """Wrap a Keras optimizer and add an ISTA step on BatchNormalization γ.
 
     Args:
@@ -128,11 +168,7 @@ class GammaISTA(keras.optimizers.Optimizer):
                 f"GammaISTA does not take {sorted(kwargs)}; set them on the inner "
                 "optimizer (e.g. SGD(..., weight_decay=...))."
             )
-        if not isinstance(inner_optimizer, keras.optimizers.Optimizer):
-            raise TypeError(
-                "GammaISTA wraps a Keras 3 optimizer instance, e.g. "
-                f"GammaISTA(keras.optimizers.SGD(0.05)); got {inner_optimizer!r}."
-            )
+        check_inner_optimizer("GammaISTA", inner_optimizer)
         if getattr(inner_optimizer, "gradient_accumulation_steps", None):
             raise ValueError(
                 "Gradient accumulation on the inner optimizer is not supported: the "
@@ -172,33 +208,7 @@ class GammaISTA(keras.optimizers.Optimizer):
             self._track_variable(rho_variable)
             self._rho = rho_variable
 
-    # ------------------------------------------------------------------ model
-    def attach(self, model: keras.Model) -> "GammaISTA":
-        """Use ``model``'s BatchNormalization layers for γ discovery.
-
-        Only needed in custom training loops that call ``apply_gradients`` without
-        ``model.fit``; returns ``self``.
-        """
-        self._state.model = model
-        return self
-
-    # ------------------------------------------------------------ delegation
-    @property
-    def learning_rate(self):
-        return self.inner_optimizer.learning_rate
-
-    @learning_rate.setter
-    def learning_rate(self, learning_rate):
-        self.inner_optimizer.learning_rate = learning_rate
-
-    @property
-    def iterations(self):
-        return self.inner_optimizer.iterations
-
-    @property
-    def variables(self):
-        return self._variables + self.inner_optimizer.variables
-
+    # ------------------------------------------------------------------- ρ
     @property
     def rho(self):
         """Current ρ (a tensor when ρ is a schedule)."""
@@ -216,12 +226,6 @@ class GammaISTA(keras.optimizers.Optimizer):
     def targets(self) -> list[tuple[str, Any, float]]:
         """``(layer_name, γ variable, λ)`` of every penalised γ (after build)."""
         return [(t.name, t.variable, t.penalty) for t in self._state.targets]
-
-    def scale_loss(self, loss):
-        return self.inner_optimizer.scale_loss(loss)
-
-    def finalize_variable_values(self, var_list):
-        self.inner_optimizer.finalize_variable_values(var_list)
 
     # ------------------------------------------------------------------ build
     def build(self, var_list):
@@ -242,25 +246,9 @@ class GammaISTA(keras.optimizers.Optimizer):
         super().build(var_list)
 
     def _find_targets(self, var_list: list) -> list[_Target]:
-        by_id = {id(v): v for v in var_list}
         if self.gamma_variable_paths is not None:
             return self._explicit_targets(var_list)
-        model = self._state.model or _calling_model(var_list)
-        if model is None:
-            raise RuntimeError(
-                "GammaISTA could not tell which variables are BatchNormalization γ: "
-                "it was built outside model.fit/compile. Call "
-                "`optimizer.attach(model)` first, or pass "
-                "`gamma_variables=[bn.gamma for bn in ...]`."
-            )
-        named = [(n, l) for n, l in batchnorm_layers(model) if id(l.gamma) in by_id]
-        if not named:
-            raise NoBatchNormError(
-                f"Model '{model.name}' has no trainable BatchNormalization γ, so "
-                "GammaISTA would sparsify nothing. Add BatchNormalization after the "
-                "conv/dense layers you want to prune, or use the plain optimizer."
-            )
-        check_finite_gammas(named)
+        named = find_gamma_layers("GammaISTA", self._state.model, var_list)
         names = [n for n, _ in named]
         penalties = {resolve_layer_name(k, names): v for k, v in self.penalties.items()}
         excluded = {resolve_layer_name(k, names) for k in self.exclude}
@@ -271,16 +259,9 @@ class GammaISTA(keras.optimizers.Optimizer):
         ]
 
     def _explicit_targets(self, var_list: list) -> list[_Target]:
-        explicit = {id(v) for v in self._state.explicit_gammas}
-        paths = set(self.gamma_variable_paths)
-        chosen = [v for v in var_list if id(v) in explicit or v.path in paths]
-        found = {v.path for v in chosen}
-        missing = sorted(p for p in paths if p not in found)
-        if missing:
-            raise ValueError(
-                f"gamma_variables {missing} are not among the trainable variables. "
-                f"Valid paths include: {', '.join(v.path for v in var_list[:20])} ..."
-            )
+        chosen = explicit_gamma_variables(
+            var_list, self._state.explicit_gammas, self.gamma_variable_paths
+        )
         known = {v.path for v in chosen}
         unknown = sorted(set(self.penalties) - known)
         if unknown:
@@ -377,6 +358,69 @@ class GammaISTA(keras.optimizers.Optimizer):
 
 
 # ---------------------------------------------------------------- helpers
+def check_inner_optimizer(owner: str, inner_optimizer: Any) -> None:
+    """Raise ``TypeError`` unless ``inner_optimizer`` is a Keras 3 optimizer."""
+    if not isinstance(inner_optimizer, keras.optimizers.Optimizer):
+        raise TypeError(
+            f"{owner} wraps a Keras 3 optimizer instance, e.g. "
+            f"{owner}(keras.optimizers.SGD(0.05)); got {inner_optimizer!r}."
+        )
+
+
+def find_gamma_layers(
+    owner: str, model: keras.Model | None, var_list: list
+) -> list[tuple[str, Any]]:
+    """``(qualified_name, layer)`` of the BatchNormalization layers whose γ is in
+    ``var_list``, from ``model`` or, when ``None``, the model building the
+    optimizer (found up the call stack).
+
+    Raises:
+        RuntimeError: no model given and none found (built outside ``fit``).
+        NoBatchNormError: no BatchNormalization γ among ``var_list``.
+        NonFiniteGammaError: a γ holds NaN/Inf.
+    """
+    by_id = {id(v) for v in var_list}
+    model = model or _calling_model(var_list)
+    if model is None:
+        raise RuntimeError(
+            f"{owner} could not tell which variables are BatchNormalization γ: "
+            "it was built outside model.fit/compile. Call "
+            "`optimizer.attach(model)` first, or pass "
+            "`gamma_variables=[bn.gamma for bn in ...]`."
+        )
+    named = [(n, l) for n, l in batchnorm_layers(model) if id(l.gamma) in by_id]
+    if not named:
+        raise NoBatchNormError(
+            f"Model '{model.name}' has no trainable BatchNormalization γ, so "
+            f"{owner} would sparsify nothing. Add BatchNormalization after the "
+            "conv/dense layers you want to prune, or use the plain optimizer."
+        )
+    check_finite_gammas(named)
+    return named
+
+
+def explicit_gamma_variables(
+    var_list: list, explicit: Sequence[Any], paths: Sequence[str]
+) -> list:
+    """The variables of ``var_list`` given explicitly (as objects in ``explicit``
+    or by ``.path`` in ``paths``), in ``var_list`` order.
+
+    Raises:
+        ValueError: a path that is not among ``var_list``.
+    """
+    explicit_ids = {id(v) for v in explicit}
+    paths = set(paths)
+    chosen = [v for v in var_list if id(v) in explicit_ids or v.path in paths]
+    found = {v.path for v in chosen}
+    missing = sorted(p for p in paths if p not in found)
+    if missing:
+        raise ValueError(
+            f"gamma_variables {missing} are not among the trainable variables. "
+            f"Valid paths include: {', '.join(v.path for v in var_list[:20])} ..."
+        )
+    return chosen
+
+
 def _validated_penalty(what: str, value: Any) -> float:
     try:
         value = float(value)
