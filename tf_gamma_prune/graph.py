@@ -61,7 +61,9 @@ RESHAPE = "reshape"  # Flatten / Reshape / Permute
 OPAQUE = "opaque"  # mixes channels but cannot absorb constants: pins them
 CONSTANT = "constant"  # ConstantFeature: new channels, all constant
 
-FOLD_MODES = ("exact", "bias")
+FOLD_MODES = ("exact", "bias", "carrier")
+"""``prune_model``'s fold modes. The graph treats ``"carrier"`` like ``"exact"``
+(constants become per-position maps where zero padding makes them vary)."""
 
 
 class UnsupportedLayerError(UnsupportedModelError):
@@ -285,7 +287,8 @@ class ChannelGraph:
             inputs/outputs, channels read by opaque layers, broadcasts).
         pin_reasons: a reason for each pinned group (first one found).
         constants: constant channels of the tensors that have any.
-        fold: ``"exact"`` (maps where zero padding matters) or ``"bias"``.
+        fold: ``"exact"`` or ``"carrier"`` (maps where zero padding matters)
+            or ``"bias"``.
         notes: approximations made while propagating constants (``"bias"``).
     """
 
@@ -398,15 +401,17 @@ def channel_graph(model: keras.Model, fold: str = "exact") -> ChannelGraph:
         model: a functional or Sequential Keras model (nested models allowed).
         fold: ``"exact"`` keeps constants as per-position maps where zero
             padding makes them vary over space (needs static spatial shapes);
-            ``"bias"`` treats every constant as uniform over space (the paper's
-            plain bias fold; approximate at borders).
+            ``"carrier"`` does the same (it differs from ``"exact"`` only in
+            how :mod:`~tf_gamma_prune.surgery` folds them); ``"bias"`` treats
+            every constant as uniform over space (the paper's plain bias fold;
+            approximate at borders).
 
     Raises:
         UnsupportedModelError: subclassed / unbuilt models.
         UnsupportedLayerError: Lambda layers or layer types the graph does not
             know (the message names the layer and its type).
-        DynamicShapeError: ``fold="exact"`` and a constant must become a map on
-            a tensor whose spatial shape is not static.
+        DynamicShapeError: ``fold="exact"`` / ``"carrier"`` and a constant
+            must become a map on a tensor whose spatial shape is not static.
 
     Example:
 

@@ -20,6 +20,14 @@ has no static shape — keeps its one best input channel.
 :func:`plan_removal` turns the graph, a selection and options into one boolean
 per channel group. It never looks at the rebuild.
 
+Carriers (``fold="carrier"``): where removed constant channels feed a
+zero-padded conv reader, whose plain bias fold would be wrong at the borders,
+one of those constants is *not* removed. It stays a true constant channel
+(its BatchNormalization has γ = 0), zero padding treats it exactly like the
+removed ones, and the rebuild routes every removed constant's contribution
+through its input weights (:func:`carrier_position` picks it; see
+:mod:`tf_gamma_prune.surgery`).
+
 Example:
 
 >>> import keras
@@ -42,8 +50,11 @@ from typing import Any, Mapping
 
 import numpy as np
 
+import keras
+
 from tf_gamma_prune.batchnorm import resolve_layer_name
-from tf_gamma_prune.graph import MIXING, ChannelGraph
+from tf_gamma_prune.graph import MIXING, ChannelGraph, _has_padding_effect
+from tf_gamma_prune.layer_graph import LayerCall
 
 
 class SelectionError(ValueError):
@@ -59,12 +70,19 @@ class RemovalPlan:
         constant: groups removed because they are constant (exact removal).
         selected: groups removed because the selection asked for it.
         notes: decisions worth reporting (channels kept back, ...).
+        carriers: ``fold="carrier"`` only: for each conv reader that carries
+            its removed constants, the position (in its input's channels) of
+            the constant channel that carries them.
+        carrier: ``(num_groups,)`` bool, constant groups kept only to carry
+            the removed ones (they would be removed otherwise).
     """
 
     removed: np.ndarray
     constant: np.ndarray
     selected: np.ndarray
     notes: list[str]
+    carriers: dict[LayerCall, int] = dataclasses.field(default_factory=dict)
+    carrier: np.ndarray | None = None
 
 
 def keep_mask(keep: Any, width: int, name: str) -> np.ndarray:
@@ -134,8 +152,17 @@ def plan_removal(
     *,
     remove_constant: bool = True,
     round_to: int = 1,
+    calibrated: bool = False,
 ) -> RemovalPlan:
     """Decide which channel groups to remove.
+
+    With a graph built with ``fold="carrier"`` it also picks the carrier
+    channels (see the module doc): a constant channel kept back by
+    ``round_to`` is used first, otherwise the removed constant with the
+    largest magnitude is kept. Readers where no channel can carry the removed
+    constants (separable convs, shared layers, constants that are different
+    maps over space, only calibration means removed) keep the exact fold's
+    BorderCorrection; the notes say which and why.
 
     Args:
         graph: the model's :class:`~tf_gamma_prune.graph.ChannelGraph`.
@@ -146,6 +173,9 @@ def plan_removal(
         round_to: keep the width of every conv/dense output at a multiple of
             this (or its full width), putting back the removed channels with the
             largest |γ| first.
+        calibrated: removed non-constant channels will be replaced by their
+            calibration means (``prune_model(calibration_data=...)``); carriers
+            then carry those means too.
 
     Raises:
         SelectionError: see :func:`selected_groups`; also when the selection
@@ -178,9 +208,160 @@ def plan_removal(
     removed = constant | selected
     if round_to > 1:
         removed = _round_widths(graph, removed, round_to, notes)
-    removed = _keep_live_inputs(graph, removed, notes)
+    carriers: dict[LayerCall, int] = {}
+    carrier = np.zeros(graph.num_groups, bool)
+    if graph.fold == "carrier":
+        before = removed
+        removed, carriers = _choose_carriers(graph, removed, calibrated, notes)
+        carrier = before & ~removed
+        if round_to > 1 and carrier.any():
+            removed = _round_widths(graph, removed, round_to, notes)
+    # Keeping channels back never invalidates a carrier: its readers only lose
+    # removed channels to carry.
+    live = _keep_live_inputs(graph, removed, notes)
+    if graph.fold == "carrier" and not np.array_equal(live, removed):
+        # a kept-back input may need (and be) a carrier
+        before = live
+        live, carriers = _choose_carriers(graph, live, calibrated, notes, carriers)
+        carrier |= before & ~live
+    removed = live
     return RemovalPlan(removed=removed, constant=constant & removed,
-                       selected=selected & removed & ~constant, notes=notes)
+                       selected=selected & removed & ~constant, notes=notes,
+                       carriers=carriers, carrier=carrier & ~removed)
+
+
+# --- carriers ---------------------------------------------------------------------
+CARRIER_MAX_RATIO = 1e6
+"""A constant channel already kept serves as carrier only if the removed
+constants are at most this many times larger (the carrier's input weights
+grow by that ratio)."""
+
+_FALLBACK = "fold='carrier': "
+_SEPARABLE = tuple(getattr(keras.layers, n) for n in ("SeparableConv1D", "SeparableConv2D"))
+
+
+def removed_values(graph: ChannelGraph, tensor: Any, removed: np.ndarray,
+                   calibrated: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """What the removed channels of ``tensor`` contribute to a reader.
+
+    Returns ``(values, constant, mean)``: the constant values as a
+    ``(positions, C)`` array (one row when uniform over space), and two
+    ``(C,)`` masks: removed constant channels that are nonzero somewhere, and
+    removed non-constant channels replaced by a calibration mean.
+    """
+    groups = graph.channels[tensor]
+    rem = removed[groups]
+    const = graph.constants.get(tensor)
+    width = len(groups)
+    if const is None:
+        values = np.zeros((1, width))
+        mask = np.zeros(width, bool)
+    else:
+        values = const.value.reshape(-1, width)
+        mask = const.mask
+    nonzero = np.any(values != 0, axis=0)
+    mean = rem & ~mask if calibrated else np.zeros(width, bool)
+    return values, rem & mask & nonzero, mean
+
+
+def _shape_of(column: np.ndarray) -> np.ndarray:
+    """A column scaled so its entry of largest magnitude is 1."""
+    return column / column[np.argmax(np.abs(column))]
+
+
+def same_shape(a: np.ndarray, b: np.ndarray, tol: float = 1e-9) -> bool:
+    """Whether two constant maps (flattened) are proportional: ``a = r·b``."""
+    return bool(np.all(np.abs(_shape_of(a) - _shape_of(b)) <= tol))
+
+
+def carrier_position(graph: ChannelGraph, call: LayerCall, removed: np.ndarray,
+                     calibrated: bool = False) -> int | str | None:
+    """The input channel of conv reader ``call`` that should carry its removed
+    constants (``fold="carrier"``).
+
+    Returns the position (in ``call``'s input channels), ``None`` when the
+    reader needs no carrier (its plain fold is exact, or it reads nothing
+    removed / only removed channels / writes nothing), or a string saying why
+    no channel can carry them (the reader keeps a BorderCorrection).
+    """
+    layer = call.layer
+    t = call.inputs[0]
+    groups = graph.channels[t]
+    rem = removed[groups]
+    if not rem.any() or rem.all() or np.all(removed[graph.channels[call.outputs[0]]]):
+        return None
+    values, const_in, mean_in = removed_values(graph, t, removed, calibrated)
+    if not const_in.any() and not mean_in.any():
+        return None
+    columns = values[:, const_in]
+    uniform = bool(np.all(columns == columns[:1]))
+    if uniform and not _has_padding_effect(layer):
+        return None  # the plain bias fold is exact here
+    if isinstance(layer, _SEPARABLE):
+        return ("separable convolution: its depthwise step filters each input "
+                "channel differently")
+    if len(graph.graph.calls_of(layer)) > 1:
+        return "shared layer: its uses would need one carrier each"
+    if not const_in.any():
+        return ("only calibration-mean channels are removed here; a carrier must be "
+                "a constant channel")
+    if mean_in.any() and not uniform:
+        return "calibration means are uniform but the removed constants vary over space"
+    ref = columns[:, 0]
+    if not all(same_shape(columns[:, j], ref) for j in range(1, columns.shape[1])):
+        return ("the removed constants vary over space in different ways (e.g. "
+                "after a depthwise convolution), so no one channel can carry them")
+    largest = float(np.abs(columns).max())
+    const = graph.constants.get(t)
+    if const is not None:
+        nonzero = np.any(values != 0, axis=0)
+        kept = np.flatnonzero(~rem & const.mask & nonzero)
+        kept = sorted(kept, key=lambda p: -float(np.abs(values[:, p]).max()))
+        for p in kept:
+            column = values[:, p]
+            if (float(np.abs(column).max()) * CARRIER_MAX_RATIO >= largest
+                    and same_shape(column, ref)):
+                return int(p)
+    candidates = np.flatnonzero(const_in)
+    return int(candidates[np.argmax(np.abs(columns).max(axis=0))])
+
+
+def _choose_carriers(graph: ChannelGraph, removed: np.ndarray, calibrated: bool,
+                     notes: list[str], carriers: dict[LayerCall, int] | None = None,
+                     ) -> tuple[np.ndarray, dict[LayerCall, int]]:
+    """Keep one carrier channel for each conv reader that needs one.
+
+    Keeping a channel only shrinks what other readers must carry, so a choice
+    stays valid; readers are revisited until nothing changes (a reader whose
+    whole input was removed may get a kept channel from another's carrier).
+    """
+    removed = removed.copy()
+    carriers = dict(carriers or {})
+    reasons: dict[LayerCall, str] = {}
+    sites = graph.fold_sites()
+    for _ in range(len(sites) + 1):
+        changed = False
+        for call, t in sites:
+            if call in carriers:
+                continue
+            outcome = carrier_position(graph, call, removed, calibrated)
+            if isinstance(outcome, str):
+                reasons[call] = outcome
+                continue
+            reasons.pop(call, None)
+            if outcome is None:
+                continue
+            carriers[call] = outcome
+            group = graph.channels[t][outcome]
+            if removed[group]:
+                removed[group] = False
+                changed = True
+        if not changed:
+            break
+    notes[:] = [n for n in notes if not n.startswith(_FALLBACK)]
+    for call, why in reasons.items():
+        notes.append(f"{_FALLBACK}'{call.name}' keeps a BorderCorrection ({why})")
+    return removed, carriers
 
 
 def _round_widths(graph: ChannelGraph, removed: np.ndarray, n: int,

@@ -17,11 +17,27 @@ value (a constant for γ = 0 channels) is folded in:
 * otherwise the reader gets a bias.
 
 With zero padding ('same' convs, ZeroPadding layers) the border positions of a
-reader see fewer constant taps than its interior. ``fold="exact"`` (default)
-then adds a :class:`~tf_gamma_prune.layers.BorderCorrection` holding the
-per-position difference, so the pruned model computes the same function;
-``fold="bias"`` is the paper's plain bias fold and the report states the
-measured deviation.
+reader see fewer constant taps than its interior. Three ways to handle that:
+
+* ``fold="exact"`` (default) adds a
+  :class:`~tf_gamma_prune.layers.BorderCorrection` after the reader holding
+  the per-position difference (the reader's activation moves after it), so
+  the pruned model computes the same function; in TFLite it is a
+  full-resolution constant ``ADD`` and the activation is no longer fused.
+* ``fold="carrier"`` is exact too and adds no layer: where a reader would need
+  a border map, one removed constant channel ``k`` (the *carrier*) is kept.
+  Its producer still computes it (γ = 0 makes BN output exactly β), so zero
+  padding treats it like every removed constant, and the reader's weights
+  carry the others: ``W[..., k, :] += Σ_j W[..., j, :] · c_j / c_k``. It costs
+  one channel per such tensor (none when ``round_to`` already keeps a constant
+  channel back); where no channel can carry the constants (separable or shared
+  readers, constants that are different maps after a depthwise conv) that
+  reader falls back to a BorderCorrection and the report notes say so.
+  Fine-tuning may move the carrier's γ away from 0: it is then an ordinary
+  channel (the model stays a valid network, only no longer the original
+  function).
+* ``fold="bias"`` is the paper's plain bias fold and the report states the
+  measured deviation.
 
 Nested models are inlined: the pruned model is one flat functional model whose
 layers keep their names (a nested layer whose name clashes with another gets
@@ -70,7 +86,7 @@ from tf_gamma_prune.graph import (
 )
 from tf_gamma_prune.layer_graph import LayerCall, TensorId, functional_core
 from tf_gamma_prune.layers import BorderCorrection, ConstantFeature
-from tf_gamma_prune.selection import RemovalPlan, plan_removal
+from tf_gamma_prune.selection import RemovalPlan, plan_removal, removed_values, same_shape
 
 L = keras.layers
 
@@ -95,7 +111,13 @@ class PruneReport:
         border_params: numbers stored in those correction maps (included in
             ``params_after``; each map has its conv's output size).
         constant_layers: layers replaced by their constant output.
-        fold: ``"exact"`` or ``"bias"``.
+        fold: ``"exact"``, ``"carrier"`` or ``"bias"``.
+        carriers: ``fold="carrier"``: each conv reader whose removed constants
+            are carried, and the index (in its input's original channels) of
+            the constant channel that carries them.
+        carrier_channels: per conv/dense/depthwise/BatchNormalization layer,
+            the original output channels kept only as carriers (included in
+            ``widths``, ``params_after`` and ``macs_after``).
         max_abs_deviation / max_rel_deviation: largest output difference from
             the original on the probe batch (relative to the largest |output|);
             ``None`` without a probe.
@@ -113,6 +135,8 @@ class PruneReport:
     constant_layers: list[str]
     fold: str
     border_params: int = 0
+    carriers: dict[str, int] = dataclasses.field(default_factory=dict)
+    carrier_channels: dict[str, list[int]] = dataclasses.field(default_factory=dict)
     max_abs_deviation: float | None = None
     max_rel_deviation: float | None = None
     notes: list[str] = dataclasses.field(default_factory=list)
@@ -134,6 +158,12 @@ class PruneReport:
             f"removed {self.removed_constant} constant and {self.removed_selected} "
             f"selected channel groups; fold={self.fold}"
         )
+        if self.carriers:
+            kept = ", ".join(f"{n} +{len(c)}" for n, c in self.carrier_channels.items())
+            lines.append(
+                f"carriers: {len(self.carriers)} reader(s) carry their removed constants "
+                f"through a kept constant channel (kept for it: {kept or 'none extra'})"
+            )
         if self.max_abs_deviation is not None:
             lines.append(
                 f"probe deviation: max abs {self.max_abs_deviation:.3g}, "
@@ -176,7 +206,11 @@ def prune_model(
             ``calibration_data`` is given.
         fold: ``"exact"`` (default) folds constants exactly, adding fixed
             border-correction maps where zero padding requires them (needs
-            static spatial shapes); ``"bias"`` is the paper's plain bias fold.
+            static spatial shapes); ``"carrier"`` is exact too but keeps one
+            constant channel per such tensor and routes the removed constants
+            through its weights instead (no extra layer: what phones want;
+            falls back to a border map where no channel can carry them, see
+            the module doc); ``"bias"`` is the paper's plain bias fold.
         remove_constant: remove the exactly removable constant channels (on by
             default, also with a selection).
         round_to: keep conv/dense widths at multiples of this; the extra kept
@@ -211,6 +245,18 @@ def prune_model(
     >>> prune_model(model, {"bn": [0]}).get_layer("conv").filters  # + a selection
     1
 
+    With ``fold="carrier"`` a 'same' conv reader keeps one constant channel
+    and no BorderCorrection:
+
+    >>> y = keras.layers.Conv2D(2, 3, padding="same", name="reader")(h)
+    >>> model = keras.Model(x, y)
+    >>> _ = model.get_layer("bn").beta.assign([0.5, 2.0, -1.0, 1.0])
+    >>> small, report = prune_model(model, fold="carrier", return_report=True)
+    >>> small.get_layer("conv").filters, report.carriers, report.border_corrections
+    (3, {'reader': 1}, [])
+    >>> report.max_rel_deviation < 1e-5
+    True
+
     Raises:
         UnsupportedModelError / UnsupportedLayerError: subclassed models,
             Lambda layers, unknown layer types (named in the message).
@@ -230,7 +276,7 @@ def prune_model(
         batches = _calibration_batches(graph, calibration_data)
     weights = _numpy_weights(graph)
     plan = plan_removal(graph, selection, remove_constant=remove_constant,
-                        round_to=round_to)
+                        round_to=round_to, calibrated=batches is not None)
     means = {}
     if batches is not None and plan.selected.any():
         means = _mean_activations(graph, batches)
@@ -559,7 +605,8 @@ class _Rebuilder:
         layer = call.layer
         in_t, out_t = call.inputs[0], call.outputs[0]
         keep_in, keep_out = self.keep[in_t], self.keep[out_t]
-        response = self.fold_response(call)
+        carried = self.carried(call)
+        response = self.fold_response(call, None if carried is None else carried[1])
         if len(keep_in) == 0:
             self.replace_by_constant(call, response)
             return
@@ -582,7 +629,8 @@ class _Rebuilder:
                 )
             y = new(x)
         else:
-            new, y = self.new_mixing_layer(call, x, u_out, split_activation=border_out is not None)
+            new, y = self.new_mixing_layer(call, x, u_out, split_activation=border_out is not None,
+                                           carried=carried)
         if border_out is not None:
             name = self.names.fresh(f"{new.name}_border")
             y = BorderCorrection(border_out, name=name, dtype=layer.dtype_policy)(y)
@@ -594,7 +642,9 @@ class _Rebuilder:
         self.values[out_t] = y
 
     def new_mixing_layer(self, call: LayerCall, x: Any, u_out: np.ndarray,
-                         split_activation: bool) -> tuple[Any, Any]:
+                         split_activation: bool,
+                         carried: tuple[int, np.ndarray, np.ndarray] | None = None,
+                         ) -> tuple[Any, Any]:
         layer = call.layer
         in_t, out_t = call.inputs[0], call.outputs[0]
         keep_in, keep_out = self.keep[in_t], self.keep[out_t]
@@ -603,6 +653,8 @@ class _Rebuilder:
         width_key = "units" if isinstance(layer, L.Dense) else "filters"
         config[width_key] = len(keep_out)
         old = self.weights[id(layer)]
+        if carried is not None:
+            old = dict(old, kernel=_carry(layer, old["kernel"], *carried))
         bias = old.get("bias")
         fold_needed = bool(np.any(u_out != 0))
         shared = len(self.graph.graph.calls_of(layer)) > 1
@@ -639,12 +691,39 @@ class _Rebuilder:
             return None
         return readers[0]
 
-    def fold_response(self, call: LayerCall) -> np.ndarray | None:
+    def carried(self, call: LayerCall) -> tuple[int, np.ndarray, np.ndarray] | None:
+        """``(carrier, carried, ratios)`` for a reader with a carrier: the
+        carrier's input position, the removed input positions it carries
+        (bool) and their values relative to it (``c_j / c_carrier``)."""
+        pos = self.plan.carriers.get(call)
+        if pos is None:
+            return None
+        in_t = call.inputs[0]
+        means = self.means.get(in_t)
+        values, const_in, mean_in = removed_values(self.graph, in_t, self.plan.removed,
+                                                   calibrated=means is not None)
+        ref = values[:, pos]
+        ratios = np.zeros(len(const_in))
+        carried = np.zeros(len(const_in), bool)
+        for j in np.flatnonzero(const_in):
+            if same_shape(values[:, j], ref):
+                ratios[j] = float(values[:, j] @ ref) / float(ref @ ref)
+                carried[j] = True
+        if mean_in.any() and np.all(ref == ref[0]):
+            ratios[mean_in] = means[mean_in] / ref[0]
+            carried |= mean_in
+        return pos, carried, ratios
+
+    def fold_response(self, call: LayerCall,
+                      carried: np.ndarray | None = None) -> np.ndarray | None:
         """The pre-activation, bias-free response of ``call`` to the values of
-        its removed input channels (constants, calibration means or 0)."""
+        its removed input channels (constants, calibration means or 0), except
+        the ``carried`` ones (a carrier's weights hold those)."""
         in_t = call.inputs[0]
         groups = self.graph.channels[in_t]
         removed = self.plan.removed[groups]
+        if carried is not None:
+            removed = removed & ~carried
         if not removed.any():
             return None
         const = self.graph.constants.get(in_t)
@@ -729,6 +808,19 @@ def _split_response(response: np.ndarray | None,
     if float(np.abs(rest).max()) <= 1e-9 * scale:
         return u, None
     return u, (rest[0],)
+
+
+def _carry(layer: Any, kernel: np.ndarray, carrier: int, carried: np.ndarray,
+           ratios: np.ndarray) -> np.ndarray:
+    """The kernel with the carried input channels' weights added to the
+    carrier's, scaled by their value relative to it (conv / dense kernels)."""
+    k = np.asarray(kernel, np.float64).copy()
+    idx = np.flatnonzero(carried)
+    if is_transposed_conv(layer):  # (*k, C_out, C_in)
+        k[..., carrier] += np.tensordot(k[..., idx], ratios[idx], axes=[[-1], [0]])
+    else:  # (*k, C_in, C_out) or (C_in, C_out)
+        k[..., carrier, :] += np.tensordot(k[..., idx, :], ratios[idx], axes=[[-2], [0]])
+    return k.astype(kernel.dtype)
 
 
 def _slice_mixing(layer: Any, old: dict[str, np.ndarray], keep_in: np.ndarray,
@@ -852,11 +944,16 @@ class _LayerNames:
 def _report(model: keras.Model, pruned: keras.Model, graph: ChannelGraph,
             plan: RemovalPlan, rebuilder: _Rebuilder) -> PruneReport:
     widths: dict[str, tuple[int, int]] = {}
+    carrier_channels: dict[str, list[int]] = {}
     for call in graph.graph.calls:
         layer = call.layer
         if graph.kinds[call] in (MIXING, DEPTHWISE) or isinstance(layer, L.BatchNormalization):
             t = call.outputs[0]
             widths.setdefault(call.name, (graph.width(t), len(rebuilder.keep[t])))
+            if plan.carrier is not None:
+                kept = np.flatnonzero(plan.carrier[graph.channels[t]])
+                if kept.size:
+                    carrier_channels.setdefault(call.name, kept.tolist())
     before, after = model_cost(model), model_cost(pruned)
     notes = list(rebuilder.notes)
     if rebuilder.bias_deviation:
@@ -877,6 +974,8 @@ def _report(model: keras.Model, pruned: keras.Model, graph: ChannelGraph,
                           if isinstance(l, BorderCorrection)),
         constant_layers=rebuilder.constant_layers,
         fold=graph.fold,
+        carriers={call.name: int(pos) for call, pos in plan.carriers.items()},
+        carrier_channels=carrier_channels,
         notes=notes,
     )
 
