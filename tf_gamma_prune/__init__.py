@@ -15,6 +15,15 @@ __version__ = "0.1.0"
 from tf_gamma_prune.atomic_io import AtomicWriteError, save_keras_atomic, write_atomic
 from tf_gamma_prune.batchnorm import NoBatchNormError, NonFiniteGammaError, batchnorm_layers
 from tf_gamma_prune.callbacks import SparsityMonitor, gamma_sparsity, sparsity_summary
+from tf_gamma_prune.criteria import (
+    CriterionError,
+    TargetUnreachableError,
+    gamma_threshold_selection,
+    l1_norm_selection,
+    layer_widths,
+    random_selection,
+    selection_for_macs,
+)
 from tf_gamma_prune.export import (
     CalibrationDataError,
     ExportError,
@@ -47,6 +56,7 @@ from tf_gamma_prune.optimizer import GammaISTA
 from tf_gamma_prune.penalties import InexactRescaleError, gamma_penalties, rescale_gamma
 from tf_gamma_prune.resume import ResumeError, StepCheckpoint, fit_resumable
 from tf_gamma_prune.selection import RemovalPlan, SelectionError, plan_removal
+from tf_gamma_prune.slimming import NetworkSlimming
 from tf_gamma_prune.surgery import NonFiniteWeightError, PruneReport, prune_model
 
 import types as _types  # noqa: E402
