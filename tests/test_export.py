@@ -334,3 +334,24 @@ def test_docstring_examples_run():
 
     result = doctest.testmod(export, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 10 and result.failed == 0
+
+
+def test_carrier_fold_exports_without_border_adds():
+    """fold='carrier' keeps the pruned model exact with no BorderCorrection ADDs in TFLite."""
+    from tf_gamma_prune.batchnorm import randomize_batchnorm as randomize
+    from tf_gamma_prune.surgery import prune_model
+
+    keras.utils.set_random_seed(11)
+    model = small_bn_convnet(input_shape=(16, 16, 1), widths=(8, 16, 8))
+    randomize(model, seed=3, zero_fraction=0.5, positive_beta=True)  # relu(β) > 0: real constants
+    x = np.random.default_rng(4).random((8, 16, 16, 1), dtype=np.float32)
+    ops = {}
+    for fold in ("exact", "carrier"):
+        pruned = prune_model(model, fold=fold)
+        flatbuffer = to_tflite(pruned)
+        ops[fold] = op_counts(flatbuffer)
+        assert check_parity(pruned, flatbuffer, x).max_rel <= 1e-4
+        assert check_parity(model, flatbuffer, x).max_rel <= 1e-4  # the ORIGINAL function
+    assert ops["exact"].get("ADD", 0) == 2  # one border map per padded reader
+    assert "ADD" not in ops["carrier"]
+    assert ops["carrier"]["CONV_2D"] == ops["exact"]["CONV_2D"] == 3
