@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import tf_gamma_prune.slimming
-from tf_gamma_prune import GammaISTA, NetworkSlimming, NoBatchNormError
+from tf_gamma_prune import GammaISTA, NetworkSlimming, NoBatchNormError, SparsityMonitor
 
 GAMMA0 = np.array([1.0, -0.8, 0.003, -0.003, 0.0, 0.5], np.float32)
 GRAD = np.array([0.5, -0.5, 0.01, -0.02, 0.002, -2.0], np.float32)
@@ -67,7 +67,7 @@ def test_one_sgd_step_adds_l1_sign_to_gamma_gradient_only():
         if path != "bn/gamma":
             np.testing.assert_allclose(after[path], before[path] - lr * grads[path],
                                        rtol=1e-6, atol=1e-7)
-    assert [name for name, _ in opt.targets] == ["bn"]
+    assert [name for name, _ in opt.penalised_gammas] == ["bn"]
     assert int(opt.iterations.numpy()) == 1
 
 
@@ -104,8 +104,10 @@ def test_penalty_shrinks_gammas_in_fit_but_never_to_exact_zero_unlike_gamma_ista
         keras.utils.set_random_seed(5)
         model = two_bn_model()
         model.compile(make(), loss="mse")
-        history = model.fit(x, y, batch_size=16, epochs=10, shuffle=False, verbose=0)
+        history = model.fit(x, y, batch_size=16, epochs=10, shuffle=False, verbose=0,
+                            callbacks=[SparsityMonitor()])
         assert np.all(np.isfinite(history.history["loss"]))
+        assert "zero_gamma_fraction" in history.history
         results[name] = np.concatenate([model.get_layer(b).gamma.numpy() for b in ("bn1", "bn2")])
     l1_norm = {k: np.abs(v).sum() for k, v in results.items()}
     assert l1_norm["slimming"] < 0.5 * l1_norm["sgd"]
@@ -130,7 +132,7 @@ def test_exclude_leaves_a_layer_to_the_plain_optimizer():
     np.testing.assert_allclose(
         model.get_layer("bn1").gamma.numpy(),
         gamma1_before - lr * (grads["bn1/gamma"] + l1 * np.sign(gamma1_before)), rtol=1e-6)
-    assert [name for name, _ in opt.targets] == ["bn1"]
+    assert [name for name, _ in opt.penalised_gammas] == ["bn1"]
 
 
 def test_gamma_variables_by_path_loss_scale_factor_and_l1_setter():
@@ -202,7 +204,7 @@ def test_save_load_restores_state_and_training_resumes_identically(tmp_path):
     loaded.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
     for a, b in zip(model.weights, loaded.weights):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
-    assert [n for n, _ in loaded.optimizer.targets] == ["bn1"]
+    assert [n for n, _ in loaded.optimizer.penalised_gammas] == ["bn1"]
 
 
 def test_jit_compile_matches_eager():

@@ -355,8 +355,9 @@ def selection_for_macs(
         **criterion_kwargs: passed to ``criterion`` (e.g. ``layers=[...]``).
 
     Returns:
-        ``(selection, macs)``: the selection of the smallest prune fraction found
-        within tolerance, and the MACs of the pruned model.
+        ``(selection, macs)``: the first selection within tolerance that the
+        bisection finds (the unpruned one if that is already within), and the
+        MACs of the pruned model.
 
     Raises:
         TargetUnreachableError: no prune fraction gets within tolerance (the

@@ -149,8 +149,12 @@ class NetworkSlimming(WrapsInnerOptimizer, keras.optimizers.Optimizer):
         self._l1.assign(_validated_penalty("l1", value))
 
     @property
-    def targets(self) -> list[tuple[str, Any]]:
-        """``(layer_name, γ variable)`` of every penalised γ (after build)."""
+    def penalised_gammas(self) -> list[tuple[str, Any]]:
+        """``(layer_name, γ variable)`` of every penalised γ (after build).
+
+        (Not called ``targets`` like GammaISTA's, whose entries also carry λ and
+        which ``SparsityMonitor`` reads as GammaISTA's.)
+        """
         return [(t[0], t[1]) for t in self._state.targets]
 
     # ------------------------------------------------------------------ build
