@@ -346,3 +346,71 @@ def test_every_surgery_case(build):
     assert set(report.border_corrections) <= fallbacks
     assert not set(report.carriers) & fallbacks
     assert report.params_after == pruned.count_params()
+
+
+# --- random conv chains with 'same' padding (carriers are common here) -----------------
+def random_recipe(rng):
+    """A recipe for test_surgery_property.build: mostly padded convs on the newest tensor."""
+    from test_surgery_property import ACTS
+
+    blocks = []
+    for b in range(int(rng.integers(2, 7))):
+        i = int(b if rng.random() < 0.75 else rng.integers(0, b + 1))
+        act = str(rng.choice(ACTS))
+        r = rng.random()
+        if r < 0.5:
+            blocks.append(("conv", i, int(rng.integers(2, 7)), 3, "same",
+                           int(rng.choice([1, 1, 2])), bool(rng.random() < 0.5), act))
+        elif r < 0.6:
+            blocks.append(("pool", i, str(rng.choice(["max", "avg"])),
+                           str(rng.choice(["same", "valid"]))))
+        elif r < 0.67:
+            blocks.append(("pad", i))
+        elif r < 0.75:
+            blocks.append(("add", i, int(rng.integers(0, 99))))
+        elif r < 0.83:
+            blocks.append(("concat", i, int(rng.integers(0, 99))))
+        elif r < 0.9:
+            blocks.append(("dw", i, int(rng.integers(1, 3)), str(rng.choice(["same", "valid"])),
+                           int(rng.integers(1, 3)), act))
+        elif r < 0.95:
+            blocks.append(("sep", i, int(rng.integers(1, 5)), str(rng.choice(["same", "valid"])),
+                           act))
+        else:
+            blocks.append(("conv", i, int(rng.integers(2, 7)), 1, "valid", 1, True, act))
+    return {"size": int(rng.integers(4, 9)), "channels": int(rng.integers(1, 4)),
+            "blocks": blocks, "head_width": int(rng.integers(1, 5)),
+            "flatten_head": bool(rng.random() < 0.3), "seed": int(rng.integers(2**16)),
+            "zero_fraction": float(rng.choice([0.3, 0.6, 0.9])),
+            "positive_beta": bool(rng.random() < 0.6)}
+
+
+def check_random_chains(n, seed):
+    from test_surgery_property import build
+
+    rng = np.random.default_rng(seed)
+    carried = 0
+    for _ in range(n):
+        recipe = random_recipe(rng)
+        model = randomize_batchnorms(build(recipe), seed=recipe["seed"],
+                                     zero_fraction=recipe["zero_fraction"],
+                                     positive_beta=recipe["positive_beta"])
+        x = random_inputs(model, batch=8, seed=recipe["seed"] + 1)
+        pruned, report = prune_model(model, fold="carrier", return_report=True, probe=False)
+        assert relative_error(model, pruned, x) <= 1e-5, recipe
+        fallbacks = {n.split("'")[3] for n in report.notes if n.startswith("fold='carrier'")}
+        assert set(report.border_corrections) <= fallbacks, recipe
+        # the carriers are still needed: pruning again removes nothing
+        _, again = prune_model(pruned, fold="carrier", return_report=True, probe=False)
+        assert again.removed_constant == 0, recipe
+        carried += len(report.carriers)
+    assert carried >= n // 5  # the generator does exercise carriers
+
+
+def test_random_conv_chains():
+    check_random_chains(20, seed=0)
+
+
+@pytest.mark.slow
+def test_random_conv_chains_many():
+    check_random_chains(300, seed=1)
