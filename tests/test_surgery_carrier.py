@@ -282,29 +282,40 @@ def test_round_to_reuses_a_constant_channel_kept_back_by_rounding():
     y = L.Conv2D(4, 3, padding="same", name="reader")(h)
     model = keras.Model(x, head(y))
     randomize_batchnorms(model, seed=12, zero_fraction=0.0, positive_beta=True)
-    gamma = np.asarray(model.layers[2].gamma).copy()
-    gamma[:5] = 0.0  # 11 kept -> rounding keeps 5 back: 16; with 13 zeros -> 3 kept -> 8
-    model.layers[2].gamma.assign(gamma)
-    exact = prune_model(model, round_to=8)
-    pruned, report = prune_model(model, fold="carrier", round_to=8, return_report=True)
-    assert pruned.get_layer("c1").filters == exact.get_layer("c1").filters == 16
-    gamma[:13] = 0.0
-    model.layers[2].gamma.assign(gamma)
+    bn = model.layers[2]
+    gamma = np.asarray(bn.gamma).copy()
+    gamma[:13] = 0.0  # 3 kept -> rounding keeps 5 of the 13 constants back: width 8
+    bn.gamma.assign(gamma)
     exact, rep_exact = prune_model(model, round_to=8, return_report=True)
     pruned, report = prune_model(model, fold="carrier", round_to=8, return_report=True)
-    assert exact.get_layer("c1").filters == 8  # 3 kept + 5 constants kept back
+    assert exact.get_layer("c1").filters == 8
     assert rep_exact.border_corrections == ["reader"]  # 8 removed constants to fold
     assert pruned.get_layer("c1").filters == 8  # a kept-back constant carries: no extra width
-    # the constants kept back by rounding are channels 0-4 (equal |γ|: lowest index first)
-    assert report.carrier_channels == {} and report.carriers["reader"] in range(5)
+    assert report.carrier_channels == {}
+    # rounding keeps back the largest constants (equal γ = 0), the largest one carries
+    c = constants_after_relu(model, bn.name)[:13]
+    assert report.carriers == {"reader": int(np.argmax(c))}
     assert borders(pruned) == []
     assert_same_function(model, pruned)
-    # kept a multiple of 8 exactly: the carrier pushes the width to the next multiple
-    gamma[:8] = 0.0
-    gamma[8:] = 1.0
-    model.layers[2].gamma.assign(gamma)
+
+
+def test_round_to_never_adds_a_block_for_a_carrier():
+    # 8 kept of 16: no spare slot. A carrier would make the width 9 -> 16, a
+    # whole block more: the reader keeps its border map instead (round_to=1 carries)
+    x = keras.Input((8, 8, 3))
+    h = cbr(x, 16, padding="same", name="c1")
+    y = L.Conv2D(4, 3, padding="same", name="reader")(h)
+    model = keras.Model(x, head(y))
+    randomize_batchnorms(model, seed=12, zero_fraction=0.0, positive_beta=True)
+    model.layers[2].gamma.assign(np.where(np.arange(16) < 8, 0.0, 1.0).astype("float32"))
     pruned, report = prune_model(model, fold="carrier", round_to=8, return_report=True)
-    assert pruned.get_layer("c1").filters == 16
+    assert pruned.get_layer("c1").filters == 8
+    assert report.carriers == {} and report.border_corrections == ["reader"]
+    assert any("'reader' keeps a BorderCorrection" in n and "round_to=8" in n
+               for n in report.notes)
+    assert_same_function(model, pruned)
+    pruned, report = prune_model(model, fold="carrier", return_report=True)
+    assert pruned.get_layer("c1").filters == 9 and borders(pruned) == []
     assert_same_function(model, pruned)
 
 

@@ -212,7 +212,7 @@ def plan_removal(
     carrier = np.zeros(graph.num_groups, bool)
     if graph.fold == "carrier":
         before = removed
-        removed, carriers = _choose_carriers(graph, removed, calibrated, notes)
+        removed, carriers = _choose_carriers(graph, removed, calibrated, notes, round_to=round_to)
         carrier = before & ~removed
         if round_to > 1 and carrier.any():
             removed = _round_widths(graph, removed, round_to, notes)
@@ -222,7 +222,8 @@ def plan_removal(
     if graph.fold == "carrier" and not np.array_equal(live, removed):
         # a kept-back input may need (and be) a carrier
         before = live
-        live, carriers = _choose_carriers(graph, live, calibrated, notes, carriers)
+        live, carriers = _choose_carriers(graph, live, calibrated, notes, carriers,
+                                          round_to=round_to)
         carrier |= before & ~live
     removed = live
     return RemovalPlan(removed=removed, constant=constant & removed,
@@ -275,9 +276,15 @@ def same_shape(a: np.ndarray, b: np.ndarray, tol: float = 1e-9) -> bool:
 
 
 def carrier_position(graph: ChannelGraph, call: LayerCall, removed: np.ndarray,
-                     calibrated: bool = False) -> int | str | None:
+                     calibrated: bool = False, round_to: int = 1) -> int | str | None:
     """The input channel of conv reader ``call`` that should carry its removed
     constants (``fold="carrier"``).
+
+    A constant channel that is kept anyway (by ``round_to``, pins, ...) is
+    preferred; otherwise the removed constant with the largest magnitude —
+    but only with ``round_to == 1``: with ``round_to=n`` keeping it would add
+    a whole block of ``n`` channels (rounding leaves widths at multiples of
+    ``n``), which costs more than the border map's ADD.
 
     Returns the position (in ``call``'s input channels), ``None`` when the
     reader needs no carrier (its plain fold is exact, or it reads nothing
@@ -322,13 +329,16 @@ def carrier_position(graph: ChannelGraph, call: LayerCall, removed: np.ndarray,
             if (float(np.abs(column).max()) * CARRIER_MAX_RATIO >= largest
                     and same_shape(column, ref)):
                 return int(p)
+    if round_to > 1:
+        return (f"no constant channel is kept within round_to={round_to}: a carrier "
+                f"would add a block of {round_to} channels")
     candidates = np.flatnonzero(const_in)
     return int(candidates[np.argmax(np.abs(columns).max(axis=0))])
 
 
 def _choose_carriers(graph: ChannelGraph, removed: np.ndarray, calibrated: bool,
                      notes: list[str], carriers: dict[LayerCall, int] | None = None,
-                     ) -> tuple[np.ndarray, dict[LayerCall, int]]:
+                     round_to: int = 1) -> tuple[np.ndarray, dict[LayerCall, int]]:
     """Keep one carrier channel for each conv reader that needs one.
 
     Keeping a channel only shrinks what other readers must carry, so a choice
@@ -344,7 +354,7 @@ def _choose_carriers(graph: ChannelGraph, removed: np.ndarray, calibrated: bool,
         for call, t in sites:
             if call in carriers:
                 continue
-            outcome = carrier_position(graph, call, removed, calibrated)
+            outcome = carrier_position(graph, call, removed, calibrated, round_to)
             if isinstance(outcome, str):
                 reasons[call] = outcome
                 continue
@@ -364,10 +374,25 @@ def _choose_carriers(graph: ChannelGraph, removed: np.ndarray, calibrated: bool,
     return removed, carriers
 
 
+def _carrier_usefulness(graph: ChannelGraph) -> np.ndarray:
+    """``(num_groups,)``: the largest |constant| of each group at a zero-padded
+    conv reader (0 where it could carry nothing there)."""
+    useful = np.zeros(graph.num_groups)
+    for call, t in graph.fold_sites():
+        const = graph.constants.get(t)
+        if const is None or not (_has_padding_effect(call.layer) or not const.uniform):
+            continue
+        width = len(graph.channels[t])
+        magnitude = np.abs(const.value.reshape(-1, width)).max(axis=0)
+        np.maximum.at(useful, graph.channels[t], np.where(const.mask, magnitude, 0.0))
+    return useful
+
+
 def _round_widths(graph: ChannelGraph, removed: np.ndarray, n: int,
                   notes: list[str]) -> np.ndarray:
     removed = removed.copy()
     scores = graph.gamma_scores()
+    useful = _carrier_usefulness(graph) if graph.fold == "carrier" else np.zeros(graph.num_groups)
     outputs = [c.outputs[0] for c in graph.graph.calls if graph.kinds[c] == MIXING]
     for _ in range(50):
         changed = False
@@ -378,7 +403,9 @@ def _round_widths(graph: ChannelGraph, removed: np.ndarray, n: int,
                 continue
             extra = min(math.ceil(kept / n) * n, len(groups)) - kept
             candidates = [int(g) for g in dict.fromkeys(groups[removed[groups]].tolist())]
-            candidates.sort(key=lambda g: -scores[g])  # stable: lowest index first
+            # largest |γ| first; among equal γ (constants: 0) the best would-be
+            # carriers (fold="carrier"), then the lowest index (stable sort)
+            candidates.sort(key=lambda g: (-scores[g], -useful[g]))
             removed[candidates[:extra]] = False
             changed = True
         if not changed:

@@ -29,10 +29,15 @@ reader see fewer constant taps than its interior. Three ways to handle that:
   Its producer still computes it (γ = 0 makes BN output exactly β), so zero
   padding treats it like every removed constant, and the reader's weights
   carry the others: ``W[..., k, :] += Σ_j W[..., j, :] · c_j / c_k``. It costs
-  one channel per such tensor (none when ``round_to`` already keeps a constant
-  channel back); where no channel can carry the constants (separable or shared
-  readers, constants that are different maps after a depthwise conv) that
-  reader falls back to a BorderCorrection and the report notes say so.
+  one channel per such tensor. With ``round_to=n`` only a constant channel
+  that rounding keeps back anyway carries (rounding then prefers the largest
+  constants): one more channel would cost a whole block of ``n`` — on
+  XNNPACK, whose float kernels compute output channels in tiles (8 on ARM
+  NEON, 16 with AVX-512), that is far slower than the border map's ``ADD``.
+  Where no channel can carry the constants (separable or shared readers,
+  constants that are different maps after a depthwise conv, no spare channel
+  within ``round_to``) the reader falls back to a BorderCorrection and the
+  report notes say so.
   Fine-tuning may move the carrier's γ away from 0: it is then an ordinary
   channel (the model stays a valid network, only no longer the original
   function).
@@ -208,13 +213,15 @@ def prune_model(
             border-correction maps where zero padding requires them (needs
             static spatial shapes); ``"carrier"`` is exact too but keeps one
             constant channel per such tensor and routes the removed constants
-            through its weights instead (no extra layer: what phones want;
-            falls back to a border map where no channel can carry them, see
-            the module doc); ``"bias"`` is the paper's plain bias fold.
+            through its weights instead (no extra layer; with ``round_to > 1``
+            only channels kept back by rounding carry; falls back to a border
+            map where no channel can carry them, see the module doc);
+            ``"bias"`` is the paper's plain bias fold.
         remove_constant: remove the exactly removable constant channels (on by
             default, also with a selection).
         round_to: keep conv/dense widths at multiples of this; the extra kept
-            channels are those with the largest |γ|.
+            channels are those with the largest |γ| (with ``fold="carrier"``,
+            among constants the best carriers).
         calibration_data: model inputs; removed non-constant channels are
             then replaced by their mean activation over them (folded like
             constants). Either one in-memory batch (an array, a list/tuple/dict
