@@ -319,6 +319,27 @@ def test_round_to_never_adds_a_block_for_a_carrier():
     assert_same_function(model, pruned)
 
 
+@pytest.mark.parametrize("kept, carried", [(8, False), (11, True), (16, False), (3, True)])
+def test_carrier_tile_only_where_the_last_tile_has_room(kept, carried):
+    x = keras.Input((8, 8, 3))
+    h = cbr(x, 24, padding="same", name="c1")
+    y = L.Conv2D(4, 3, padding="same", name="reader")(h)
+    model = keras.Model(x, head(y))
+    randomize_batchnorms(model, seed=14, zero_fraction=0.0, positive_beta=True)
+    model.layers[2].gamma.assign(np.where(np.arange(24) < 24 - kept, 0.0, 1.0).astype("float32"))
+    pruned, report = prune_model(model, fold="carrier", carrier_tile=8, return_report=True)
+    # kept % 8 == 0: one more channel would start a new tile of 8
+    assert carried == (kept % 8 != 0)
+    assert pruned.get_layer("c1").filters == kept + carried
+    assert bool(report.carriers) == carried
+    assert report.border_corrections == ([] if carried else ["reader"])
+    if not carried:
+        assert any("carrier_tile=8" in n and "'c1'" in n for n in report.notes)
+    assert_same_function(model, pruned)
+    with pytest.raises(ValueError, match="carrier_tile"):
+        prune_model(model, fold="carrier", carrier_tile=0)
+
+
 def test_dynamic_spatial_shape_works_where_exact_cannot():
     from tf_gamma_prune import DynamicShapeError
 
@@ -407,12 +428,15 @@ def check_random_chains(n, seed):
                                      zero_fraction=recipe["zero_fraction"],
                                      positive_beta=recipe["positive_beta"])
         x = random_inputs(model, batch=8, seed=recipe["seed"] + 1)
-        pruned, report = prune_model(model, fold="carrier", return_report=True, probe=False)
+        tile = int(rng.choice([1, 1, 4]))
+        pruned, report = prune_model(model, fold="carrier", carrier_tile=tile,
+                                     return_report=True, probe=False)
         assert relative_error(model, pruned, x) <= 1e-5, recipe
         fallbacks = {n.split("'")[3] for n in report.notes if n.startswith("fold='carrier'")}
         assert set(report.border_corrections) <= fallbacks, recipe
         # the carriers are still needed: pruning again removes nothing
-        _, again = prune_model(pruned, fold="carrier", return_report=True, probe=False)
+        _, again = prune_model(pruned, fold="carrier", carrier_tile=tile, return_report=True,
+                               probe=False)
         assert again.removed_constant == 0, recipe
         carried += len(report.carriers)
     assert carried >= n // 5  # the generator does exercise carriers

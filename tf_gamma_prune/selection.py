@@ -153,6 +153,7 @@ def plan_removal(
     remove_constant: bool = True,
     round_to: int = 1,
     calibrated: bool = False,
+    carrier_tile: int = 1,
 ) -> RemovalPlan:
     """Decide which channel groups to remove.
 
@@ -176,6 +177,10 @@ def plan_removal(
         calibrated: removed non-constant channels will be replaced by their
             calibration means (``prune_model(calibration_data=...)``); carriers
             then carry those means too.
+        carrier_tile: ``fold="carrier"``: a carrier channel that would not be
+            kept otherwise is only kept where it does not start a new tile of
+            this many output channels in any layer (see
+            :func:`carrier_position`); 1 = always.
 
     Raises:
         SelectionError: see :func:`selected_groups`; also when the selection
@@ -186,6 +191,8 @@ def plan_removal(
     """
     if round_to < 1:
         raise ValueError(f"round_to must be >= 1, got {round_to}.")
+    if int(carrier_tile) != carrier_tile or carrier_tile < 1:
+        raise ValueError(f"carrier_tile must be an integer >= 1, got {carrier_tile!r}.")
     if selection is not None and len(selection) == 0:
         raise SelectionError(
             "The selection names no layer; pass selection=None to remove only "
@@ -212,7 +219,8 @@ def plan_removal(
     carrier = np.zeros(graph.num_groups, bool)
     if graph.fold == "carrier":
         before = removed
-        removed, carriers = _choose_carriers(graph, removed, calibrated, notes, round_to=round_to)
+        removed, carriers = _choose_carriers(graph, removed, calibrated, notes,
+                                             round_to=round_to, tile=int(carrier_tile))
         carrier = before & ~removed
         if round_to > 1 and carrier.any():
             removed = _round_widths(graph, removed, round_to, notes)
@@ -223,7 +231,7 @@ def plan_removal(
         # a kept-back input may need (and be) a carrier
         before = live
         live, carriers = _choose_carriers(graph, live, calibrated, notes, carriers,
-                                          round_to=round_to)
+                                          round_to=round_to, tile=int(carrier_tile))
         carrier |= before & ~live
     removed = live
     return RemovalPlan(removed=removed, constant=constant & removed,
@@ -276,7 +284,8 @@ def same_shape(a: np.ndarray, b: np.ndarray, tol: float = 1e-9) -> bool:
 
 
 def carrier_position(graph: ChannelGraph, call: LayerCall, removed: np.ndarray,
-                     calibrated: bool = False, round_to: int = 1) -> int | str | None:
+                     calibrated: bool = False, round_to: int = 1,
+                     tile: int = 1) -> int | str | None:
     """The input channel of conv reader ``call`` that should carry its removed
     constants (``fold="carrier"``).
 
@@ -284,7 +293,11 @@ def carrier_position(graph: ChannelGraph, call: LayerCall, removed: np.ndarray,
     preferred; otherwise the removed constant with the largest magnitude —
     but only with ``round_to == 1``: with ``round_to=n`` keeping it would add
     a whole block of ``n`` channels (rounding leaves widths at multiples of
-    ``n``), which costs more than the border map's ADD.
+    ``n``), which costs more than the border map's ADD. With ``tile > 1``
+    a removed constant is kept as carrier only where no layer's output then
+    needs one more tile of ``tile`` channels (XNNPACK's float kernels compute
+    output channels in tiles: 8 on ARM NEON, 16 with AVX-512, so 16 -> 17
+    channels costs as much as 32, while 19 -> 20 is free).
 
     Returns the position (in ``call``'s input channels), ``None`` when the
     reader needs no carrier (its plain fold is exact, or it reads nothing
@@ -333,12 +346,38 @@ def carrier_position(graph: ChannelGraph, call: LayerCall, removed: np.ndarray,
         return (f"no constant channel is kept within round_to={round_to}: a carrier "
                 f"would add a block of {round_to} channels")
     candidates = np.flatnonzero(const_in)
-    return int(candidates[np.argmax(np.abs(columns).max(axis=0))])
+    order = np.argsort(-np.abs(columns).max(axis=0), kind="stable")
+    crowded = ""
+    for p in candidates[order]:
+        crowded = _new_tile(graph, int(groups[p]), removed, tile)
+        if not crowded:
+            return int(p)
+    return (f"carrier_tile={tile}: a carrier would start a new tile of {tile} output "
+            f"channels in '{crowded}'")
+
+
+def _new_tile(graph: ChannelGraph, group: int, removed: np.ndarray, tile: int) -> str:
+    """The first conv/dense layer whose output would need one more tile of
+    ``tile`` channels if ``group`` were kept ("" when none would)."""
+    if tile <= 1:
+        return ""
+    for call in graph.graph.calls:
+        if graph.kinds[call] != MIXING:
+            continue
+        groups = graph.channels[call.outputs[0]]
+        added = int(np.count_nonzero(groups == group))
+        if not added:
+            continue
+        kept = int(np.count_nonzero(~removed[groups]))
+        if math.ceil((kept + added) / tile) > math.ceil(kept / tile):
+            return call.name
+    return ""
 
 
 def _choose_carriers(graph: ChannelGraph, removed: np.ndarray, calibrated: bool,
                      notes: list[str], carriers: dict[LayerCall, int] | None = None,
-                     round_to: int = 1) -> tuple[np.ndarray, dict[LayerCall, int]]:
+                     round_to: int = 1, tile: int = 1,
+                     ) -> tuple[np.ndarray, dict[LayerCall, int]]:
     """Keep one carrier channel for each conv reader that needs one.
 
     Keeping a channel only shrinks what other readers must carry, so a choice
@@ -354,7 +393,7 @@ def _choose_carriers(graph: ChannelGraph, removed: np.ndarray, calibrated: bool,
         for call, t in sites:
             if call in carriers:
                 continue
-            outcome = carrier_position(graph, call, removed, calibrated, round_to)
+            outcome = carrier_position(graph, call, removed, calibrated, round_to, tile)
             if isinstance(outcome, str):
                 reasons[call] = outcome
                 continue

@@ -34,10 +34,12 @@ reader see fewer constant taps than its interior. Three ways to handle that:
   constants): one more channel would cost a whole block of ``n`` — on
   XNNPACK, whose float kernels compute output channels in tiles (8 on ARM
   NEON, 16 with AVX-512), that is far slower than the border map's ``ADD``.
-  Where no channel can carry the constants (separable or shared readers,
-  constants that are different maps after a depthwise conv, no spare channel
-  within ``round_to``) the reader falls back to a BorderCorrection and the
-  report notes say so.
+  ``carrier_tile=8`` keeps a carrier only where it fits in the last, partly
+  filled tile of 8 output channels (16 -> 17 starts a new tile, 19 -> 20 does
+  not). Where no channel can carry the constants (separable or shared
+  readers, constants that are different maps after a depthwise conv, no spare
+  channel within ``round_to`` or ``carrier_tile``) the reader falls back to a
+  BorderCorrection and the report notes say so.
   Fine-tuning may move the carrier's γ away from 0: it is then an ordinary
   channel (the model stays a valid network, only no longer the original
   function).
@@ -189,6 +191,7 @@ def prune_model(
     fold: str = "exact",
     remove_constant: bool = True,
     round_to: int = 1,
+    carrier_tile: int = 1,
     calibration_data: Any = None,
     probe: bool = True,
     probe_inputs: Any = None,
@@ -222,6 +225,12 @@ def prune_model(
         round_to: keep conv/dense widths at multiples of this; the extra kept
             channels are those with the largest |γ| (with ``fold="carrier"``,
             among constants the best carriers).
+        carrier_tile: with ``fold="carrier"``, keep a carrier channel only
+            where it does not make any layer need one more tile of this many
+            output channels (elsewhere the reader keeps its BorderCorrection).
+            XNNPACK's float kernels compute output channels in tiles of 8 on
+            ARM NEON and 16 with AVX-512: 16 -> 17 channels costs as much as
+            32, an ADD much less. ``1`` (default) always carries.
         calibration_data: model inputs; removed non-constant channels are
             then replaced by their mean activation over them (folded like
             constants). Either one in-memory batch (an array, a list/tuple/dict
@@ -283,7 +292,8 @@ def prune_model(
         batches = _calibration_batches(graph, calibration_data)
     weights = _numpy_weights(graph)
     plan = plan_removal(graph, selection, remove_constant=remove_constant,
-                        round_to=round_to, calibrated=batches is not None)
+                        round_to=round_to, calibrated=batches is not None,
+                        carrier_tile=carrier_tile)
     means = {}
     if batches is not None and plan.selected.any():
         means = _mean_activations(graph, batches)
