@@ -10,10 +10,12 @@ import pytest
 DOCTESTED = [
     "tf_gamma_prune.batchnorm",
     "tf_gamma_prune.callbacks",
+    "tf_gamma_prune.criteria",
     "tf_gamma_prune.layer_graph",
     "tf_gamma_prune.optimizer",
     "tf_gamma_prune.penalties",
     "tf_gamma_prune.reference_models",
+    "tf_gamma_prune.slimming",
 ]
 
 
