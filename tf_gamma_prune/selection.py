@@ -48,9 +48,8 @@ import dataclasses
 import math
 from typing import Any, Mapping
 
-import numpy as np
-
 import keras
+import numpy as np
 
 from tf_gamma_prune.batchnorm import resolve_layer_name
 from tf_gamma_prune.graph import MIXING, ChannelGraph, _has_padding_effect
@@ -158,11 +157,13 @@ def plan_removal(
     """Decide which channel groups to remove.
 
     With a graph built with ``fold="carrier"`` it also picks the carrier
-    channels (see the module doc): a constant channel kept back by
-    ``round_to`` is used first, otherwise the removed constant with the
-    largest magnitude is kept. Readers where no channel can carry the removed
-    constants (separable convs, shared layers, constants that are different
-    maps over space, only calibration means removed) keep the exact fold's
+    channels (see the module doc and :func:`carrier_position`): a constant
+    channel kept anyway (e.g. back by ``round_to``) is used first, otherwise
+    the removed constant with the largest magnitude is kept — only with
+    ``round_to == 1``, and with ``carrier_tile > 1`` only where it starts no
+    new tile. Readers where no channel can carry the removed constants
+    (separable convs, shared layers, constants that are different maps over
+    space, only calibration means removed, no room) keep the exact fold's
     BorderCorrection; the notes say which and why.
 
     Args:
@@ -356,21 +357,33 @@ def carrier_position(graph: ChannelGraph, call: LayerCall, removed: np.ndarray,
             f"channels in '{crowded}'")
 
 
+def _mixing_members(graph: ChannelGraph) -> dict[int, list[tuple[str, np.ndarray, int]]]:
+    """For each group, ``(layer, its output's groups, positions of the group)``
+    of every conv/dense output it is in (cached on the graph)."""
+    cached = getattr(graph, "_mixing_members", None)
+    if cached is not None:
+        return cached
+    members: dict[int, list[tuple[str, np.ndarray, int]]] = {}
+    for call in graph.graph.calls:
+        if graph.kinds[call] != MIXING:
+            continue
+        groups = graph.channels[call.outputs[0]]
+        ids, counts = np.unique(groups, return_counts=True)
+        for g, n in zip(ids.tolist(), counts.tolist()):
+            members.setdefault(g, []).append((call.name, groups, n))
+    graph._mixing_members = members  # type: ignore[attr-defined]
+    return members
+
+
 def _new_tile(graph: ChannelGraph, group: int, removed: np.ndarray, tile: int) -> str:
     """The first conv/dense layer whose output would need one more tile of
     ``tile`` channels if ``group`` were kept ("" when none would)."""
     if tile <= 1:
         return ""
-    for call in graph.graph.calls:
-        if graph.kinds[call] != MIXING:
-            continue
-        groups = graph.channels[call.outputs[0]]
-        added = int(np.count_nonzero(groups == group))
-        if not added:
-            continue
+    for name, groups, added in _mixing_members(graph).get(group, []):
         kept = int(np.count_nonzero(~removed[groups]))
         if math.ceil((kept + added) / tile) > math.ceil(kept / tile):
-            return call.name
+            return name
     return ""
 
 
