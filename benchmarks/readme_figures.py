@@ -28,6 +28,23 @@ def _met(flag: bool) -> str:
     return "met" if flag else "**not met**"
 
 
+def _variant_name(variant: dict) -> str:
+    """A prune_model call's options, e.g. ``fold='carrier', carrier_tile=8``."""
+    parts = [f"fold='{variant['fold']}'"]
+    parts += [f"{k}={variant[k]}" for k in ("carrier_tile", "round_to") if variant.get(k, 1) != 1]
+    return ", ".join(parts)
+
+
+def _variant_cell(v: dict, original: dict, judged: dict | None = None) -> str:
+    lat = v["latency"]["1"]
+    same = judged is not None and v.get("tflite_sha256") and v["tflite_sha256"] == judged.get("tflite_sha256")
+    adds = v["ops"].get("ADD", 0) - original["ops"].get("ADD", 0)  # border-correction ADDs
+    return (f"{_variant_name(v)}: {lat['speedup_over_mac_reduction']:.2f} ({v['mac_reduction']:.2f}× fewer "
+            f"MACs, {lat['speedup']:.2f}× faster{f', +{adds} ADD' if adds else ''}"
+            f"{', not exact' if v['fold'] == 'bias' else ''}"
+            f"{', the same .tflite as the judged one' if same else ''})")
+
+
 def rows() -> list[str]:
     out = []
     d = _load("optimizer_overhead")
@@ -56,12 +73,24 @@ def rows() -> list[str]:
         for name, m in d["models"].items():
             lat = m["latency"]["1"]
             h, w = m["input_shape"][:2]
+            variants = m.get("variants", {})
+            judged = variants.get(m.get("recommended"))
+            how = f", {_variant_name(judged)}" if judged else ""
             out.append(
-                f"| TFLite speed-up / MAC reduction, 1 thread ({name} {h}×{w}: "
+                f"| TFLite speed-up / MAC reduction, 1 thread ({name} {h}×{w}{how}: "
                 f"{m['mac_reduction']:.2f}× fewer MACs, {lat['speedup']:.2f}× faster, "
                 f"{m['original']['tflite_bytes'] / 1e6:.2f} → {m['pruned']['tflite_bytes'] / 1e6:.2f} MB) "
                 f"| {lat['speedup_over_mac_reduction']:.2f} | ≥ {target} "
                 f"| {_met(lat['speedup_over_mac_reduction'] >= target)} |")
+            others = [v for k, v in variants.items() if k != m.get("recommended")]
+            if others:
+                out.append(f"| same runs, other folds ({name}, {m.get('prune_fraction', d['settings']['prune_fraction']):.0%} pruned) | "
+                           + "; ".join(_variant_cell(v, m["original"], judged) for v in others)
+                           + " | | for comparison |")
+            for fraction, e in m.get("other_fractions", {}).items():
+                out.append(f"| {name}, {float(fraction):.0%} pruned instead (not judged) | "
+                           + "; ".join(_variant_cell(v, e["original"]) for v in e["variants"].values())
+                           + " | | for comparison |")
     d = _load("applications_exactness")
     if d:
         summary = d["summary"]

@@ -449,3 +449,26 @@ def test_random_conv_chains():
 @pytest.mark.slow
 def test_random_conv_chains_many():
     check_random_chains(300, seed=1)
+
+
+def test_cli_fold_flag(tmp_path):
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    model = randomize_batchnorms(same_convnet(), seed=15, positive_beta=True)
+    src, out = tmp_path / "model.keras", tmp_path / "pruned.keras"
+    model.save(src)
+    repo = pathlib.Path(__file__).resolve().parents[1]
+    proc = subprocess.run(
+        [sys.executable, "-m", "tf_gamma_prune", "prune", str(src), "--out", str(out),
+         "--fold", "carrier"],
+        cwd=repo, env=dict(os.environ, PYTHONPATH=str(repo), TF_CPP_MIN_LOG_LEVEL="3"),
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "fold=carrier" in proc.stdout and "carriers:" in proc.stdout
+    pruned = keras.models.load_model(out)
+    assert borders(pruned) == []
+    assert_same_function(model, pruned)
