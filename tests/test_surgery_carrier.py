@@ -451,6 +451,39 @@ def test_random_conv_chains_many():
     check_random_chains(300, seed=1)
 
 
+def _run_cli_prune(tmp_path, model, *flag_args):
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    src, out = tmp_path / "model.keras", tmp_path / "pruned.keras"
+    model.save(src)
+    repo = pathlib.Path(__file__).resolve().parents[1]
+    proc = subprocess.run(
+        [sys.executable, "-m", "tf_gamma_prune", "prune", str(src), "--out", str(out),
+         *flag_args],
+        cwd=repo, env=dict(os.environ, PYTHONPATH=str(repo), TF_CPP_MIN_LOG_LEVEL="3"),
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return keras.models.load_model(out)
+
+
+def test_cli_carrier_tile_flag(tmp_path):
+    """--carrier_tile reaches prune_model: with tiles of 2 this model keeps one border map
+    instead of a carrier (checked against the library call, which differs from tile 1)."""
+    model = randomize_batchnorms(same_convnet(), seed=15, positive_beta=True)
+    tiled = prune_model(model, fold="carrier", carrier_tile=2)
+    untiled = prune_model(model, fold="carrier")
+    assert len(borders(tiled)) != len(borders(untiled))  # the flag has something to change
+    pruned = _run_cli_prune(tmp_path, model, "--fold", "carrier", "--carrier_tile", "2")
+    assert len(borders(pruned)) == len(borders(tiled))
+    widths = [getattr(layer, "filters", None) for layer in pruned.layers]
+    assert widths == [getattr(layer, "filters", None) for layer in tiled.layers]
+    assert_same_function(model, pruned)
+
+
 def test_cli_fold_flag(tmp_path):
     import os
     import pathlib

@@ -5,7 +5,7 @@ Usage:
       [--quantize none|float16|dynamic|int8 --calibration npy:PATH|fashion_mnist|random
        --int8_io --batch_size 1 --parity_samples 32]
   python -m tf_gamma_prune prune IN.keras --out OUT.keras
-      [--fold exact|carrier|bias --tflite OUT.tflite --quantize ... --calibration ...]
+      [--fold exact|carrier|bias --carrier_tile N --tflite OUT.tflite --quantize ... --calibration ...]
   python -m tf_gamma_prune benchmark A.tflite [B.tflite] [--threads 1,2 --runs 50 --warmup 5
       --json OUT.json]
 
@@ -33,7 +33,15 @@ flags.DEFINE_enum(
     "fold", "exact", ["exact", "carrier", "bias"],
     "prune: how removed constant channels are folded. exact: BorderCorrection maps where zero "
     "padding needs them; carrier: exact without extra ops (keeps one constant channel per padded "
-    "reader; best for phones); bias: the paper's plain fold (approximate at borders).",
+    "reader; with --carrier_tile 8 for phones); bias: the paper's plain fold (approximate at "
+    "borders).",
+)
+flags.DEFINE_integer(
+    "carrier_tile", 1,
+    "prune with --fold carrier: keep a carrier channel only where it fits in the last, partly "
+    "filled tile of this many output channels (8 for ARM phones, 16 for AVX-512); elsewhere "
+    "border maps stay.",
+    lower_bound=1,
 )
 flags.DEFINE_enum("quantize", "none", ["none", "float16", "dynamic", "int8"], "TFLite quantization.")
 flags.DEFINE_string(
@@ -163,7 +171,8 @@ def cmd_prune(args: list[str]) -> None:
     if not FLAGS.out.endswith(".keras"):
         raise CliError(f"--out must name a .keras file, got {FLAGS.out}")
     model = load_model(args[0], FLAGS.trust_model)
-    pruned, report = prune_model(model, fold=FLAGS.fold, return_report=True)
+    pruned, report = prune_model(model, fold=FLAGS.fold, carrier_tile=FLAGS.carrier_tile,
+                                 return_report=True)
     _say(report.summary())
     outputs = _Outputs()
     outputs.add(FLAGS.out, lambda p: save_keras_atomic(pruned, p))
