@@ -104,6 +104,21 @@ class WrapsInnerOptimizer:
     def scale_loss(self, loss):
         return self.inner_optimizer.scale_loss(loss)
 
+    def _built_for(self, trainable_variables) -> list:
+        """Build on first use (like ``Optimizer.apply``); the variables to update."""
+        if not self.built:
+            if trainable_variables is None:
+                raise ValueError(
+                    "Build the optimizer first (optimizer.build(variables)) or pass "
+                    "trainable_variables."
+                )
+            with keras.name_scope(self.name, caller=self):
+                self.build(trainable_variables)
+            self.built = True
+        if trainable_variables is None:
+            trainable_variables = self._trainable_variables
+        return list(trainable_variables)
+
     def finalize_variable_values(self, var_list):
         self.inner_optimizer.finalize_variable_values(var_list)
 
@@ -285,18 +300,7 @@ class GammaISTA(WrapsInnerOptimizer, keras.optimizers.Optimizer):
     def apply(self, grads, trainable_variables=None):
         if len(grads) == 0:
             return
-        if not self.built:
-            if trainable_variables is None:
-                raise ValueError(
-                    "Build the optimizer first (optimizer.build(variables)) or pass "
-                    "trainable_variables."
-                )
-            with keras.name_scope(self.name, caller=self):
-                self.build(trainable_variables)
-            self.built = True
-        if trainable_variables is None:
-            trainable_variables = self._trainable_variables
-        trainable_variables = list(trainable_variables)
+        trainable_variables = self._built_for(trainable_variables)
         learning_rate = self.inner_optimizer.learning_rate  # η_t before the step
         rho = self.rho
         if self.gamma_step == "inner":

@@ -188,18 +188,7 @@ class NetworkSlimming(WrapsInnerOptimizer, keras.optimizers.Optimizer):
     def apply(self, grads, trainable_variables=None):
         if len(grads) == 0:
             return
-        if not self.built:
-            if trainable_variables is None:
-                raise ValueError(
-                    "Build the optimizer first (optimizer.build(variables)) or pass "
-                    "trainable_variables."
-                )
-            with keras.name_scope(self.name, caller=self):
-                self.build(trainable_variables)
-            self.built = True
-        if trainable_variables is None:
-            trainable_variables = self._trainable_variables
-        trainable_variables = list(trainable_variables)
+        trainable_variables = self._built_for(trainable_variables)
         grads = self.penalised_gradients(grads, trainable_variables)
         self.inner_optimizer.apply(grads, trainable_variables)
 
