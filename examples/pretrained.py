@@ -89,21 +89,6 @@ def sparsify_rescaled(model, x, y, *, epochs, batch_size, learning_rate, rho, se
     return model
 
 
-def recalibrate_batchnorm(model, x, batches: int = 40, batch_size: int = 256) -> None:
-    """Re-estimate every BN's moving mean/variance from ``x`` (forward passes in training mode).
-
-    Weights are not changed. Needed after ISTA on α-scaled γ: the shrink moves a small γ
-    by several percent per step, so the moving averages (momentum 0.9) lag behind and
-    inference-mode accuracy collapses although training-mode accuracy is fine.
-
-        recalibrate_batchnorm(model, x_train)
-    """
-    import numpy as np
-
-    for start in np.arange(batches) * batch_size % max(len(x) - batch_size + 1, 1):
-        model(x[start:start + batch_size], training=True)
-
-
 def prune_pretrained(model, x, y, x_test, y_test, *, alpha, epochs, finetune_epochs, batch_size,
                      learning_rate, finetune_learning_rate, rho, seed, verbose=1) -> PretrainedResult:
     """The whole pretrained flow on ``model`` (modified: it ends up rescaled and sparse).
@@ -115,7 +100,8 @@ def prune_pretrained(model, x, y, x_test, y_test, *, alpha, epochs, finetune_epo
     """
     from fashion_mnist import StageRow, announce, copy_model, fine_tune, keras_accuracy
 
-    from tf_gamma_prune import batchnorm_layers, prune_model, rescale_gamma, sparsity_summary
+    from tf_gamma_prune import (batchnorm_layers, prune_model, recalibrate_batchnorm, rescale_gamma,
+                                sparsity_summary)
     from tf_gamma_prune.flops import model_cost
 
     total = 5
@@ -133,7 +119,7 @@ def prune_pretrained(model, x, y, x_test, y_test, *, alpha, epochs, finetune_epo
                        "re-estimated")
     sparsify_rescaled(model, x, y, epochs=epochs, batch_size=batch_size,
                       learning_rate=learning_rate, rho=rho, seed=seed, verbose=verbose)
-    recalibrate_batchnorm(model, x)
+    recalibrate_batchnorm(model, x, max_batches=40)  # ISTA on α-scaled γ: moving stats lag
     print(sparsity_summary(model))
     rows.append(StageRow("after ISTA (α-scaled)", keras_accuracy(model, x_test, y_test),
                          dense_cost.params, dense_cost.macs))

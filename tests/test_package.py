@@ -14,6 +14,7 @@ DOCTESTED = [
     "tf_gamma_prune.layer_graph",
     "tf_gamma_prune.optimizer",
     "tf_gamma_prune.penalties",
+    "tf_gamma_prune.recalibration",
     "tf_gamma_prune.reference_models",
     "tf_gamma_prune.slimming",
 ]

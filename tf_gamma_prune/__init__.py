@@ -53,6 +53,7 @@ from tf_gamma_prune.graph import (
 from tf_gamma_prune.layer_graph import UnsupportedModelError, layer_graph
 from tf_gamma_prune.layers import BorderCorrection, ConstantFeature
 from tf_gamma_prune.optimizer import GammaISTA
+from tf_gamma_prune.recalibration import RecalibrationDataError, recalibrate_batchnorm
 from tf_gamma_prune.penalties import InexactRescaleError, gamma_penalties, rescale_gamma
 from tf_gamma_prune.resume import ResumeError, StepCheckpoint, fit_resumable
 from tf_gamma_prune.selection import RemovalPlan, SelectionError, plan_removal
