@@ -27,7 +27,7 @@ s_K = S`` epochs, ``--stage_epochs``, default an even split):
   ``GammaISTA(SGD)`` (the paper's per-layer λ, ``--penalties``); ρ is
   ``rho_stages[k]`` during stage k (raised at each stage boundary). At the end
   of stage k the snapshot goes through ``prune_model`` (zero-γ channels removed,
-  ``--fold``) and is fine-tuned for ``E − s_k`` epochs (plain SGD, no penalty):
+  ``--fold``, ``--carrier_tile``) and is fine-tuned for ``E − s_k`` epochs (plain SGD, no penalty):
   the family's k-th model.
 * **slimming** (Network Slimming, Liu et al. 2017): its own sparsify run with
   ``NetworkSlimming(SGD, l1=--slimming_l1)`` (L1 subgradient on γ), snapshots at
@@ -140,6 +140,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "augment": "pad_crop_flip",
         "match_tolerance": 0.05,
         "fold": "auto",
+        "carrier_tile": 8,
         "latency_runs": 100,
         "latency_warmup": 10,
         "tflite_eval_examples": 2000,
@@ -163,6 +164,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "augment": "pad_crop_flip",
         "match_tolerance": 0.05,
         "fold": "auto",
+        "carrier_tile": 8,
         "latency_runs": 200,
         "latency_warmup": 20,
         "tflite_eval_examples": 10000,
@@ -256,6 +258,8 @@ def make_settings(preset: str = "cpu", **overrides: Any) -> dict[str, Any]:
     if s["penalties"] not in ("paper", "uniform"):
         raise SettingsError(f"--penalties={s['penalties']!r}: 'paper' or 'uniform'.")
     s["fold"] = resolve_fold(s["fold"])
+    if int(s["carrier_tile"]) < 1:
+        raise SettingsError(f"--carrier_tile={s['carrier_tile']} must be >= 1.")
     return json.loads(json.dumps(s))
 
 
@@ -824,7 +828,7 @@ class SeedRun:
         finetune = s["epochs"] - s["stage_epochs"][k]
         if not self.results.has("gamma_ista", k, self.seed):
             sparse, shared = self.snapshot("gamma_ista", k)
-            pruned = prune_model(sparse, fold=s["fold"])
+            pruned = prune_model(sparse, fold=s["fold"], carrier_tile=s["carrier_tile"])
             self.log(f"seed {self.seed}: gamma_ista target {k}: fine-tune {finetune} epochs")
             seconds = self.phase2(pruned, finetune)
             self.add(self.measure(pruned, "gamma_ista", k, seconds, shared))
@@ -866,7 +870,7 @@ class SeedRun:
             extra["closest_macs"] = int(e.closest_macs)
             self.add(self.unreachable(method, k, str(e), extra))
             return
-        pruned = prune_model(snap, selection, fold=s["fold"])
+        pruned = prune_model(snap, selection, fold=s["fold"], carrier_tile=s["carrier_tile"])
         finetune = s["epochs"] - s["stage_epochs"][k]
         self.log(f"seed {self.seed}: {method} target {k}: fine-tune {finetune} epochs")
         seconds = self.phase2(pruned, finetune)
@@ -880,7 +884,8 @@ class SeedRun:
 
         snap, shared = self.snapshot(REFERENCE, k)
         selection = random_selection(snap, widths, seed=self.seed)
-        pruned = prune_model(snap, selection, fold=self.s["fold"])
+        pruned = prune_model(snap, selection, fold=self.s["fold"],
+                                 carrier_tile=self.s["carrier_tile"])
         finetune = self.s["epochs"] - self.s["stage_epochs"][k]
         self.log(f"seed {self.seed}: random target {k}: fine-tune {finetune} epochs")
         seconds = self.phase2(pruned, finetune)
@@ -979,6 +984,9 @@ def define_flags() -> None:
                        "Relative MAC tolerance when matching slimming / l1_norm to gamma_ista.")
     flags.DEFINE_string("fold", cpu["fold"],
                         "prune_model fold: 'auto' (carrier when available, else exact) or a mode.")
+    flags.DEFINE_integer("carrier_tile", cpu["carrier_tile"],
+                         "prune_model carrier_tile with fold='carrier': a carrier channel only where "
+                         "it does not start a new XNNPACK output tile of this many channels.")
     flags.DEFINE_integer("latency_runs", cpu["latency_runs"], "Timed TFLite runs per model.")
     flags.DEFINE_integer("latency_warmup", cpu["latency_warmup"], "Untimed TFLite runs first.")
     flags.DEFINE_integer("tflite_eval_examples", cpu["tflite_eval_examples"],

@@ -144,6 +144,13 @@ def public_table(doc: dict) -> str:
     return "\n".join(lines)
 
 
+def _fold_args(s: dict) -> str:
+    args = f'fold="{s["fold"]}"'
+    if s["fold"] == "carrier" and s.get("carrier_tile", 1) != 1:
+        args += f", carrier_tile={s['carrier_tile']}"
+    return args
+
+
 def markdown(doc: dict, png: str = "benchmarks/results/compression.png") -> str:
     """The README block's content (between the markers), deterministic for one JSON."""
     s, net = doc["settings"], doc["network"]
@@ -162,7 +169,7 @@ def markdown(doc: dict, png: str = "benchmarks/results/compression.png") -> str:
         f"GammaISTA ρ = {s['rho_stages']} per stage, paper λ; Network Slimming L1 "
         f"{s['slimming_l1']:g}) and E − s_k in phase 2 (cosine from "
         f"{s['finetune_learning_rate']} to 0, no penalty); augmentation `{s['augment']}`, "
-        f"batch {s['batch_size']}, seeds {s['seeds']}, `prune_model(fold=\"{s['fold']}\")`. "
+        f"batch {s['batch_size']}, seeds {s['seeds']}, `prune_model({_fold_args(s)})`. "
         "Slimming and L1-norm are matched to GammaISTA's MACs (±"
         f"{s['match_tolerance']:.0%}); random and scratch use its per-layer widths. Latency: "
         "LiteRT at 1 thread, batch 1, timed alternately with the same seed's reference "
