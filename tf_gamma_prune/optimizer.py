@@ -104,6 +104,17 @@ class WrapsInnerOptimizer:
     def scale_loss(self, loss):
         return self.inner_optimizer.scale_loss(loss)
 
+    def _penalty_variable(self, name: str, value: Any):
+        """A validated, non-trainable float32 penalty strength tracked by this optimizer."""
+        value = _validated_penalty(name, value)
+        with keras.name_scope(self.name, caller=self):
+            variable = keras.Variable(
+                value, name=name, dtype="float32", trainable=False,
+                aggregation="only_first_replica",
+            )
+        self._track_variable(variable)
+        return variable
+
     def _built_for(self, trainable_variables) -> list:
         """Build on first use (like ``Optimizer.apply``); the variables to update."""
         if not self.built:
@@ -214,14 +225,7 @@ class GammaISTA(WrapsInnerOptimizer, keras.optimizers.Optimizer):
             self._rho_schedule = rho
         else:
             self._rho_schedule = None
-            rho = _validated_penalty("rho", rho)
-            with keras.name_scope(self.name, caller=self):
-                rho_variable = keras.Variable(
-                    rho, name="rho", dtype="float32", trainable=False,
-                    aggregation="only_first_replica",
-                )
-            self._track_variable(rho_variable)
-            self._rho = rho_variable
+            self._rho = self._penalty_variable("rho", rho)
 
     # ------------------------------------------------------------------- ρ
     @property

@@ -129,14 +129,7 @@ class NetworkSlimming(WrapsInnerOptimizer, keras.optimizers.Optimizer):
             if gamma_variables is None
             else [v for v in gamma_variables if not isinstance(v, str)]
         )
-        l1 = _validated_penalty("l1", l1)
-        with keras.name_scope(self.name, caller=self):
-            l1_variable = keras.Variable(
-                l1, name="l1", dtype="float32", trainable=False,
-                aggregation="only_first_replica",
-            )
-        self._track_variable(l1_variable)
-        self._l1 = l1_variable
+        self._l1 = self._penalty_variable("l1", l1)
 
     # ------------------------------------------------------------------- λ
     @property
