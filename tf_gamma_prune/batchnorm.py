@@ -45,8 +45,10 @@ def named_layers(model: keras.layers.Layer, prefix: str = "") -> Iterator[tuple[
         yield from named_layers(layer, prefix=f"{name}/")
 
 
-def batchnorm_layers(model: keras.layers.Layer) -> list[tuple[str, Any]]:
-    """``(qualified_name, layer)`` of every BatchNormalization with a trainable γ.
+def batchnorm_layers(model: keras.layers.Layer, *,
+                     with_gamma: bool = True) -> list[tuple[str, Any]]:
+    """``(qualified_name, layer)`` of every BatchNormalization with a trainable γ
+    (of every BatchNormalization with ``with_gamma=False``).
 
     A layer reached twice (shared) is listed once, under its first name.
     """
@@ -56,7 +58,7 @@ def batchnorm_layers(model: keras.layers.Layer) -> list[tuple[str, Any]]:
         if id(layer) in seen or not is_batchnorm(layer):
             continue
         seen.add(id(layer))
-        if getattr(layer, "gamma", None) is not None:
+        if not with_gamma or getattr(layer, "gamma", None) is not None:
             found.append((name, layer))
     return found
 

@@ -483,6 +483,21 @@ def _resolve(key: str, names: list[str]) -> str:
         raise CriterionError(str(err)) from None
 
 
+def _named_layers(graph: ChannelGraph, layers: Sequence[str],
+                  check: Callable[[str], None]) -> list[str]:
+    """The resolved, de-duplicated graph names of ``layers``, each passed to ``check``."""
+    if isinstance(layers, str):
+        raise CriterionError(f"layers takes a list of names, got the string {layers!r}.")
+    every = graph.channel_layer_names()
+    names = []
+    for key in layers:
+        name = _resolve(key, every)
+        check(name)
+        if name not in names:
+            names.append(name)
+    return names
+
+
 def _pin_reason(graph: ChannelGraph, groups: np.ndarray) -> str:
     pinned = [int(g) for g in np.unique(groups) if graph.pinned[g]]
     return "; ".join(sorted({graph.pin_reasons.get(g, "pinned") for g in pinned}))
@@ -508,20 +523,14 @@ def _gamma_layers(model: keras.Model, graph: ChannelGraph,
                 f"({_pin_reason(graph, graph.layer_channels(with_gamma[0]))}); nothing to cut."
             )
         return names
-    if isinstance(layers, str):
-        raise CriterionError(f"layers takes a list of names, got the string {layers!r}.")
-    every = graph.channel_layer_names()
-    names = []
-    for key in layers:
-        name = _resolve(key, every)
+    def check(name: str) -> None:
         if name not in with_gamma:
             raise CriterionError(
                 f"'{name}' is not a BatchNormalization layer with a γ; "
                 f"gamma_threshold_selection pools those only: {', '.join(with_gamma)}."
             )
-        if name not in names:
-            names.append(name)
-    return names
+
+    return _named_layers(graph, layers, check)
 
 
 def _filter_layers(graph: ChannelGraph, layers: Sequence[str] | None) -> list[str]:
@@ -553,12 +562,8 @@ def _filter_layers(graph: ChannelGraph, layers: Sequence[str] | None) -> list[st
                 "prune with layers=[...]."
             )
         return names
-    if isinstance(layers, str):
-        raise CriterionError(f"layers takes a list of names, got the string {layers!r}.")
-    every = graph.channel_layer_names()
-    names = []
-    for key in layers:
-        name = _resolve(key, every)
+
+    def check(name: str) -> None:
         layer = calls[name][0].layer
         if not isinstance(layer, (*_FILTER_LAYERS, L.Dense)) or graph.kinds[calls[name][0]] != MIXING:
             raise CriterionError(
@@ -571,9 +576,8 @@ def _filter_layers(graph: ChannelGraph, layers: Sequence[str] | None) -> list[st
                 f"The output channels of '{name}' cannot be removed "
                 f"({_pin_reason(graph, groups)})."
             )
-        if name not in names:
-            names.append(name)
-    return names
+
+    return _named_layers(graph, layers, check)
 
 
 def _filter_norms(graph: ChannelGraph, name: str) -> np.ndarray:

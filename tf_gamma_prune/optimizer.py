@@ -104,6 +104,27 @@ class WrapsInnerOptimizer:
     def scale_loss(self, loss):
         return self.inner_optimizer.scale_loss(loss)
 
+    def _init_gamma_variables(self, gamma_variables: Sequence[Any] | None) -> None:
+        """Remember explicit ``gamma_variables`` (variables or paths) for build."""
+        self.gamma_variable_paths = (
+            None
+            if gamma_variables is None
+            else tuple(v if isinstance(v, str) else v.path for v in gamma_variables)
+        )
+        # Plain containers of variables would be picked up by Keras' attribute
+        # tracking and saved as optimizer state; keep them in an untracked holder.
+        self._state = _State(
+            explicit_gammas=[]
+            if gamma_variables is None
+            else [v for v in gamma_variables if not isinstance(v, str)]
+        )
+
+    def _chosen_gamma_variables(self, var_list: list) -> list:
+        """The explicit ``gamma_variables`` among ``var_list`` (build time)."""
+        return explicit_gamma_variables(
+            var_list, self._state.explicit_gammas, self.gamma_variable_paths
+        )
+
     def _penalty_variable(self, name: str, value: Any):
         """A validated, non-trainable float32 penalty strength tracked by this optimizer."""
         value = _validated_penalty(name, value)
@@ -209,18 +230,7 @@ class GammaISTA(WrapsInnerOptimizer, keras.optimizers.Optimizer):
         self.gamma_step = gamma_step
         self.reset_slots = bool(reset_slots)
         self.default_penalty = _validated_penalty("default_penalty", default_penalty)
-        self.gamma_variable_paths = (
-            None
-            if gamma_variables is None
-            else tuple(v if isinstance(v, str) else v.path for v in gamma_variables)
-        )
-        # Plain containers of variables would be picked up by Keras' attribute
-        # tracking and saved as optimizer state; keep them in an untracked holder.
-        self._state = _State(
-            explicit_gammas=[]
-            if gamma_variables is None
-            else [v for v in gamma_variables if not isinstance(v, str)]
-        )
+        self._init_gamma_variables(gamma_variables)
         if isinstance(rho, keras.optimizers.schedules.LearningRateSchedule):
             self._rho_schedule = rho
         else:
@@ -278,9 +288,7 @@ class GammaISTA(WrapsInnerOptimizer, keras.optimizers.Optimizer):
         ]
 
     def _explicit_targets(self, var_list: list) -> list[_Target]:
-        chosen = explicit_gamma_variables(
-            var_list, self._state.explicit_gammas, self.gamma_variable_paths
-        )
+        chosen = self._chosen_gamma_variables(var_list)
         known = {v.path for v in chosen}
         unknown = sorted(set(self.penalties) - known)
         if unknown:

@@ -27,7 +27,7 @@ from typing import Any, Iterable, Mapping
 import keras
 import numpy as np
 
-from tf_gamma_prune.batchnorm import NoBatchNormError, is_batchnorm, named_layers
+from tf_gamma_prune.batchnorm import NoBatchNormError, batchnorm_layers
 
 
 class RecalibrationDataError(ValueError):
@@ -71,7 +71,7 @@ def recalibrate_batchnorm(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
     if max_batches is not None and max_batches < 1:
         raise ValueError(f"max_batches must be >= 1 or None, got {max_batches}.")
-    layers = _unique_batchnorms(model)
+    layers = [layer for _, layer in batchnorm_layers(model, with_gamma=False)]
     if not layers:
         raise NoBatchNormError(
             f"'{model.name}' has no BatchNormalization layer; there are no statistics to "
@@ -106,16 +106,6 @@ def recalibrate_batchnorm(
             layer.momentum = momentum
             layer.trainable = trainable
     return used
-
-
-def _unique_batchnorms(model: keras.Model) -> list[Any]:
-    seen: set[int] = set()
-    found = []
-    for _, layer in named_layers(model):
-        if is_batchnorm(layer) and id(layer) not in seen:
-            seen.add(id(layer))
-            found.append(layer)
-    return found
 
 
 def _batches(data: Any, batch_size: int) -> Iterable[Any]:

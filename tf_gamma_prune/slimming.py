@@ -53,10 +53,8 @@ import keras
 from tf_gamma_prune.batchnorm import resolve_layer_name
 from tf_gamma_prune.optimizer import (
     WrapsInnerOptimizer,
-    _State,
     _validated_penalty,
     check_inner_optimizer,
-    explicit_gamma_variables,
     find_gamma_layers,
 )
 
@@ -119,16 +117,7 @@ class NetworkSlimming(WrapsInnerOptimizer, keras.optimizers.Optimizer):
         super().__init__(learning_rate=0.0, name=name or "network_slimming")
         self.inner_optimizer = optimizer
         self.exclude = tuple(exclude or ())
-        self.gamma_variable_paths = (
-            None
-            if gamma_variables is None
-            else tuple(v if isinstance(v, str) else v.path for v in gamma_variables)
-        )
-        self._state = _State(
-            explicit_gammas=[]
-            if gamma_variables is None
-            else [v for v in gamma_variables if not isinstance(v, str)]
-        )
+        self._init_gamma_variables(gamma_variables)
         self._l1 = self._penalty_variable("l1", l1)
 
     # ------------------------------------------------------------------- λ
@@ -154,9 +143,7 @@ class NetworkSlimming(WrapsInnerOptimizer, keras.optimizers.Optimizer):
     def build(self, var_list):
         var_list = list(var_list)
         if self.gamma_variable_paths is not None:
-            chosen = explicit_gamma_variables(
-                var_list, self._state.explicit_gammas, self.gamma_variable_paths
-            )
+            chosen = self._chosen_gamma_variables(var_list)
             unknown = sorted(set(self.exclude) - {v.path for v in chosen})
             if unknown:
                 raise ValueError(
