@@ -521,7 +521,8 @@ def _shrink_variable(gamma, threshold, grad, learning_rate, *slots) -> None:
     if slots:
         is_zero = ops.equal(shrunk, 0.0)
         for slot in slots:
-            slot.assign(ops.where(is_zero, ops.zeros_like(slot), slot))
+            current = ops.convert_to_tensor(slot)  # a Keras variable's value, in any backend
+            slot.assign(ops.where(is_zero, ops.zeros_like(current), current))
 
 
 def _tf_shrink(optimizer: GammaISTA, jobs: list, learning_rate) -> None:
