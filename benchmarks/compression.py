@@ -86,8 +86,35 @@ Presets (``--preset``; individual flags override them):
   ≈ 30–40 minutes on the shared 2-core development machine; too short to reach
   the accuracy targets (the JSON says so).
 * ``gpu``: all 60,000 training images, the reference twice as wide, E = 40,
-  S = 24, K = 3, 3 seeds — for the device machine (GPU training; latency is
-  still TFLite on its CPU at 1 thread).
+  S = 24, K = 3, 3 seeds — for the device machine (GPU training).
+
+Machines without TensorFlow (the lent GPU machine has JAX and PyTorch, no
+TensorFlow, and TensorFlow's wheel is larger than what may be carried there):
+with ``KERAS_BACKEND=jax`` every run is trained, pruned and measured in Keras
+(accuracy, parameters, MACs, widths; the data pipeline is numpy's
+:func:`tf_gamma_prune.data.array_batches` with the same augmentation), its final
+model is saved under ``<cache>/seed<N>/final/`` and its record says
+``"tflite_pending": true``. The same command later, on a machine with
+TensorFlow and the cache folder copied back, trains nothing and fills in the
+TFLite sizes, int8 accuracy and latencies (``tests/test_compression_without_
+tensorflow.py`` runs exactly this with TensorFlow blocked). Each device call
+may run 10 minutes: ``--deadline_minutes`` starts no training after that long
+(exit status 75: call again; a warm machine keeps the cache between calls).
+One call there, from the repository root (``.whl``: keras, optree and namex
+wheels for Python 3.12, ``.fmnist``: the four Fashion-MNIST ``.gz`` files, both
+git-ignored and named in ``carry``)::
+
+    python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl
+    export PYTHONPATH=/tmp/site:. KERAS_BACKEND=jax FASHION_MNIST_DIR=.fmnist
+    python3 benchmarks/compression.py --preset gpu --deadline_minutes 7 \
+        --out benchmarks/results/compression_gpu.json
+    tar cz benchmarks/results/compression_gpu.json \
+        benchmarks/results/compression_work/*/seed*/final \
+        benchmarks/results/compression_work/*/seed*/reference_final.* \
+        | split -b 15M - $OUT/gpu.tgz.part-
+
+and back here: ``cat gpu.tgz.part-* | tar xz``, then the ``--preset gpu
+--out benchmarks/results/compression_gpu.json`` command with TensorFlow.
 """
 
 from __future__ import annotations
@@ -116,6 +143,7 @@ sys.path.insert(0, str(HERE))
 DEFAULT_OUT = HERE / "results" / "compression.json"
 DEFAULT_WORK_DIR = HERE / "results" / "compression_work"
 SCHEMA = 1
+EXIT_CALL_AGAIN = 75  # main(): stopped at --deadline_minutes, or TFLite measurements pending
 
 METHODS = ("gamma_ista", "slimming", "l1_norm", "random", "scratch")
 REFERENCE = "reference"
@@ -273,14 +301,31 @@ def settings_hash(settings: dict) -> str:
 # ----------------------------------------------------------------------------
 
 
+def tensorflow_available() -> bool:
+    """Whether TensorFlow imports here (TFLite conversion needs it; training does not)."""
+    try:
+        import tensorflow  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def machine_info() -> dict[str, Any]:
     import keras
-    import tensorflow as tf
 
+    tf_version = None
+    if tensorflow_available():
+        import tensorflow as tf
+
+        tf_version = tf.__version__
     return {"platform": platform.platform(), "machine": platform.machine(),
             "processor": platform.processor(), "cpu_count": os.cpu_count(),
-            "python": platform.python_version(), "tensorflow": tf.__version__,
-            "keras": keras.__version__}
+            "python": platform.python_version(), "tensorflow": tf_version,
+            "keras": keras.__version__, "keras_backend": keras.backend.backend()}
+
+
+class DeadlineReached(Exception):
+    """``--deadline_minutes`` passed: no new training started (everything so far is saved)."""
 
 
 def record_key(record: dict) -> tuple:
@@ -315,6 +360,20 @@ class Results:
             if record_key(r) == (method, target, seed):
                 return r
         return None
+
+    def pending(self, seed: int | None = None) -> list[dict]:
+        """Records whose TFLite measurements wait for a machine with TensorFlow."""
+        return [r for r in self.doc["records"]
+                if r.get("tflite_pending") and (seed is None or r["seed"] == seed)]
+
+    def replace(self, record: dict) -> None:
+        """Swap in the completed version of a record (same method, target, seed)."""
+        from tf_gamma_prune.atomic_io import write_json_atomic
+
+        key = record_key(record)
+        self.doc["records"] = [record if record_key(r) == key else r for r in self.doc["records"]]
+        self.refresh()
+        write_json_atomic(self.path, self.doc)
 
     def add(self, record: dict) -> None:
         from tf_gamma_prune.atomic_io import write_json_atomic
@@ -566,7 +625,8 @@ def stratified_subset(y: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
 def load_data(settings: dict) -> Data:
     from tf_gamma_prune.data import load_fashion_mnist
 
-    (x, y), (x_test, y_test) = load_fashion_mnist()
+    # $FASHION_MNIST_DIR, then Debian's location; tensorflow-datasets only where TF is.
+    (x, y), (x_test, y_test) = load_fashion_mnist(use_tfds=tensorflow_available())
     if settings["train_examples"]:
         idx = stratified_subset(y, settings["train_examples"], seed=0)
         x, y = x[idx], y[idx]
@@ -612,22 +672,29 @@ class SeedRun:
     """Every run of one seed; shared models are trained lazily and cached."""
 
     def __init__(self, settings: dict, seed: int, data: Data, work: pathlib.Path,
-                 results: Results, log: Callable[[str], None], stats: dict):
+                 results: Results, log: Callable[[str], None], stats: dict,
+                 deadline: float | None = None):
         self.s, self.seed, self.data, self.work = settings, seed, data, work
         self.results, self.log, self.stats = results, log, stats
+        self.deadline = deadline  # time.perf_counter() after which no training starts
+        self.tflite = tensorflow_available()
         self.work.mkdir(parents=True, exist_ok=True)
         self.steps_per_epoch = -(-len(data.x) // settings["batch_size"])
         self._ref_tflite: dict[str, bytes] | None = None
 
     # --- training primitives ---------------------------------------------------
     def dataset(self):
-        from tf_gamma_prune.data import make_dataset
+        """tf.data where TensorFlow is; the same augmentation in numpy elsewhere."""
+        from tf_gamma_prune.data import array_batches, make_dataset
 
-        return make_dataset(self.data.x, self.data.y, self.s["batch_size"], shuffle=True,
-                            augment=self.s["augment"], seed=self.seed)
+        make = make_dataset if self.tflite else array_batches
+        return make(self.data.x, self.data.y, self.s["batch_size"], shuffle=True,
+                    augment=self.s["augment"], seed=self.seed)
 
     def fit(self, model, initial_epoch: int, epochs: int) -> float:
         start = time.perf_counter()
+        if self.deadline is not None and start > self.deadline:
+            raise DeadlineReached()
         model.fit(self.dataset(), initial_epoch=initial_epoch, epochs=epochs, verbose=0)
         self.stats["epochs_trained"] += epochs - initial_epoch
         return time.perf_counter() - start
@@ -743,9 +810,15 @@ class SeedRun:
         return self._ref_tflite
 
     # --- measurements --------------------------------------------------------
+    def final_path(self, method: str, target: int | None) -> pathlib.Path:
+        """Where a run's final model waits for its TFLite measurements."""
+        return self.work / "final" / f"{method}_target{target}.keras"
+
     def measure(self, model, method: str, target: int | None, train_seconds: float,
                 shared_seconds: float, extra: dict | None = None) -> dict[str, Any]:
-        from tf_gamma_prune.export import benchmark_latency, compare_latency, to_tflite
+        """The run's record: Keras measurements, then TFLite ones (or pending without TF)."""
+        import keras
+
         from tf_gamma_prune.flops import model_cost
 
         s, d = self.s, self.data
@@ -755,6 +828,62 @@ class SeedRun:
         if not cost.macs:
             raise RuntimeError(f"{method} target {target}: the pruned model has no multiply-adds "
                                "left (every channel of some layer was removed); lower --rho_stages.")
+        widths = bn_widths(model)
+        widths = {**{name: widths.get(name, 0) for name in bn_widths(self.build(s["widths"]))},
+                  **widths}  # a BN whose channels all went is reported with width 0
+        stages = s["stage_epochs"]
+        record = {
+            "method": method, "target": target, "seed": self.seed,
+            "sparsify_epochs": stages[target] if target is not None else s["sparsify_epochs"],
+            "finetune_epochs": s["epochs"] - (stages[target] if target is not None
+                                              else s["sparsify_epochs"]),
+            "accuracy": float(np.mean(preds == d.y_test)),
+            "params": int(cost.params), "macs": int(cost.macs),
+            "param_reduction": ref_cost.params / cost.params,
+            "mac_reduction": ref_cost.macs / cost.macs,
+            "widths": widths,
+            "train_seconds": round(train_seconds, 1), "shared_seconds": round(shared_seconds, 1),
+            "trained_with": {"keras_backend": keras.backend.backend(),
+                             "machine": platform.machine(), "cpu_count": os.cpu_count()},
+        }
+        record.update(extra or {})
+        if not self.tflite:
+            from tf_gamma_prune.atomic_io import save_keras_atomic
+
+            weights_only = keras.models.clone_model(model)  # uncompiled: no optimizer slots saved
+            weights_only.set_weights(model.get_weights())
+            save_keras_atomic(weights_only, self.final_path(method, target))
+            record["tflite_pending"] = True
+            return record
+        record.update(self.measure_tflite(model, method, preds))
+        return record
+
+    def complete_pending(self) -> None:
+        """TFLite measurements of this seed's records trained where TF was missing."""
+        import keras
+
+        for record in self.results.pending(self.seed):
+            path = self.final_path(record["method"], record["target"])
+            if not path.exists():
+                raise FileNotFoundError(
+                    f"{record['method']} target {record['target']} seed {self.seed} waits for its "
+                    f"TFLite measurements but {path} is missing: copy the work folder back from the "
+                    "machine that trained it, or --restart.")
+            self.log(f"seed {self.seed}: {record['method']} target {record['target']}: "
+                     "TFLite measurements (trained elsewhere)")
+            model = keras.models.load_model(path, compile=False)
+            done = {k: v for k, v in record.items() if k != "tflite_pending"}
+            done.update(self.measure_tflite(model, record["method"],
+                                            keras_predictions(model, self.data.x_test)))
+            self.results.replace(done)
+
+    def measure_tflite(self, model, method: str, preds: np.ndarray) -> dict[str, Any]:
+        """float32 / int8 ``.tflite`` sizes, int8 accuracy, latency against the reference."""
+        from tf_gamma_prune.export import benchmark_latency, compare_latency, to_tflite
+        from tf_gamma_prune.flops import model_cost
+
+        s, d = self.s, self.data
+        mac_reduction = model_cost(self.build(s["widths"])).macs / model_cost(model).macs
         flt = to_tflite(model)
         int8 = to_tflite(model, quantization="int8", representative_data=d.calibration)
         self.stats["tflite_conversions"] += 2
@@ -771,19 +900,7 @@ class SeedRun:
             (c8,) = compare_latency(ref["int8"], int8, **timing)
             lat, ref_lat, speedup = c.b.median_ms, c.a.median_ms, c.speedup
             lat8, ref_lat8, speedup8 = c8.b.median_ms, c8.a.median_ms, c8.speedup
-        mac_reduction = ref_cost.macs / cost.macs if cost.macs else None
-        widths = bn_widths(model)
-        widths = {**{name: widths.get(name, 0) for name in bn_widths(self.build(s["widths"]))},
-                  **widths}  # a BN whose channels all went is reported with width 0
-        stages = s["stage_epochs"]
-        record = {
-            "method": method, "target": target, "seed": self.seed,
-            "sparsify_epochs": stages[target] if target is not None else s["sparsify_epochs"],
-            "finetune_epochs": s["epochs"] - (stages[target] if target is not None
-                                              else s["sparsify_epochs"]),
-            "accuracy": float(np.mean(preds == d.y_test)),
-            "params": int(cost.params), "macs": int(cost.macs),
-            "param_reduction": ref_cost.params / cost.params, "mac_reduction": mac_reduction,
+        return {
             "tflite_float_bytes": len(flt), "tflite_int8_bytes": len(int8),
             "int8_accuracy": float(np.mean(int8_preds == d.y_test[:n_eval])),
             "int8_agreement": float(np.mean(int8_preds == preds[:n_eval])),
@@ -792,11 +909,7 @@ class SeedRun:
             "speedup_over_mac_reduction": speedup / mac_reduction if mac_reduction else None,
             "int8_latency_ms": lat8, "int8_reference_latency_ms": ref_lat8,
             "int8_speedup": speedup8,
-            "widths": widths,
-            "train_seconds": round(train_seconds, 1), "shared_seconds": round(shared_seconds, 1),
         }
-        record.update(extra or {})
-        return record
 
     def add(self, record: dict) -> None:
         self.results.add(record)
@@ -805,9 +918,11 @@ class SeedRun:
             self.log(f"seed {self.seed}: {record['method']} target {record['target']}: "
                      f"unreachable ({record['unreachable']})")
         else:
+            speed = ("TFLite pending" if record.get("tflite_pending")
+                     else f"{record['speedup']:.2f}x faster")
             self.log(f"seed {self.seed}: {record['method']} target {record['target']}: accuracy "
                      f"{record['accuracy']:.4f}, {record['params']:,} params, "
-                     f"{record['macs']:,} MACs, {record['speedup']:.2f}x faster")
+                     f"{record['macs']:,} MACs, {speed}")
 
     def unreachable(self, method: str, k: int, reason: str, extra: dict | None = None) -> dict:
         return {"method": method, "target": k, "seed": self.seed, "accuracy": None,
@@ -815,6 +930,8 @@ class SeedRun:
 
     # --- the runs ------------------------------------------------------------
     def run(self) -> None:
+        if self.tflite:
+            self.complete_pending()
         if not self.results.has(REFERENCE, None, self.seed):
             model, seconds = self.reference_final()
             self.add(self.measure(model, REFERENCE, None, seconds, 0.0))
@@ -916,15 +1033,23 @@ class Outcome:
     records_added: int
     tflite_conversions: int
     work_dir: pathlib.Path
+    finished: bool = True  # False: stopped at the deadline, or TFLite measurements pending
 
 
 def run_benchmark(settings: dict, out: str | os.PathLike = DEFAULT_OUT,
                   work_dir: str | os.PathLike = DEFAULT_WORK_DIR, restart: bool = False,
-                  log: Callable[[str], None] = print, png: str | os.PathLike | None = None
-                  ) -> Outcome:
+                  log: Callable[[str], None] = print, png: str | os.PathLike | None = None,
+                  deadline_minutes: float | None = None) -> Outcome:
     """Run (or resume) the whole benchmark; returns the JSON document and counters.
 
         outcome = run_benchmark(make_settings("cpu"), "benchmarks/results/compression.json")
+
+    Without TensorFlow (Keras on JAX, e.g. the GPU machine) every run is trained
+    and measured in Keras, its final model saved under the cache and its
+    TFLite measurements left pending; a later call with the same settings on a
+    machine with TensorFlow fills them in (``outcome.finished`` says whether
+    anything is left). ``deadline_minutes``: start no training after this
+    long (what is done stays saved; call again to go on).
     """
     results = Results(pathlib.Path(out), settings, restart=restart)
     work = pathlib.Path(work_dir) / settings_hash(settings)
@@ -940,20 +1065,33 @@ def run_benchmark(settings: dict, out: str | os.PathLike = DEFAULT_OUT,
                                      for m in METHODS]
     missing = [(m, k, seed) for seed in settings["seeds"] for m, k in planned
                if not results.has(m, k, seed)]
-    stamped(f"{len(missing)} of {len(planned) * len(settings['seeds'])} runs to do; "
-            f"results {out}, cache {work}")
-    if missing:
+    tflite = tensorflow_available()
+    pending_seeds = {r["seed"] for r in results.pending()} if tflite else set()
+    stamped(f"{len(missing)} of {len(planned) * len(settings['seeds'])} runs to do, "
+            f"{len(results.pending())} waiting for TFLite measurements; results {out}, cache {work}"
+            + ("" if tflite else "; no TensorFlow here: TFLite measurements are left pending"))
+    deadline = None if deadline_minutes is None else t0 + 60 * deadline_minutes
+    finished = True
+    if missing or pending_seeds:
         data = load_data(settings)
-        for seed in settings["seeds"]:
-            if any(m[2] == seed for m in missing):
-                SeedRun(settings, seed, data, work / f"seed{seed}", results, stamped, stats).run()
+        try:
+            for seed in settings["seeds"]:
+                if seed in pending_seeds or any(m[2] == seed for m in missing):
+                    SeedRun(settings, seed, data, work / f"seed{seed}", results, stamped, stats,
+                            deadline).run()
+        except DeadlineReached:
+            finished = False
+            stamped(f"deadline of {deadline_minutes:g} min reached: stopped before the next "
+                    "training; run again to go on")
     results.write()
+    finished = finished and not results.pending() and all(
+        results.has(m, k, seed) for seed in settings["seeds"] for m, k in planned)
     if png is not None:
         import compression_report
 
         compression_report.plot(results.doc, png)
     return Outcome(results.doc, stats["epochs_trained"], stats["records_added"],
-                   stats["tflite_conversions"], work)
+                   stats["tflite_conversions"], work, finished)
 
 
 def define_flags() -> None:
@@ -997,6 +1135,8 @@ def define_flags() -> None:
     flags.DEFINE_string("png", None, "Pareto plot (default: --out with .png).")
     flags.DEFINE_string("work_dir", str(DEFAULT_WORK_DIR), "Cache of shared models (git-ignored).")
     flags.DEFINE_boolean("restart", False, "Discard the results in --out and their cached models.")
+    flags.DEFINE_float("deadline_minutes", None, "Start no training after this many minutes "
+                       "(exit status 75: call again to go on). Not part of the settings.")
 
 
 def settings_from_flags() -> dict:
@@ -1024,7 +1164,8 @@ def main(argv) -> None:
     png = pathlib.Path(FLAGS.png) if FLAGS.png else out.with_suffix(".png")
     try:
         outcome = run_benchmark(settings, out, FLAGS.work_dir, restart=FLAGS.restart,
-                                log=lambda line: print(line, flush=True), png=png)
+                                log=lambda line: print(line, flush=True), png=png,
+                                deadline_minutes=FLAGS.deadline_minutes)
     except (SettingsMismatchError, SettingsError) as e:
         sys.exit(f"error: {e}")
     for t in outcome.doc["summary"]["targets"]:
@@ -1032,6 +1173,10 @@ def main(argv) -> None:
         print(f"target {t['name']}: {value} {t['comparison']} {t['threshold']:g}: "
               f"{'met' if t['met'] else 'NOT MET'} — {t['detail']}")
     print(f"wrote {out} and {png}")
+    if not outcome.finished:
+        print("NOT FINISHED: runs are left, or TFLite measurements wait for a machine with "
+              "TensorFlow; run the same command again (there) to go on.")
+        sys.exit(EXIT_CALL_AGAIN)
 
 
 if __name__ == "__main__":

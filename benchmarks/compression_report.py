@@ -89,11 +89,14 @@ def results_table(doc: dict) -> str:
                          "| – | – | – | – |")
             continue
         int8 = _num(None if row["int8_accuracy"] is None else 100 * row["int8_accuracy"], ".2f")
-        size = (f"{row['tflite_float_bytes'] / 1024:.0f} / {row['tflite_int8_bytes'] / 1024:.0f}")
-        speedup = "1.00×" if row["method"] == "reference" else f"{row['speedup']:.2f}×"
-        ratio = ("–" if row["method"] == "reference"
-                 else f"{row['speedup_over_mac_reduction']:.2f} ({row['mac_reduction']:.2f}× "
-                      "fewer MACs)")
+        if row.get("tflite_float_bytes") is None:  # trained without TensorFlow, not measured yet
+            size, speedup, ratio = "pending", "pending", "pending"
+        else:
+            size = f"{row['tflite_float_bytes'] / 1024:.0f} / {row['tflite_int8_bytes'] / 1024:.0f}"
+            speedup = "1.00×" if row["method"] == "reference" else f"{row['speedup']:.2f}×"
+            ratio = ("–" if row["method"] == "reference"
+                     else f"{row['speedup_over_mac_reduction']:.2f} ({row['mac_reduction']:.2f}× "
+                          "fewer MACs)")
         unreachable = f" (+{row['unreachable']} unreachable)" if row["unreachable"] else ""
         lines.append(
             f"| {METHOD_LABELS.get(row['method'], row['method'])} | {target} | {epochs} | "

@@ -84,3 +84,61 @@ def test_pipeline_batches_and_augmentation_keeps_shapes():
     assert sorted(np.concatenate([b[1].numpy() for b in batches]).tolist()) == list(range(10))
     with pytest.raises(ValueError, match="augment"):
         make_dataset(x, y, augment="rotate")
+
+
+def _shifted_views(image: np.ndarray, pad: int) -> list[np.ndarray]:
+    """Every crop of the zero-padded image and its mirror (numpy reference)."""
+    h, w = image.shape[:2]
+    padded = np.pad(image, ((pad, pad), (pad, pad), (0, 0)))
+    views = [padded[dy:dy + h, dx:dx + w] for dy in range(2 * pad + 1) for dx in range(2 * pad + 1)]
+    return views + [v[:, ::-1] for v in views]
+
+
+def test_array_batches_cover_each_example_once_per_epoch_and_reshuffle():
+    from tf_gamma_prune.data import ArrayBatches
+
+    x = np.arange(10, dtype=np.float32).reshape(10, 1, 1, 1) * np.ones((10, 3, 3, 1), np.float32)
+    y = np.arange(10)
+    batches = ArrayBatches(x, y, batch_size=4, shuffle=True, seed=0)
+    assert len(batches) == 3
+    first = np.concatenate([batches[i][1] for i in range(3)])
+    assert sorted(first.tolist()) == list(range(10))
+    for i in range(3):  # without augmentation x and y stay paired
+        xb, yb = batches[i]
+        np.testing.assert_array_equal(xb[:, 0, 0, 0], yb.astype(np.float32))
+    batches.on_epoch_end()
+    second = np.concatenate([batches[i][1] for i in range(3)])
+    assert sorted(second.tolist()) == list(range(10)) and second.tolist() != first.tolist()
+    with pytest.raises(IndexError):
+        batches[3]
+
+
+def test_array_batches_pad_crop_flip_gives_shifted_or_mirrored_crops():
+    from tf_gamma_prune.data import ArrayBatches
+
+    rng = np.random.default_rng(0)
+    x = rng.random((64, 28, 28, 1)).astype(np.float32)
+    y = np.arange(64)
+    original = x.copy()
+    batches = ArrayBatches(x, y, batch_size=64, augment="pad_crop_flip", seed=1)
+    xb, yb = batches[0]
+    assert xb.shape == x.shape and xb.dtype == x.dtype
+    changed = 0
+    for image, label in zip(xb, yb):
+        views = _shifted_views(x[label], pad=2)
+        assert any(np.array_equal(image, v) for v in views)
+        changed += not np.array_equal(image, x[label])
+    assert changed > 48  # 49 of 50 (25 shifts x 2 mirrors) draws change the image
+    np.testing.assert_array_equal(x, original)  # the source array is not modified in place
+
+
+def test_array_batches_bad_arguments_say_what_to_do():
+    from tf_gamma_prune.data import ArrayBatches
+
+    x, y = np.zeros((4, 2, 2, 1)), np.zeros(4)
+    with pytest.raises(ValueError, match="augment must be"):
+        ArrayBatches(x, y, augment="rotate")
+    with pytest.raises(ValueError, match="must match"):
+        ArrayBatches(x, y[:3])
+    with pytest.raises(ValueError, match="batch_size"):
+        ArrayBatches(x, y, batch_size=0)

@@ -200,3 +200,94 @@ def _augmenter(kind: str, shape: tuple, seed: int | None):
         return image, label
 
     return augment
+
+
+class ArrayBatches:
+    """Shuffled, augmented ``(x, y)`` batches from numpy alone (no TensorFlow).
+
+    The same augmentations as :func:`make_dataset` (``None``, ``"flip"``,
+    ``"pad_crop_flip"``), drawn with numpy, for machines where TensorFlow is
+    not installed (Keras on the JAX or PyTorch backend). Use
+    :func:`array_batches` to get it as a ``keras.utils.PyDataset`` that
+    ``model.fit`` takes; a new epoch reshuffles and redraws the augmentation.
+
+    >>> import numpy as np
+    >>> x, y = np.zeros((10, 4, 4, 1), "float32"), np.arange(10)
+    >>> batches = ArrayBatches(x, y, batch_size=4, shuffle=True, augment="pad_crop_flip", seed=0)
+    >>> len(batches), batches[2][0].shape
+    (3, (2, 4, 4, 1))
+    """
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, batch_size: int = 128, shuffle: bool = False,
+                 augment: str | None = None, seed: int | None = None):
+        if augment not in (None, "flip", "pad_crop_flip"):
+            raise ValueError(f"augment must be None, 'flip' or 'pad_crop_flip', got {augment!r}.")
+        if len(x) != len(y):
+            raise ValueError(f"x and y hold {len(x)} and {len(y)} examples; they must match.")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+        self.x, self.y = x, y
+        self.batch_size, self.shuffle, self.augment = int(batch_size), shuffle, augment
+        self.pad = 4 if x.shape[1] >= 32 else 2
+        self._rng = np.random.default_rng(seed)
+        self._order = np.arange(len(x))
+        self.on_epoch_end()
+
+    def __len__(self) -> int:
+        return -(-len(self.x) // self.batch_size)
+
+    def on_epoch_end(self) -> None:
+        """Reshuffle (when ``shuffle``) for the next epoch."""
+        if self.shuffle:
+            self._order = self._rng.permutation(len(self.x))
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        if not 0 <= index < len(self):
+            raise IndexError(f"batch {index} of {len(self)}")
+        idx = self._order[index * self.batch_size:(index + 1) * self.batch_size]
+        x, y = self.x[idx], self.y[idx]
+        if self.augment is None:
+            return x, y
+        x = x.copy()
+        n, height, width = x.shape[0], x.shape[1], x.shape[2]
+        if self.augment == "pad_crop_flip":
+            p = self.pad
+            padded = np.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
+            dy = self._rng.integers(0, 2 * p + 1, n)
+            dx = self._rng.integers(0, 2 * p + 1, n)
+            for i in range(n):
+                x[i] = padded[i, dy[i]:dy[i] + height, dx[i]:dx[i] + width]
+        flip = self._rng.random(n) < 0.5
+        x[flip] = x[flip, :, ::-1]
+        return x, y
+
+
+def array_batches(x: np.ndarray, y: np.ndarray, batch_size: int = 128, shuffle: bool = False,
+                  augment: str | None = None, seed: int | None = None):
+    """:class:`ArrayBatches` as a ``keras.utils.PyDataset`` for ``model.fit`` (any backend).
+
+    >>> import keras, numpy as np
+    >>> model = keras.Sequential([keras.Input((4, 4, 1)), keras.layers.Flatten(),
+    ...                           keras.layers.Dense(2)])
+    >>> model.compile("sgd", "sparse_categorical_crossentropy")
+    >>> data = array_batches(np.zeros((8, 4, 4, 1), "float32"), np.zeros(8, "int64"), 4,
+    ...                      shuffle=True, augment="flip", seed=0)
+    >>> _ = model.fit(data, epochs=1, verbose=0)
+    """
+    import keras
+
+    class _Batches(keras.utils.PyDataset):
+        def __init__(self, source: ArrayBatches):
+            super().__init__()
+            self.source = source
+
+        def __len__(self) -> int:
+            return len(self.source)
+
+        def __getitem__(self, index: int):
+            return self.source[index]
+
+        def on_epoch_end(self) -> None:
+            self.source.on_epoch_end()
+
+    return _Batches(ArrayBatches(x, y, batch_size, shuffle, augment, seed))
