@@ -100,9 +100,11 @@ TFLite sizes, int8 accuracy and latencies (``tests/test_compression_without_
 tensorflow.py`` runs exactly this with TensorFlow blocked). Each device call
 may run 10 minutes: ``--deadline_minutes`` starts no training after that long
 (exit status 75: call again; a warm machine keeps the cache between calls).
-One call there, from the repository root (``.whl``: keras, optree and namex
-wheels for Python 3.12, ``.fmnist``: the four Fashion-MNIST ``.gz`` files, both
-git-ignored and named in ``carry``)::
+One call there, from the repository root (``.whl``: the keras, optree and namex
+wheels, ``pip download --no-deps --only-binary=:all: --python-version 3.12
+--platform manylinux_2_28_x86_64 -d .whl keras==<the version here> optree namex``,
+3 MB, the rest is installed there; ``.fmnist``: the four Fashion-MNIST ``.gz``
+files; both git-ignored and named in ``carry``)::
 
     python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl
     export PYTHONPATH=/tmp/site:. KERAS_BACKEND=jax FASHION_MNIST_DIR=.fmnist
