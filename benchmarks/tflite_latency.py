@@ -41,6 +41,9 @@ Networks:
   residual additions and stay).
 * ``fashion_vgg``: :func:`tf_gamma_prune.reference_models.fashion_vgg`
   (28×28×1); every BatchNormalization is prunable.
+* ``fashion_vgg_wide``: the same with widths 64-64-128-128-256-256, the
+  reference of ``benchmarks/compression.py --preset gpu``. Recorded for
+  comparison (``"judged": false``): the target is judged on the two above.
 
 Pruners:
 
@@ -76,7 +79,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app, flags, logging  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("models", ["mobilenetv2", "fashion_vgg"], "Networks to benchmark.")
+flags.DEFINE_list("models", ["mobilenetv2", "fashion_vgg", "fashion_vgg_wide"], "Networks to benchmark.")
 flags.DEFINE_integer("input_size", 96, "MobileNetV2 input height/width (224 is the ImageNet size).")
 flags.DEFINE_enum("pruner", "gamma", ["gamma", "width"], "How the pruned model is made.")
 flags.DEFINE_float("prune_fraction", 0.5, "Fraction of prunable channels removed per layer (judged).")
@@ -97,7 +100,10 @@ TARGET_EFFICIENCY = 0.8  # realised speed-up / MAC reduction at 1 thread
 PRUNABLE_BN = {
     "mobilenetv2": re.compile(r"^(bn_Conv1|block_\d+_expand_BN|Conv_1_bn)$"),
     "fashion_vgg": re.compile(r"^bn\d+$"),
+    "fashion_vgg_wide": re.compile(r"^bn\d+$"),
 }
+WIDE_WIDTHS = (64, 64, 128, 128, 256, 256)  # the reference of benchmarks/compression.py --preset gpu
+JUDGED = ("mobilenetv2", "fashion_vgg")  # the networks; others are recorded for comparison
 
 
 def build(name: str):
@@ -106,11 +112,11 @@ def build(name: str):
     if name == "mobilenetv2":
         size = FLAGS.input_size
         return keras.applications.MobileNetV2(weights=None, input_shape=(size, size, 3), classes=1000)
-    if name == "fashion_vgg":
+    if name in ("fashion_vgg", "fashion_vgg_wide"):
         from tf_gamma_prune.reference_models import fashion_vgg
 
-        return fashion_vgg()
-    raise app.UsageError(f"Unknown model {name!r}; use mobilenetv2 or fashion_vgg.")
+        return fashion_vgg() if name == "fashion_vgg" else fashion_vgg(widths=WIDE_WIDTHS)
+    raise app.UsageError(f"Unknown model {name!r}; use mobilenetv2, fashion_vgg or fashion_vgg_wide.")
 
 
 def randomize_batchnorm(model, rng) -> None:
@@ -283,7 +289,7 @@ def bench_one(name: str, workdir: str, threads: list[int], fraction: float) -> d
         raise app.UsageError(f"--recommended {recommended!r} is not among --variants {list(variants)}.")
 
     entry: dict = {"input_shape": list(model.inputs[0].shape[1:]), "prune_fraction": fraction,
-                   "recommended": recommended}
+                   "recommended": recommended, "judged": name in JUDGED}
     x = np.random.default_rng(1).random((4, *entry["input_shape"]), dtype=np.float32)
     paths, info = {}, {}
     for label, m in [("original", model)] + [(k, v[0]) for k, v in variants.items()]:
