@@ -8,6 +8,11 @@ import keras  # noqa: E402
 import pytest  # noqa: E402
 
 
+tensorflow_only = pytest.mark.skipif(
+    keras.backend.backend() != "tensorflow",
+    reason="TensorFlow-only feature (tf.distribute, synchronized BN, tf.summary, TFLite)")
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     keras.utils.set_random_seed(1234)

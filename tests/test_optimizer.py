@@ -12,6 +12,8 @@ import pytest
 from tf_gamma_prune import GammaISTA, NoBatchNormError, NonFiniteGammaError
 from tf_gamma_prune.batchnorm import batchnorm_layers
 
+from conftest import tensorflow_only
+
 
 def dense_bn_model():
     x = keras.Input((5,))
@@ -177,6 +179,7 @@ def test_excluded_layers_and_zero_penalties_are_left_alone():
     np.testing.assert_allclose(model.get_layer("bn_c").gamma.numpy(), 0.5)
 
 
+@tensorflow_only
 def test_nested_model_and_synchronized_batchnorm_are_found():
     inner_in = keras.Input((3,))
     inner_out = keras.layers.BatchNormalization(name="bn", synchronized=True)(
@@ -330,6 +333,7 @@ MIRRORED_SCRIPT = textwrap.dedent(
 )
 
 
+@tensorflow_only
 def test_mirrored_strategy_two_cpu_replicas_match_single_device():
     result = subprocess.run([sys.executable, "-c", MIRRORED_SCRIPT], capture_output=True,
                             text=True, timeout=300, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})

@@ -98,25 +98,25 @@ def test_rescale_keeps_outputs_and_undo_restores_weights():
     model = residual_relu_net()
     randomize_batchnorm(model, np.random.default_rng(0))
     x = np.random.default_rng(1).normal(size=(4, 12, 12, 3)).astype("float32")
-    before = model(x, training=False).numpy()
-    weights = [w.numpy() for w in model.weights]
+    before = keras.ops.convert_to_numpy(model(x, training=False))
+    weights = [keras.ops.convert_to_numpy(w) for w in model.weights]
     rescale_gamma(model, 0.01)
     bn = [l for l in model.layers if isinstance(l, keras.layers.BatchNormalization)][0]
     gamma_index = [w.path for w in model.weights].index(bn.gamma.path)
-    np.testing.assert_allclose(bn.gamma.numpy(), weights[gamma_index] * 0.01, rtol=1e-6)
-    np.testing.assert_allclose(model(x, training=False).numpy(), before, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(bn.gamma), weights[gamma_index] * 0.01, rtol=1e-6)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(model(x, training=False)), before, rtol=1e-4, atol=1e-4)
     rescale_gamma(model, 100.0)
     for w, w0 in zip(model.weights, weights):
-        np.testing.assert_allclose(w.numpy(), w0, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(w), w0, rtol=1e-5, atol=1e-6)
 
 
 def test_rescale_real_resnet50_is_exact():
     model = keras.applications.ResNet50(weights=None, input_shape=(32, 32, 3), classes=7)
     randomize_batchnorm(model, np.random.default_rng(0))
     x = np.random.default_rng(1).normal(size=(2, 32, 32, 3)).astype("float32")
-    before = model(x, training=False).numpy()
+    before = keras.ops.convert_to_numpy(model(x, training=False))
     rescale_gamma(model, 0.05)
-    np.testing.assert_allclose(model(x, training=False).numpy(), before, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(model(x, training=False)), before, rtol=1e-4, atol=1e-5)
 
 
 def test_rescale_refuses_relu6_and_warns_when_not_strict():
@@ -128,7 +128,7 @@ def test_rescale_refuses_relu6_and_warns_when_not_strict():
         rescale_gamma(model, 0.1)
     with pytest.warns(UserWarning, match="not exact"):
         rescale_gamma(model, 0.1, strict=False)
-    np.testing.assert_allclose(model.get_layer("bn").gamma.numpy(), 0.1)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(model.get_layer("bn").gamma), 0.1)
 
 
 def test_rescale_refuses_scaled_model_output_but_allows_excluding_that_layer():
@@ -139,8 +139,8 @@ def test_rescale_refuses_scaled_model_output_but_allows_excluding_that_layer():
     model = keras.Model(x, y)
     with pytest.raises(InexactRescaleError, match="model output"):
         rescale_gamma(model, 0.1)
-    before = model(np.ones((1, 4)), training=False).numpy()
+    before = keras.ops.convert_to_numpy(model(np.ones((1, 4)), training=False))
     rescale_gamma(model, 0.1, layers=["inner_bn"])
-    np.testing.assert_allclose(model(np.ones((1, 4)), training=False).numpy(), before, rtol=1e-5)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(model(np.ones((1, 4)), training=False)), before, rtol=1e-5)
     with pytest.raises(ValueError, match="alpha"):
         rescale_gamma(model, -1.0)

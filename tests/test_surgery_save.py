@@ -10,6 +10,8 @@ from test_surgery_helpers import assert_same_function, random_inputs, randomize_
 from tf_gamma_prune import prune_model
 from tf_gamma_prune.layers import BorderCorrection, ConstantFeature
 
+from conftest import tensorflow_only
+
 L = keras.layers
 
 
@@ -66,6 +68,7 @@ def test_one_fine_tuning_step_runs_and_corrections_stay_fixed():
         np.testing.assert_array_equal(value, np.array(pruned.get_layer(name).weights[0]))
 
 
+@tensorflow_only
 def test_tflite_sees_plain_adds_of_constants():
     export = pytest.importorskip("tf_gamma_prune.export")
     model = model_needing_corrections()
