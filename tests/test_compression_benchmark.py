@@ -36,6 +36,16 @@ TINY = dict(train_examples=1000, test_examples=500, widths=[8, 8, 16, 16, 16, 16
             latency_warmup=1, tflite_eval_examples=50, calibration_examples=10)
 
 
+def require_real_fashion_mnist() -> None:
+    """Skip unless Debian's dataset-fashion-mnist (or $FASHION_MNIST_DIR) is there."""
+    from tf_gamma_prune.data import DatasetNotFoundError, load_fashion_mnist
+
+    try:
+        load_fashion_mnist(use_tfds=False)
+    except DatasetNotFoundError:
+        pytest.skip("real Fashion-MNIST not installed (dataset-fashion-mnist)")
+
+
 def _cache_files(work: pathlib.Path) -> dict[str, int]:
     return {str(p.relative_to(work)): p.stat().st_mtime_ns for p in sorted(work.rglob("*"))
             if p.is_file()}
@@ -44,12 +54,7 @@ def _cache_files(work: pathlib.Path) -> dict[str, int]:
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     pytest.importorskip("ai_edge_litert", reason="LiteRT interpreter needed for latency")
-    from tf_gamma_prune.data import DatasetNotFoundError, load_fashion_mnist
-
-    try:
-        load_fashion_mnist(use_tfds=False)
-    except DatasetNotFoundError:
-        pytest.skip("real Fashion-MNIST not installed (dataset-fashion-mnist)")
+    require_real_fashion_mnist()
     tmp = tmp_path_factory.mktemp("compression")
     settings = compression.make_settings("cpu", **TINY)
     out, work_dir = tmp / "results.json", tmp / "work"

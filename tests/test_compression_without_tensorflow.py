@@ -22,7 +22,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from test_compression_benchmark import TINY, compression
+from test_compression_benchmark import TINY, compression, require_real_fashion_mnist
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -59,12 +59,7 @@ RUNNER = textwrap.dedent("""
 def jax_then_tf(tmp_path_factory):
     pytest.importorskip("jax", reason="the JAX backend is what runs where TensorFlow is missing")
     pytest.importorskip("ai_edge_litert", reason="LiteRT interpreter needed for latency")
-    from tf_gamma_prune.data import DatasetNotFoundError, load_fashion_mnist
-
-    try:
-        load_fashion_mnist(use_tfds=False)
-    except DatasetNotFoundError:
-        pytest.skip("real Fashion-MNIST not installed (dataset-fashion-mnist)")
+    require_real_fashion_mnist()
     tmp = tmp_path_factory.mktemp("no_tf")
     out, work = tmp / "results.json", tmp / "work"
     script = tmp / "runner.py"
@@ -130,12 +125,7 @@ def test_models_trained_on_jax_give_the_same_accuracy_under_tensorflow(jax_then_
 
 
 def test_deadline_stops_before_training_and_a_rerun_goes_on(tmp_path):
-    from tf_gamma_prune.data import DatasetNotFoundError, load_fashion_mnist
-
-    try:
-        load_fashion_mnist(use_tfds=False)
-    except DatasetNotFoundError:
-        pytest.skip("real Fashion-MNIST not installed (dataset-fashion-mnist)")
+    require_real_fashion_mnist()
     settings = compression.make_settings("cpu", **TINY)
     outcome = compression.run_benchmark(settings, tmp_path / "r.json", tmp_path / "w",
                                         log=lambda line: None, deadline_minutes=0)
