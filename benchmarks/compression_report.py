@@ -175,7 +175,8 @@ def markdown(doc: dict, png: str = "benchmarks/results/compression.png") -> str:
         f"batch {s['batch_size']}, seeds {s['seeds']}, `prune_model({_fold_args(s)})`. "
         "Slimming and L1-norm are matched to GammaISTA's MACs (±"
         f"{s['match_tolerance']:.0%}); random and scratch use its per-layer widths. Latency: "
-        "LiteRT at 1 thread, batch 1, timed alternately with the same seed's reference "
+        f"LiteRT at 1 thread, batch 1, timed alternately ({s.get('latency_timing', 'interleaved')} "
+        "timing) with the same seed's reference "
         f"(machine: {doc['machine']['cpu_count']} CPUs, shared).",
         "",
         results_table(doc),

@@ -79,10 +79,14 @@ def rows() -> list[str]:
             judged_model = m.get("judged", True)
             verdict = (f"| ≥ {target} | {_met(lat['speedup_over_mac_reduction'] >= target)} |"
                        if judged_model else "| | for comparison (not a judged network) |")
+            cold = m.get("latency_interleaved", {}).get("1")
+            cold_note = (f"; interleaved cold-cache timing: {cold['speedup_over_mac_reduction']:.3f}"
+                         if cold else "")
+            timing = d["settings"].get("judged_timing", "interleaved")
             out.append(
-                f"| TFLite speed-up / MAC reduction, 1 thread ({name} {h}×{w}{how}: "
+                f"| TFLite speed-up / MAC reduction, 1 thread, {timing} timing ({name} {h}×{w}{how}: "
                 f"{m['mac_reduction']:.2f}× fewer MACs, {lat['speedup']:.2f}× faster, "
-                f"{m['original']['tflite_bytes'] / 1e6:.2f} → {m['pruned']['tflite_bytes'] / 1e6:.2f} MB) "
+                f"{m['original']['tflite_bytes'] / 1e6:.2f} → {m['pruned']['tflite_bytes'] / 1e6:.2f} MB{cold_note}) "
                 f"| {lat['speedup_over_mac_reduction']:.3f} {verdict}")
             others = [v for k, v in variants.items() if k != m.get("recommended")]
             if others:

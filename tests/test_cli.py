@@ -85,6 +85,17 @@ def test_benchmark_two_models_writes_json(exported, tmp_path):
     for entry in data["threads"].values():
         assert entry["a"]["runs"] == entry["b"]["runs"] == 3
         assert entry["a"]["median_ms"] > 0 and entry["speedup"] > 0
+    assert data["timing"] == "steady" and data["block"] == 10
+
+
+def test_benchmark_interleaved_timing(exported, tmp_path):
+    out, _ = exported
+    report = tmp_path / "bench.json"
+    proc = cli("benchmark", out, out, "--threads", "1", "--runs", "4", "--warmup", "0", "--timing", "interleaved",
+               "--json", report)
+    assert "(interleaved)" in proc.stderr
+    data = json.loads(report.read_text())
+    assert data["timing"] == "interleaved" and data["threads"]["1"]["b"]["runs"] == 4
 
 
 def test_usage_errors():

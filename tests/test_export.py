@@ -293,7 +293,8 @@ def test_compare_latency_alternates_and_counts(convnet, float_tflite, monkeypatc
     monkeypatch.setattr(export._TimedModel, "__init__", tagged_init)
     monkeypatch.setattr(export._TimedModel, "invoke_timed", logged)
     lines = []
-    results = compare_latency(float_tflite, small, threads=(1, 2), warmup=2, runs=5, progress=lines.append)
+    results = compare_latency(float_tflite, small, threads=(1, 2), warmup=2, runs=5, progress=lines.append,
+                              timing="interleaved")
 
     assert [r.num_threads for r in results] == [1, 2]
     for r in results:
@@ -301,10 +302,21 @@ def test_compare_latency_alternates_and_counts(convnet, float_tflite, monkeypatc
         assert r.a.median_ms > 0 and r.b.median_ms > 0 and r.speedup > 0
     for threads in (1, 2):
         seq = [who for who, t in calls if t == threads]
-        assert seq.count("a") == seq.count("b") == 7  # warmup + runs each
-        pairs = [tuple(seq[i:i + 2]) for i in range(0, len(seq), 2)]
-        assert pairs == [("a", "b"), ("b", "a")] * 3 + [("a", "b")]
-    assert len(lines) == 2 and "threads=2" in lines[1]
+        assert seq[:4] == ["a", "a", "b", "b"]  # warm-up, each model on its own
+        pairs = [tuple(seq[i:i + 2]) for i in range(4, len(seq), 2)]
+        assert pairs == [("a", "b"), ("b", "a")] * 2 + [("a", "b")]
+    assert len(lines) == 2 and "threads=2" in lines[1] and "interleaved" in lines[1]
+
+    # steady: turns of one untimed + up to `block` timed invocations, a b, b a, ...
+    calls.clear()
+    (steady,) = compare_latency(float_tflite, small, threads=(1,), warmup=1, runs=5, block=2)
+    assert steady.a.runs == steady.b.runs == 5
+    seq = "".join(who for who, _ in calls)
+    assert seq == "a" + "b" + "aaa" + "bbb" + "bbb" + "aaa" + "aa" + "bb"
+    with pytest.raises(ValueError, match="block"):
+        compare_latency(float_tflite, small, threads=(1,), block=0)
+    with pytest.raises(ValueError, match="timing"):
+        compare_latency(float_tflite, small, threads=(1,), timing="cold")
 
 
 # --- other model kinds, docs --------------------------------------------------------

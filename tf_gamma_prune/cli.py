@@ -7,7 +7,7 @@ Usage:
   python -m tf_gamma_prune prune IN.keras --out OUT.keras
       [--fold exact|carrier|bias --carrier_tile N --tflite OUT.tflite --quantize ... --calibration ...]
   python -m tf_gamma_prune benchmark A.tflite [B.tflite] [--threads 1,2 --runs 50 --warmup 5
-      --json OUT.json]
+      --timing steady|interleaved --block 10 --json OUT.json]
 
 Models load with Keras safe mode: a file holding Python code (a Lambda layer)
 is refused unless you trust it and pass --trust_model (alias --unsafe).
@@ -58,6 +58,10 @@ flags.DEFINE_alias("unsafe", "trust_model")
 flags.DEFINE_list("threads", ["1", "2"], "benchmark: thread counts.")
 flags.DEFINE_integer("runs", 50, "benchmark: timed runs per model and thread count.")
 flags.DEFINE_integer("warmup", 5, "benchmark: untimed runs first.")
+flags.DEFINE_enum("timing", "steady", ["steady", "interleaved"],
+                  "benchmark A B: 'steady' = turns of back-to-back runs (warm caches, as an app running one "
+                  "model sees); 'interleaved' = single runs alternate (cold caches).")
+flags.DEFINE_integer("block", 10, "benchmark A B with --timing steady: timed runs per turn.")
 flags.DEFINE_string("json", None, "benchmark: also write the results as JSON here.")
 
 COMMANDS = ("export", "prune", "benchmark")
@@ -191,6 +195,8 @@ def cmd_benchmark(args: list[str]) -> None:
     except ValueError as e:
         raise app.UsageError(f"--threads takes integers like 1,2 (got {FLAGS.threads})") from e
     results: dict = {"models": args, "runs": FLAGS.runs, "warmup": FLAGS.warmup, "threads": {}}
+    if len(args) == 2:
+        results.update(timing=FLAGS.timing, block=FLAGS.block)
     if len(args) == 1:
         for n in threads:
             r = export.benchmark_latency(args[0], num_threads=n, warmup=FLAGS.warmup, runs=FLAGS.runs)
@@ -199,6 +205,7 @@ def cmd_benchmark(args: list[str]) -> None:
     else:
         comparisons = export.compare_latency(
             args[0], args[1], threads=threads, warmup=FLAGS.warmup, runs=FLAGS.runs,
+            timing=FLAGS.timing, block=FLAGS.block,
             progress=lambda line: print(line, file=sys.stderr, flush=True),
         )
         _say(f"{'threads':>7} {'A median ms':>12} {'B median ms':>12} {'speed-up A/B':>13}")

@@ -36,7 +36,7 @@ import re
 import tempfile
 import time
 from collections import Counter
-from typing import Any, Callable, Iterable, Mapping, Sequence, Union
+from typing import Any, Callable, Iterable, Literal, Mapping, Sequence, Union
 
 import numpy as np
 
@@ -971,6 +971,14 @@ class LatencyComparison:
         return self.a.median_ms / self.b.median_ms
 
 
+LatencyTiming = Literal["steady", "interleaved"]
+
+
+def _turns(runs: int, block: int) -> list[int]:
+    """Timed invocations per turn: ``block`` each, the last one what is left."""
+    return [block] * (runs // block) + ([runs % block] if runs % block else [])
+
+
 def compare_latency(
     a: TFLiteSource,
     b: TFLiteSource,
@@ -978,17 +986,28 @@ def compare_latency(
     warmup: int = 5,
     runs: int = 50,
     progress: Callable[[str], None] | None = None,
+    timing: LatencyTiming = "steady",
+    block: int = 10,
 ) -> list[LatencyComparison]:
-    """Time ``a`` and ``b`` alternately (a b, b a, a b, ...) at each thread count.
+    """Time ``a`` and ``b`` side by side, alternating, at each thread count.
 
-    Interleaving the runs makes slow drifts of the machine (thermal throttling,
-    other processes) hit both models alike; the order flips each round so
-    neither model always runs right after the other. Each model runs
-    ``warmup + runs`` times per thread count.
+    ``timing="steady"`` (default) measures what an app that runs one model
+    on a stream sees, as TFLite's ``benchmark_model`` does: the models take
+    turns (a b, b a, a b, ...); a turn is one untimed invocation, which
+    refills the caches the other model evicted, then up to ``block`` timed
+    invocations back to back. ``timing="interleaved"`` alternates single
+    invocations (a b, b a, ...), so every timed run starts with the other
+    model's data in the caches: a cold-cache figure, slower for models whose
+    weights do not stay in cache. Either way slow drifts of the machine
+    (thermal throttling, other processes) hit both models alike. Each model
+    first runs ``warmup`` untimed invocations and is then timed ``runs``
+    times per thread count.
 
     Args:
         progress: called with a one-line status after each thread count, e.g.
             ``lambda line: print(line, file=sys.stderr)``.
+        timing: ``"steady"`` or ``"interleaved"`` (see above).
+        block: steady timing: timed invocations per turn.
 
     Returns:
         One :class:`LatencyComparison` per thread count; ``.speedup`` is a/b.
@@ -1001,19 +1020,27 @@ def compare_latency(
     >>> [c.num_threads for c in compare_latency(to_tflite(big), to_tflite(small), runs=4)]
     [1, 2]
     """
-    if runs < 1 or warmup < 0:
-        raise ValueError(f"runs must be >= 1 and warmup >= 0 (got runs={runs}, warmup={warmup}).")
+    if runs < 1 or warmup < 0 or block < 1:
+        raise ValueError(
+            f"runs and block must be >= 1 and warmup >= 0 (got runs={runs}, block={block}, warmup={warmup})."
+        )
+    if timing not in ("steady", "interleaved"):
+        raise ValueError(f"timing must be 'steady' or 'interleaved' (got {timing!r}).")
     data_a, data_b = read_tflite(a), read_tflite(b)
+    turns = _turns(runs, block) if timing == "steady" else [1] * runs
+    rewarm = 1 if timing == "steady" else 0
     results = []
     for n_threads in threads:
         timed = (_TimedModel(data_a, n_threads), _TimedModel(data_b, n_threads))
+        for model in timed:
+            for _ in range(warmup):
+                model.invoke_timed()
         samples: tuple[list[float], list[float]] = ([], [])
-        for i in range(warmup + runs):
-            order = (0, 1) if i % 2 == 0 else (1, 0)
-            for k in order:
-                ms = timed[k].invoke_timed()
-                if i >= warmup:
-                    samples[k].append(ms)
+        for i, count in enumerate(turns):
+            for k in ((0, 1) if i % 2 == 0 else (1, 0)):
+                for _ in range(rewarm):
+                    timed[k].invoke_timed()
+                samples[k].extend(timed[k].invoke_timed() for _ in range(count))
         comparison = LatencyComparison(
             n_threads,
             LatencyReport.from_samples(samples[0], n_threads, warmup),
@@ -1023,6 +1050,6 @@ def compare_latency(
         if progress is not None:
             progress(
                 f"[{len(results)}/{len(threads)}] threads={n_threads}: a {comparison.a.median_ms:.3f} ms, "
-                f"b {comparison.b.median_ms:.3f} ms, speed-up a/b {comparison.speedup:.2f}x"
+                f"b {comparison.b.median_ms:.3f} ms, speed-up a/b {comparison.speedup:.2f}x ({timing})"
             )
     return results
