@@ -74,6 +74,7 @@ the speed-up ratios are what matters.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -238,12 +239,13 @@ JUDGED_TIMING = "steady"
 def time_alternating(paths: dict[str, str], threads: int, seed: int, timing: str) -> dict[str, list[list[float]]]:
     """Milliseconds per ``invoke`` of each model: ``{label: [round][run]}``.
 
-    ``steady``: turns of one untimed and ``--block`` timed invocations of one
-    model, the models in a fresh random order for each sweep of turns.
-    ``interleaved``: each iteration runs every model once, in a fresh random
-    order, so every model follows every other one (a big model leaves cold
-    caches behind). Each round builds fresh interpreters and starts with
-    ``--warmup`` untimed invocations of each model.
+    The library's :func:`tf_gamma_prune.export.time_in_turns` with a fresh
+    random order of the models for each sweep of turns. ``steady``: turns of
+    one untimed and ``--block`` timed invocations of one model.
+    ``interleaved``: each sweep runs every model once, so every model follows
+    every other one (a big model leaves cold caches behind). Each round
+    builds fresh interpreters and starts with ``--warmup`` untimed
+    invocations of each model.
     """
     import numpy as np
 
@@ -266,29 +268,11 @@ def time_alternating(paths: dict[str, str], threads: int, seed: int, timing: str
             for detail in interpreter.get_input_details():
                 interpreter.set_tensor(detail["index"], rng.random(detail["shape"], dtype=np.float32))
             interpreters[label] = interpreter
-        current: dict[str, list[float]] = {label: [] for label in labels}
-        if timing == "steady":
-            for label in labels:
-                for _ in range(FLAGS.warmup):
-                    invoke_ms(interpreters[label])
-            turns = [FLAGS.block] * (FLAGS.runs // FLAGS.block) + (
-                [FLAGS.runs % FLAGS.block] if FLAGS.runs % FLAGS.block else [])
-            for count in turns:
-                for k in rng.permutation(len(labels)):
-                    label = labels[k]
-                    invoke_ms(interpreters[label])  # refill what the previous model evicted
-                    current[label].extend(invoke_ms(interpreters[label]) for _ in range(count))
-        elif timing == "interleaved":
-            for i in range(FLAGS.warmup + FLAGS.runs):
-                for k in rng.permutation(len(labels)):
-                    label = labels[k]
-                    ms = invoke_ms(interpreters[label])
-                    if i >= FLAGS.warmup:
-                        current[label].append(ms)
-        else:
-            raise app.UsageError(f"--timings: unknown protocol {timing!r}; use steady, interleaved.")
-        for label in labels:
-            samples[label].append(current[label])
+        times = export.time_in_turns(
+            [functools.partial(invoke_ms, interpreters[label]) for label in labels],
+            lambda _: rng.permutation(len(labels)), timing, FLAGS.runs, FLAGS.warmup, FLAGS.block)
+        for label, t in zip(labels, times):
+            samples[label].append(t)
     return samples
 
 
@@ -401,6 +385,9 @@ def main(argv):
         raise app.UsageError(f"--timings must include {JUDGED_TIMING!r}: the target is judged on it.")
     if FLAGS.block < 1:
         raise app.UsageError("--block must be >= 1.")
+    unknown = set(FLAGS.timings) - {"steady", "interleaved"}
+    if unknown:
+        raise app.UsageError(f"--timings: unknown protocols {sorted(unknown)}; use steady, interleaved.")
     results = {
         "settings": {
             "models": FLAGS.models, "input_size_mobilenetv2": FLAGS.input_size, "pruner": FLAGS.pruner,

@@ -974,9 +974,52 @@ class LatencyComparison:
 LatencyTiming = Literal["steady", "interleaved"]
 
 
-def _turns(runs: int, block: int) -> list[int]:
-    """Timed invocations per turn: ``block`` each, the last one what is left."""
-    return [block] * (runs // block) + ([runs % block] if runs % block else [])
+def _check_timing(timing: str, runs: int, warmup: int, block: int) -> None:
+    if runs < 1 or warmup < 0 or block < 1:
+        raise ValueError(
+            f"runs and block must be >= 1 and warmup >= 0 (got runs={runs}, block={block}, warmup={warmup})."
+        )
+    if timing not in ("steady", "interleaved"):
+        raise ValueError(f"timing must be 'steady' or 'interleaved' (got {timing!r}).")
+
+
+def time_in_turns(
+    invokers: Sequence[Callable[[], float]],
+    order: Callable[[int], Iterable[int]],
+    timing: LatencyTiming = "steady",
+    runs: int = 50,
+    warmup: int = 5,
+    block: int = 10,
+) -> list[list[float]]:
+    """Time several models side by side; the protocol of :func:`compare_latency`.
+
+    Each invoker runs one model once and returns its milliseconds. Every
+    model first runs ``warmup`` untimed invocations. Then the models take
+    turns in the order ``order(turn_index)`` gives (indices into
+    ``invokers``): with ``timing="steady"`` a turn is one untimed invocation
+    (it refills the caches the previous model evicted) and up to ``block``
+    timed ones back to back; with ``"interleaved"`` it is one timed invocation.
+
+    Returns:
+        ``runs`` milliseconds per invoker, in the order of ``invokers``.
+
+    >>> fake = [lambda: 1.0, lambda: 2.0]
+    >>> [len(s) for s in time_in_turns(fake, lambda i: (0, 1), runs=7, warmup=0, block=3)]
+    [7, 7]
+    """
+    _check_timing(timing, runs, warmup, block)
+    steady = timing == "steady"
+    turns = [block] * (runs // block) + ([runs % block] if runs % block else []) if steady else [1] * runs
+    for invoke in invokers:
+        for _ in range(warmup):
+            invoke()
+    samples: list[list[float]] = [[] for _ in invokers]
+    for i, count in enumerate(turns):
+        for k in order(i):
+            if steady:
+                invokers[k]()
+            samples[k].extend(invokers[k]() for _ in range(count))
+    return samples
 
 
 def compare_latency(
@@ -1020,27 +1063,14 @@ def compare_latency(
     >>> [c.num_threads for c in compare_latency(to_tflite(big), to_tflite(small), runs=4)]
     [1, 2]
     """
-    if runs < 1 or warmup < 0 or block < 1:
-        raise ValueError(
-            f"runs and block must be >= 1 and warmup >= 0 (got runs={runs}, block={block}, warmup={warmup})."
-        )
-    if timing not in ("steady", "interleaved"):
-        raise ValueError(f"timing must be 'steady' or 'interleaved' (got {timing!r}).")
+    _check_timing(timing, runs, warmup, block)
     data_a, data_b = read_tflite(a), read_tflite(b)
-    turns = _turns(runs, block) if timing == "steady" else [1] * runs
-    rewarm = 1 if timing == "steady" else 0
     results = []
     for n_threads in threads:
         timed = (_TimedModel(data_a, n_threads), _TimedModel(data_b, n_threads))
-        for model in timed:
-            for _ in range(warmup):
-                model.invoke_timed()
-        samples: tuple[list[float], list[float]] = ([], [])
-        for i, count in enumerate(turns):
-            for k in ((0, 1) if i % 2 == 0 else (1, 0)):
-                for _ in range(rewarm):
-                    timed[k].invoke_timed()
-                samples[k].extend(timed[k].invoke_timed() for _ in range(count))
+        samples = time_in_turns(
+            [m.invoke_timed for m in timed], lambda i: (0, 1) if i % 2 == 0 else (1, 0), timing, runs, warmup, block
+        )
         comparison = LatencyComparison(
             n_threads,
             LatencyReport.from_samples(samples[0], n_threads, warmup),
