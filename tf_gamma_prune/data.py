@@ -121,6 +121,43 @@ def load_fashion_mnist(
     return (x_train, y_train.astype(np.uint8)), (x_test, y_test.astype(np.uint8))
 
 
+def stratified_indices(y: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
+    """Sorted indices of ``n`` examples with the classes as balanced as possible.
+
+    >>> stratified_indices(np.array([0, 0, 0, 1, 1, 1]), 2, seed=0).size
+    2
+    """
+    y = np.asarray(y)
+    if not 0 < n <= len(y):
+        raise ValueError(f"n must be in 1..{len(y)} (the number of labels), got {n}.")
+    rng = np.random.default_rng(seed)
+    classes = np.unique(y)
+    per_class = [n // len(classes) + (1 if i < n % len(classes) else 0)
+                 for i in range(len(classes))]
+    picks = [rng.choice(np.flatnonzero(y == c), size=k, replace=False)
+             for c, k in zip(classes, per_class)]
+    return np.sort(np.concatenate(picks))
+
+
+def validation_split(
+    x: np.ndarray, y: np.ndarray, n_validation: int = 5000, seed: int = 0
+) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """``((x_train, y_train), (x_val, y_val))``: a stratified hold-out of ``n_validation``.
+
+    The benchmark and the committed reference hold out the same 5,000 training
+    images (seed 0) for every tuning choice; the test set is only reported.
+
+    >>> x, y = np.zeros((100, 2)), np.repeat(np.arange(10), 10)
+    >>> (xt, yt), (xv, yv) = validation_split(x, y, n_validation=20)
+    >>> len(xt), len(xv), np.bincount(yv).tolist()
+    (80, 20, [2, 2, 2, 2, 2, 2, 2, 2, 2, 2])
+    """
+    held = stratified_indices(y, n_validation, seed)
+    keep = np.ones(len(y), dtype=bool)
+    keep[held] = False
+    return (x[keep], y[keep]), (x[held], y[held])
+
+
 _FASHION_MNIST_HELP = (
     "Fashion-MNIST not found. On Debian/Ubuntu: `sudo apt-get install "
     "dataset-fashion-mnist` (files land in /usr/share/datasets/fashion-mnist); or "
