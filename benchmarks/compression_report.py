@@ -1,9 +1,9 @@
-"""Render the compression benchmark's JSON: README table, targets, Pareto plot.
+"""Render the compression benchmark's JSON: docs table, targets, Pareto plot.
 
     .venv/bin/python benchmarks/compression_report.py            # print the markdown
-    .venv/bin/python benchmarks/compression_report.py --write    # + README block + PNG
+    .venv/bin/python benchmarks/compression_report.py --write    # + docs/benchmarks.md block + PNG
 
-The README keeps the rendering between ``<!-- compression:start -->`` and
+docs/benchmarks.md keeps the rendering between ``<!-- compression:start -->`` and
 ``<!-- compression:end -->``; tests/test_compression_report.py fails when the
 block disagrees with the committed ``benchmarks/results/compression.json``, so a
 rerun of ``benchmarks/compression.py`` must be followed by ``--write``.
@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import pathlib
 import sys
 
 HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parent
 DEFAULT_JSON = HERE / "results" / "compression.json"
-README = ROOT / "README.md"
+README = ROOT / "docs" / "benchmarks.md"  # the page with the marked block
 START, END = "<!-- compression:start -->", "<!-- compression:end -->"
 
 METHOD_LABELS = {
@@ -254,14 +255,15 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", default=str(DEFAULT_JSON), help="benchmark results")
     parser.add_argument("--png", default=None, help="Pareto plot (default: --json with .png)")
-    parser.add_argument("--readme", default=str(README), help="README with the marked block")
-    parser.add_argument("--write", action="store_true", help="write the README block and the PNG")
+    parser.add_argument("--readme", default=str(README), help="markdown page with the marked block")
+    parser.add_argument("--write", action="store_true", help="write the block and the PNG")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(ROOT))
     doc = load(args.json)
     png = pathlib.Path(args.png) if args.png else pathlib.Path(args.json).with_suffix(".png")
-    text = markdown(doc, png=png.resolve().relative_to(ROOT).as_posix()
-                    if png.resolve().is_relative_to(ROOT) else str(png))
+    # the image link is relative to the page that shows it
+    text = markdown(doc, png=pathlib.Path(os.path.relpath(png.resolve(), pathlib.Path(args.readme)
+                                                          .resolve().parent)).as_posix())
     print(text)
     if args.write:
         plot(doc, png)

@@ -1,22 +1,35 @@
-"""Render the README's benchmark table from the committed JSON results.
+"""Render the committed results into README.md and docs/benchmarks.md.
 
-    .venv/bin/python benchmarks/readme_figures.py            # print the table
-    .venv/bin/python benchmarks/readme_figures.py --write    # replace it in README.md
+    .venv/bin/python benchmarks/readme_figures.py            # print both blocks
+    .venv/bin/python benchmarks/readme_figures.py --write    # replace them in the files
 
-The README keeps the table between ``<!-- figures:start -->`` and
-``<!-- figures:end -->``; tests/test_readme_figures.py fails when the two disagree,
-so a re-run benchmark must be followed by ``--write``.
+Two blocks, both rendered from committed files only (nothing is typed in by hand):
+
+* README.md, between ``<!-- results:start -->`` and ``<!-- results:end -->``:
+  the short results table of the Fashion-MNIST demo (from the committed transcript
+  ``docs/demo/fashion_mnist_default.txt``) and one line on how GammaISTA compares
+  with the baselines (from ``benchmarks/results/compression.json``);
+* docs/benchmarks.md, between ``<!-- figures:start -->`` and ``<!-- figures:end -->``:
+  the speed, memory, latency and exactness figures from ``benchmarks/results/*.json``.
+
+tests/test_readme_figures.py fails when a file and its rendering disagree, so a
+re-run benchmark (or demo) must be followed by ``--write``.
 """
 
 from __future__ import annotations
 
 import json
 import pathlib
+import re
 import sys
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
+DEMO_TRANSCRIPT = ROOT / "docs" / "demo" / "fashion_mnist_default.txt"
+README = ROOT / "README.md"
+BENCHMARKS_DOC = ROOT / "docs" / "benchmarks.md"
 START, END = "<!-- figures:start -->", "<!-- figures:end -->"
+RESULTS_START, RESULTS_END = "<!-- results:start -->", "<!-- results:end -->"
 
 
 def _load(name: str) -> dict | None:
@@ -35,95 +48,228 @@ def _variant_name(variant: dict) -> str:
     return ", ".join(parts)
 
 
-def _variant_cell(v: dict, original: dict, judged: dict | None = None) -> str:
+def _variant_line(v: dict, original: dict, judged: dict | None = None) -> str:
     lat = v["latency"]["1"]
     same = judged is not None and v.get("tflite_sha256") and v["tflite_sha256"] == judged.get("tflite_sha256")
     adds = v["ops"].get("ADD", 0) - original["ops"].get("ADD", 0)  # border-correction ADDs
-    return (f"{_variant_name(v)}: {lat['speedup_over_mac_reduction']:.2f} ({v['mac_reduction']:.2f}× fewer "
+    return (f"`{_variant_name(v)}`: {lat['speedup_over_mac_reduction']:.2f} ({v['mac_reduction']:.2f}× fewer "
             f"MACs, {lat['speedup']:.2f}× faster{f', +{adds} ADD' if adds else ''}"
             f"{', not exact' if v['fold'] == 'bias' else ''}"
             f"{', the same .tflite as the judged one' if same else ''})")
 
 
+# --------------------------------------------------------------------------- docs/benchmarks.md
+
+
 def rows() -> list[str]:
+    """The rows of the figures table: one measured figure each, short cells."""
     out = []
     d = _load("optimizer_overhead")
     if d:
-        s = d["settings"]
-        out.append(
-            f"| GammaISTA step time / SGD step time (ResNet-20, batch {s['batch_size']}, "
-            f"{s['image_size']}×{s['image_size']}) | {d['ratio_gamma_ista_over_sgd']:.3f} "
-            f"| ≤ {d['target_ratio']} | {_met(d['target_met'])} |")
+        out.append(f"| GammaISTA step time / SGD step time | {d['ratio_gamma_ista_over_sgd']:.3f} "
+                   f"| ≤ {d['target_ratio']} | {_met(d['target_met'])} |")
     d = _load("surgery_speed")
     if d:
-        out.append(
-            f"| `prune_model` time / `clone_model` time ({d['model']}, "
-            f"{d['input_shape'][0]}×{d['input_shape'][1]}, {d['zero_fraction']:.0%} γ = 0) "
-            f"| {d['median_ratio']:.2f} | ≤ {d['target_ratio']:g} "
-            f"| {_met(d['median_ratio'] <= d['target_ratio'])} |")
+        out.append(f"| `prune_model` time / `clone_model` time | {d['median_ratio']:.2f} "
+                   f"| ≤ {d['target_ratio']:g} | {_met(d['median_ratio'] <= d['target_ratio'])} |")
     d = _load("surgery_memory")
     if d:
-        out.append(
-            f"| `prune_model` additional peak memory / weight memory ({d['model']}, "
-            f"{d['weight_mib']} MiB of weights) | {d['median_cold_ratio']:.2f} "
-            f"| ≤ {d['target_ratio']} | {_met(d['target_met'])} |")
+        out.append(f"| `prune_model` extra peak memory / weight memory | {d['median_cold_ratio']:.2f} "
+                   f"| ≤ {d['target_ratio']} | {_met(d['target_met'])} |")
     d = _load("tflite_latency")
     if d:
         target = d["settings"]["target_speedup_over_mac_reduction_1_thread"]
         for name, m in d["models"].items():
-            lat = m["latency"]["1"]
+            ratio = m["latency"]["1"]["speedup_over_mac_reduction"]
             h, w = m["input_shape"][:2]
+            verdict = (f"| ≥ {target} | {_met(ratio >= target)} |" if m.get("judged", True)
+                       else "| – | not judged |")
+            out.append(f"| TFLite speed-up / MAC reduction, {name} {h}×{w} | {ratio:.3f} {verdict}")
+    d = _load("applications_exactness")
+    if d:
+        exact = d["summary"].get("exact", 0)
+        out.append(f"| keras.applications models pruned exactly | {exact} | every BN-based one "
+                   f"| {_met(all(k.startswith('exact') or k == 'not BN-based' for k in d['summary']))} |")
+    return out
+
+
+def details() -> list[str]:
+    """Settings and the other fold variants, as bullets under the table."""
+    out = []
+    d = _load("optimizer_overhead")
+    if d:
+        s = d["settings"]
+        out.append(f"* GammaISTA step time: ResNet-20, batch {s['batch_size']}, "
+                   f"{s['image_size']}×{s['image_size']} inputs, `{s['inner_optimizer']}` inside; "
+                   f"median step {d['median_step_ms']['gamma_ista']:.1f} ms against "
+                   f"{d['median_step_ms']['sgd']:.1f} ms.")
+    d = _load("surgery_speed")
+    if d:
+        out.append(f"* `prune_model` time: {d['model']} at {d['input_shape'][0]}×{d['input_shape'][1]}, "
+                   f"{d['zero_fraction']:.0%} of γ = 0; median {d['median_prune_s']:.2f} s against "
+                   f"{d['median_clone_s']:.2f} s for `clone_model`.")
+    d = _load("surgery_memory")
+    if d:
+        out.append(f"* `prune_model` memory: {d['model']}, {d['weight_mib']} MiB of weights, "
+                   f"{d['zero_fraction']:.0%} of γ = 0, first call in a fresh process "
+                   f"(a second call in the same process: {d['median_warm_ratio']:.2f}).")
+    d = _load("tflite_latency")
+    if d:
+        timing = d["settings"].get("judged_timing", "interleaved")
+        for name, m in d["models"].items():
+            lat = m["latency"]["1"]
             variants = m.get("variants", {})
             judged = variants.get(m.get("recommended"))
-            how = f", {_variant_name(judged)}" if judged else ""
-            judged_model = m.get("judged", True)
-            verdict = (f"| ≥ {target} | {_met(lat['speedup_over_mac_reduction'] >= target)} |"
-                       if judged_model else "| | for comparison (not a judged network) |")
+            how = f", `{_variant_name(judged)}`" if judged else ""
             cold = m.get("latency_interleaved", {}).get("1")
             cold_note = (f"; interleaved cold-cache timing: {cold['speedup_over_mac_reduction']:.3f}"
                          if cold else "")
-            timing = d["settings"].get("judged_timing", "interleaved")
+            fraction = m.get("prune_fraction", d["settings"]["prune_fraction"])
             out.append(
-                f"| TFLite speed-up / MAC reduction, 1 thread, {timing} timing ({name} {h}×{w}{how}: "
+                f"* TFLite, {name}, {fraction:.0%} pruned{how}, 1 thread, {timing} timing: "
                 f"{m['mac_reduction']:.2f}× fewer MACs, {lat['speedup']:.2f}× faster, "
-                f"{m['original']['tflite_bytes'] / 1e6:.2f} → {m['pruned']['tflite_bytes'] / 1e6:.2f} MB{cold_note}) "
-                f"| {lat['speedup_over_mac_reduction']:.3f} {verdict}")
-            others = [v for k, v in variants.items() if k != m.get("recommended")]
-            if others:
-                out.append(f"| same runs, other folds ({name}, {m.get('prune_fraction', d['settings']['prune_fraction']):.0%} pruned) | "
-                           + "; ".join(_variant_cell(v, m["original"], judged) for v in others)
-                           + " | | for comparison |")
+                f"{m['original']['tflite_bytes'] / 1e6:.2f} → {m['pruned']['tflite_bytes'] / 1e6:.2f} MB"
+                f"{cold_note}. Other folds, same runs:")
+            out += [f"  * {_variant_line(v, m['original'], judged)}"
+                    for k, v in variants.items() if k != m.get("recommended")]
             for fraction, e in m.get("other_fractions", {}).items():
-                out.append(f"| {name}, {float(fraction):.0%} pruned instead (not judged) | "
-                           + "; ".join(_variant_cell(v, e["original"]) for v in e["variants"].values())
-                           + " | | for comparison |")
+                out.append(f"* TFLite, {name}, {float(fraction):.0%} pruned instead (not judged):")
+                out += [f"  * {_variant_line(v, e['original'])}" for v in e["variants"].values()]
     d = _load("applications_exactness")
     if d:
-        summary = d["summary"]
-        others = "; ".join(f"{n} {k}" for k, n in summary.items() if k != "exact")
-        out.append(f"| keras.applications models pruned exactly (random BN statistics, "
-                   f"{d['zero_fraction']:.0%} of γ = 0, rel. error ≤ {d['tolerance']:g}) "
-                   f"| {summary.get('exact', 0)} | every BN-based one | {others} |")
+        others = "; ".join(f"{n} {k}" for k, n in d["summary"].items() if k != "exact")
+        out.append(f"* keras.applications: random BN statistics, {d['zero_fraction']:.0%} of γ = 0, "
+                   f"relative error ≤ {d['tolerance']:g}. Besides the {d['summary'].get('exact', 0)} "
+                   f"exact ones: {others}.")
     return out
 
 
 def table() -> str:
-    header = ["| measured (committed JSON in `benchmarks/results/`) | value | target | |",
+    """The docs/benchmarks.md block: the figures table, then its settings as bullets."""
+    header = ["| measured (committed JSON in `benchmarks/results/`) | value | target | verdict |",
               "|---|---|---|---|"]
-    return "\n".join(header + rows())
+    return "\n".join(header + rows() + [""] + details())
 
 
-def write_readme() -> None:
-    readme = ROOT / "README.md"
-    text = readme.read_text()
-    if START not in text or END not in text:
-        sys.exit(f"README.md lacks the {START} ... {END} markers")
-    before, rest = text.split(START, 1)
-    _, after = rest.split(END, 1)
-    readme.write_text(f"{before}{START}\n{table()}\n{END}{after}")
+# --------------------------------------------------------------------------- README.md
+
+
+def demo_run(path: pathlib.Path = DEMO_TRANSCRIPT) -> dict:
+    """The committed demo transcript, parsed: its date line, table rows and notes."""
+    text = path.read_text()
+    lines = text.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("stage") and "test acc" in line)
+    table_rows = []
+    for line in lines[header + 2:]:
+        if not line.strip() or not re.match(r"^\s*\S.*\s+\d\.\d+\s", line):
+            break
+        label, rest = line[:27].strip(), line[27:].split()
+        table_rows.append({"stage": label, "accuracy": float(rest[0]), "params": rest[1],
+                           "macs": int(rest[2].replace(",", "")), "kb": rest[3], "ms": rest[4]})
+    about = re.search(r"\((?:[^;]*); ([^)]*)\)", lines[0])
+    zero = re.search(r"γ = 0: (\d+)/(\d+) channels", text)
+    deviation = re.search(r"max relative output deviation (\S+)", text)
+    return {"about": about.group(1) if about else "", "rows": table_rows,
+            "zero": (int(zero.group(1)), int(zero.group(2))) if zero else None,
+            "deviation": deviation.group(1) if deviation else None}
+
+
+_STAGES = {
+    "sparsified (GammaISTA)": "trained with GammaISTA (unpruned)",
+    "pruned (exact, no tuning)": "pruned (exact, not fine-tuned)",
+    "pruned + fine-tuned": "pruned + fine-tuned",
+}
+
+
+def _stage(label: str) -> tuple[str, int | None]:
+    """A short row label, and the number of test images when it is not all of them."""
+    subset = re.search(r"\((\d+)\)$", label)
+    if subset:
+        return f"pruned, {label[:subset.start()].strip()}", int(subset.group(1))
+    return _STAGES.get(label, label), None
+
+
+def results_table() -> str:
+    """README's table: the demo model at each stage (≤ 6 columns, short cells)."""
+    run = demo_run()
+    lines = ["| Fashion-MNIST demo | test acc. % | params | MACs | .tflite KB | ms / image |",
+             "|---|---|---|---|---|---|"]
+    subsets = set()
+    for r in run["rows"]:
+        stage, subset = _stage(r["stage"])
+        if subset:
+            subsets.add(subset)
+            stage += " *"
+        kb = "–" if r["kb"] == "-" else r["kb"]
+        ms = "–" if r["ms"] == "-" else r["ms"]
+        lines.append(f"| {stage} | {100 * r['accuracy']:.2f} | {r['params']} | {r['macs'] / 1e6:.1f} M "
+                     f"| {kb} | {ms} |")
+    notes = []
+    if run["zero"]:
+        notes.append(f"GammaISTA drove {run['zero'][0]} of {run['zero'][1]} BatchNorm γ to exactly 0.")
+    if run["deviation"]:
+        notes.append(f"Removing them changed no prediction (max relative output deviation "
+                     f"{run['deviation']}).")
+    for n in sorted(subsets):
+        notes.append(f"\\* measured on the first {n:,} test images; the other rows on all 10,000.")
+    notes.append(f"Committed run: {run['about']}; latency with LiteRT at 1 thread.")
+    return "\n".join(lines) + "\n\n" + " ".join(notes)
+
+
+def comparison_line() -> str:
+    """One honest sentence on GammaISTA against the baselines (compression.json)."""
+    d = _load("compression")
+    if not d:
+        return ""
+    s = d["settings"]
+    groups = {(g["method"], g["target"]): g for g in d["summary"]["groups"]}
+    target = next(t for t in d["summary"]["targets"] if t["name"] == "beats_baselines")
+    worst = min(target["comparisons"], key=lambda c: c["advantage_points"])
+    ours = groups[("gamma_ista", worst["target"])]
+    names = {"slimming": "Network Slimming", "l1_norm": "L1-norm filter pruning"}
+    train = f"{s['train_examples']:,}" if s["train_examples"] else "60,000"
+    wins = "wins" if target["met"] else "does **not** win"
+    line = (f"Against other pruning methods GammaISTA {wins} so far. In the committed compression "
+            f"benchmark (a short CPU run: {train} training images, {s['epochs']} epochs, "
+            f"{len(s['seeds'])} seeds) it is {-worst['advantage_points']:.2f} points "
+            f"{'less' if worst['advantage_points'] < 0 else 'more'} accurate than "
+            f"{names.get(worst['method'], worst['method'])} at matched MACs "
+            f"({100 * ours['accuracy']:.2f} % vs "
+            f"{100 * groups[(worst['method'], worst['target'])]['accuracy']:.2f} %)")
+    random = groups.get(("random", worst["target"]))
+    if random and random["n"]:
+        line += f", and random channels at its widths reach {100 * random['accuracy']:.2f} %"
+    return line + "."
+
+
+def readme_results() -> str:
+    """The README block: the demo table and the comparison line."""
+    return results_table() + "\n\n" + comparison_line()
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def replace_block(text: str, start: str, end: str, block: str, where: str) -> str:
+    if start not in text or end not in text:
+        sys.exit(f"{where} lacks the {start} ... {end} markers")
+    before, rest = text.split(start, 1)
+    _, after = rest.split(end, 1)
+    return f"{before}{start}\n{block}\n{end}{after}"
+
+
+def write() -> None:
+    for path, start, end, block in ((BENCHMARKS_DOC, START, END, table()),
+                                    (README, RESULTS_START, RESULTS_END, readme_results())):
+        text = path.read_text()
+        new = replace_block(text, start, end, block, path.relative_to(ROOT).as_posix())
+        if new != text:
+            path.write_text(new)
 
 
 if __name__ == "__main__":
     if "--write" in sys.argv[1:]:
-        write_readme()
+        write()
+    print(readme_results())
+    print()
     print(table())

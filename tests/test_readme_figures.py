@@ -1,15 +1,35 @@
-"""The README's benchmark figures are the committed JSON results, rendered."""
+"""The rendered blocks of README.md and docs/benchmarks.md are the committed results."""
 
 import pathlib
 import runpy
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
+figures = runpy.run_path(str(ROOT / "benchmarks" / "readme_figures.py"))
+STALE = "stale: run .venv/bin/python benchmarks/readme_figures.py --write"
 
 
-def test_readme_table_matches_committed_results():
-    figures = runpy.run_path(str(ROOT / "benchmarks" / "readme_figures.py"))
-    readme = (ROOT / "README.md").read_text()
+def test_benchmarks_doc_figures_match_committed_results():
+    page = (ROOT / "docs" / "benchmarks.md").read_text()
     table = figures["table"]()
     assert len(figures["rows"]()) >= 4, "benchmark results missing from benchmarks/results/"
-    assert f"{figures['START']}\n{table}\n{figures['END']}" in readme, (
-        "README figures are stale: run .venv/bin/python benchmarks/readme_figures.py --write")
+    assert f"{figures['START']}\n{table}\n{figures['END']}" in page, f"docs/benchmarks.md figures are {STALE}"
+
+
+def test_readme_results_match_committed_results():
+    readme = (ROOT / "README.md").read_text()
+    block = figures["readme_results"]()
+    assert f"{figures['RESULTS_START']}\n{block}\n{figures['RESULTS_END']}" in readme, (
+        f"README results are {STALE}")
+
+
+def test_readme_results_come_from_the_demo_transcript():
+    run = figures["demo_run"]()
+    text = figures["DEMO_TRANSCRIPT"].read_text()
+    assert len(run["rows"]) == 5
+    for row in run["rows"]:  # every rendered row is a line of the transcript
+        assert any(line.strip().startswith(row["stage"]) and row["params"] in line and row["ms"] in line
+                   for line in text.splitlines()), row
+    table = figures["results_table"]()
+    for row in run["rows"]:
+        assert f"{100 * row['accuracy']:.2f}" in table
+    assert "compression benchmark" in figures["comparison_line"]()
