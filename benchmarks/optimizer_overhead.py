@@ -7,33 +7,33 @@ step times. Target: ≤ 1.05.
 
     .venv/bin/python benchmarks/optimizer_overhead.py            # writes results JSON
     .venv/bin/python benchmarks/optimizer_overhead.py --rounds=20 --batch_size=128
+
+Duration and output: ``benchmarks/README.md``.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import platform
 import statistics
-import sys
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+from absl import app, flags
 
-from absl import app, flags  # noqa: E402
+import common
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("rounds", 12, "Alternating timing rounds.")
 flags.DEFINE_integer("steps_per_round", 10, "Training steps per optimizer per round.")
 flags.DEFINE_integer("batch_size", 64, "Batch size.")
 flags.DEFINE_integer("image_size", 32, "Input height/width.")
-flags.DEFINE_string("output", os.path.join(os.path.dirname(__file__), "results",
-                                           "optimizer_overhead.json"), "JSON results path.")
+common.define_output_flag("optimizer_overhead")
 
 TARGET_RATIO = 1.05
 
 
 def build_trainer(optimizer_name: str, image_size: int):
+    """ResNet-20 (seed 0) compiled with SGD, or with GammaISTA around the same SGD."""
     import keras
 
     from tf_gamma_prune import GammaISTA, gamma_penalties
@@ -49,6 +49,7 @@ def build_trainer(optimizer_name: str, image_size: int):
 
 
 def time_steps(model, x, y, steps: int) -> list[float]:
+    """Seconds of each of ``steps`` training steps on one batch."""
     times = []
     for _ in range(steps):
         start = time.perf_counter()
@@ -59,9 +60,7 @@ def time_steps(model, x, y, steps: int) -> list[float]:
 
 def main(argv):
     del argv
-    import keras
     import numpy as np
-    import tensorflow as tf
 
     from tf_gamma_prune.atomic_io import write_json_atomic
 
@@ -93,8 +92,7 @@ def main(argv):
         "ratio_gamma_ista_over_sgd": ratio,
         "target_ratio": TARGET_RATIO,
         "target_met": ratio <= TARGET_RATIO,
-        "environment": {"python": sys.version.split()[0], "tensorflow": tf.__version__,
-                        "keras": keras.__version__, "machine": platform.machine(),
+        "environment": {**common.machine_info("python", "tensorflow", "keras", "machine"),
                         "cpus": os.cpu_count()},
     }
     write_json_atomic(FLAGS.output, result)

@@ -24,6 +24,8 @@ whose probe batch runs both models.
 Writes benchmarks/results/surgery_memory.json atomically.
 
     python benchmarks/surgery_memory.py --repeats=3
+
+Duration and output: ``benchmarks/README.md``.
 """
 
 from __future__ import annotations
@@ -36,25 +38,18 @@ import subprocess
 import sys
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+from absl import app, flags
 
-from absl import app, flags  # noqa: E402
+import common
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("model", "ResNet152", "keras.applications architecture (built with weights=None).")
-flags.DEFINE_integer("size", 64, "Input height/width.")
-flags.DEFINE_float("zero_fraction", 0.3, "Fraction of BN γ set to exactly 0, at random.")
+common.define_application_flags(size=64, zero_fraction=0.3)
 flags.DEFINE_integer("repeats", 3, "Fresh subprocesses measuring the default prune_model call.")
 flags.DEFINE_boolean("report", True, "Also measure prune_model(..., return_report=True) once.")
 flags.DEFINE_float("target", 2.5, "Target: additional peak RSS / weight bytes.")
-flags.DEFINE_integer("seed", 0, "Random seed.")
 flags.DEFINE_integer("timeout", 900, "Seconds per child process.")
 flags.DEFINE_string("child", None, "Internal: run one measurement ('plain' or 'report') and print JSON.")
-flags.DEFINE_string(
-    "output",
-    os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "surgery_memory.json"),
-    "Where to write the JSON results.",
-)
+common.define_output_flag("surgery_memory")
 
 MIB = 1024 * 1024
 
@@ -145,15 +140,14 @@ def _measure_call(fn) -> dict:
 
 
 def child(kind: str) -> dict:
-    import keras
+    """One measurement (``plain`` or ``report``), cold then warm, in this process."""
     import numpy as np
 
     from tf_gamma_prune import prune_model
-    from tf_gamma_prune.batchnorm import randomize_batchnorm
 
     t0 = time.perf_counter()
-    model = getattr(keras.applications, FLAGS.model)(weights=None, input_shape=(FLAGS.size, FLAGS.size, 3))
-    zeros, channels = randomize_batchnorm(model, seed=FLAGS.seed, zero_fraction=FLAGS.zero_fraction)
+    model, (zeros, channels) = common.random_application(FLAGS.model, FLAGS.size, FLAGS.seed,
+                                                         FLAGS.zero_fraction)
     build_s = time.perf_counter() - t0
     weight_bytes = int(sum(np.asarray(w.numpy()).nbytes for w in model.weights))
     kwargs = {"return_report": True} if kind == "report" else {}
@@ -192,9 +186,6 @@ def main(argv):
     if FLAGS.child:
         print(json.dumps(child(FLAGS.child)), flush=True)
         return
-    import keras
-    import tensorflow as tf
-
     from tf_gamma_prune.atomic_io import write_json_atomic
 
     runs = []
@@ -238,9 +229,7 @@ def main(argv):
         "target_met": max(cold) <= FLAGS.target,
         "runs": runs,
         "with_report": report_run,
-        "tensorflow": tf.__version__,
-        "keras": keras.__version__,
-        "python": platform.python_version(),
+        **common.machine_info("tensorflow", "keras", "python"),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs (shared with other jobs)",
         "date": time.strftime("%Y-%m-%d"),
     }

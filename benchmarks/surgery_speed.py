@@ -10,51 +10,34 @@ plus the channel analysis, weight slicing and exact constant folding.
 Writes benchmarks/results/surgery_speed.json atomically (temp file + rename).
 
     python benchmarks/surgery_speed.py --repeats=5
+
+Duration and output: ``benchmarks/README.md``.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import platform
 import statistics
-import sys
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+from absl import app, flags
 
-from absl import app, flags  # noqa: E402
+import common
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("model", "ResNet152", "keras.applications architecture.")
-flags.DEFINE_integer("size", 224, "Input height/width.")
+common.define_application_flags(size=224, zero_fraction=0.5)
 flags.DEFINE_integer("repeats", 5, "Alternating rounds of clone / prune.")
-flags.DEFINE_float("zero_fraction", 0.5, "Fraction of γ set to exactly 0.")
-flags.DEFINE_integer("seed", 0, "Random seed.")
-flags.DEFINE_string(
-    "output",
-    os.path.join(os.path.dirname(__file__), "results", "surgery_speed.json"),
-    "Where to write the JSON results.",
-)
-
-
-def write_atomically(path, payload):
-    from tf_gamma_prune.atomic_io import write_json_atomic
-
-    write_json_atomic(path, payload)
+common.define_output_flag("surgery_speed")
 
 
 def main(argv):
     del argv
     import keras
-    import tensorflow as tf
 
     from tf_gamma_prune import prune_model
-    from tf_gamma_prune.batchnorm import randomize_batchnorm
+    from tf_gamma_prune.atomic_io import write_json_atomic
 
-    model = getattr(keras.applications, FLAGS.model)(
-        weights=None, input_shape=(FLAGS.size, FLAGS.size, 3))
-    randomize_batchnorm(model, seed=FLAGS.seed, zero_fraction=FLAGS.zero_fraction)
+    model, _ = common.random_application(FLAGS.model, FLAGS.size, FLAGS.seed, FLAGS.zero_fraction)
     prune_model(model)  # warm-up: first eager ops, imports
     keras.models.clone_model(model)
 
@@ -94,13 +77,9 @@ def main(argv):
         "probe_max_rel_deviation": report.max_rel_deviation,
         "layers": len(model.layers),
         "pruned_layers": len(pruned.layers),
-        "tensorflow": tf.__version__,
-        "keras": keras.__version__,
-        "python": sys.version.split()[0],
-        "machine": platform.machine(),
-        "cpu_count": os.cpu_count(),
+        **common.machine_info("tensorflow", "keras", "python", "machine", "cpu_count"),
     }
-    write_atomically(FLAGS.output, payload)
+    write_json_atomic(FLAGS.output, payload)
     print(json.dumps({k: payload[k] for k in (
         "median_clone_s", "median_prune_s", "median_ratio", "probe_max_rel_deviation")}))
 

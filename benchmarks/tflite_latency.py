@@ -58,7 +58,7 @@ Networks:
 Pruners:
 
 * ``gamma`` (default): zero γ of a random ``--prune_fraction`` of the prunable
-  channels and remove them with :func:`tf_gamma_prune.surgery.prune_model`
+  channels and remove them with :func:`tf_gamma_prune.prune.prune_model.prune_model`
   (the real pipeline), once per variant.
 * ``width``: build the same architecture with the producing convolutions
   narrowed by the same fraction (a structural twin; no pruning code involved;
@@ -69,14 +69,13 @@ Pruners:
 
 Random weights (never downloaded): latency does not depend on the values.
 The 2-core development machine is shared; absolute numbers are only indicative,
-the speed-up ratios are what matters.
+the speed-up ratios are what matters. Duration and output: ``benchmarks/README.md``.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
-import json
 import os
 import platform
 import re
@@ -84,10 +83,9 @@ import sys
 import tempfile
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from absl import app, flags, logging
 
-from absl import app, flags, logging  # noqa: E402
+import common
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("models", ["mobilenetv2", "fashion_vgg", "fashion_vgg_wide"], "Networks to benchmark.")
@@ -107,8 +105,7 @@ flags.DEFINE_integer("block", 10, "steady timing: timed invocations per turn (af
 flags.DEFINE_integer("rounds", 3, "Rounds of --runs iterations (fresh interpreters each round).")
 flags.DEFINE_integer("warmup", 50, "Untimed invocations of each model at the start of each round.")
 flags.DEFINE_integer("seed", 0, "Seed for weights and the channels removed.")
-flags.DEFINE_string("output", os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                                           "tflite_latency.json"), "JSON results path.")
+common.define_output_flag("tflite_latency")
 
 TARGET_EFFICIENCY = 0.8  # realised speed-up / MAC reduction at 1 thread
 PRUNABLE_BN = {
@@ -121,6 +118,7 @@ JUDGED = ("mobilenetv2", "fashion_vgg")  # the issue's networks; others are reco
 
 
 def build(name: str):
+    """The network ``name`` with random weights."""
     import keras
 
     if name == "mobilenetv2":
@@ -134,7 +132,13 @@ def build(name: str):
 
 
 def randomize_batchnorm(model, rng) -> None:
-    """Non-trivial BN statistics, as after training."""
+    """Non-trivial BN statistics, as after training.
+
+    Not the library's ``randomize_batchnorm``: other distributions (β and the
+    mean N(0, 0.2), top-level layers only), and ``rng`` goes on to pick the
+    removed channels and the width twin's BNs, so switching would change the
+    committed results' models (their ``tflite_sha256``).
+    """
     import keras
 
     for layer in model.layers:
@@ -147,6 +151,7 @@ def randomize_batchnorm(model, rng) -> None:
 
 
 def prunable_bns(model, name: str) -> list:
+    """The BatchNormalizations of ``model`` whose channels may be removed."""
     return [layer for layer in model.layers if PRUNABLE_BN[name].match(layer.name)]
 
 
@@ -162,7 +167,7 @@ def parse_variant(label: str) -> dict:
 
 def prune_by_gamma(model, name: str, rng, fraction: float) -> dict:
     """Zero γ of a random fraction of each prunable BN, then prune_model once per variant."""
-    from tf_gamma_prune.surgery import prune_model
+    from tf_gamma_prune import prune_model
 
     for bn in prunable_bns(model, name):
         gamma = bn.gamma.numpy()
@@ -205,32 +210,6 @@ def prune_by_width(model, name: str, rng, fraction: float) -> dict:
     twin = keras.Model.from_config(config)
     randomize_batchnorm(twin, rng)
     return {"width": (twin, {})}
-
-
-def count_macs(model) -> int | None:
-    try:
-        from tf_gamma_prune.flops import count_macs as library_count
-    except ImportError:  # pragma: no cover - TODO: drop once flops.py is everywhere
-        return _local_macs(model)
-    return library_count(model)
-
-
-def _local_macs(model) -> int:
-    """Conv/depthwise/dense MACs (TODO: remove; tf_gamma_prune.flops does this)."""
-    import keras
-
-    total = 0
-    for layer in model.layers:
-        out = layer.output.shape
-        if isinstance(layer, keras.layers.DepthwiseConv2D):
-            k = layer.kernel_size[0] * layer.kernel_size[1]
-            total += out[1] * out[2] * k * out[3]
-        elif isinstance(layer, keras.layers.Conv2D):
-            k = layer.kernel_size[0] * layer.kernel_size[1]
-            total += out[1] * out[2] * k * layer.input.shape[-1] // layer.groups * out[3]
-        elif isinstance(layer, keras.layers.Dense):
-            total += layer.input.shape[-1] * layer.units
-    return int(total)
 
 
 JUDGED_TIMING = "steady"
@@ -300,9 +279,10 @@ def latency_entry(original: list[list[float]], variant: list[list[float]], mac_r
 
 
 def bench_one(name: str, workdir: str, threads: list[int], fraction: float) -> dict:
+    """One network at one prune fraction: its variants converted, checked and timed."""
     import numpy as np
 
-    from tf_gamma_prune import export
+    from tf_gamma_prune import count_macs, export
 
     rng = np.random.default_rng(FLAGS.seed)
     model = build(name)
@@ -375,9 +355,8 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
     import ai_edge_litert
     import keras
-    import tensorflow as tf
 
-    from tf_gamma_prune import export
+    from tf_gamma_prune.atomic_io import write_json_atomic
 
     keras.utils.set_random_seed(FLAGS.seed)
     threads = [int(t) for t in FLAGS.threads]
@@ -415,7 +394,7 @@ def main(argv):
             "quantization": "none (float32)",
             "runtime": f"ai-edge-litert {getattr(ai_edge_litert, '__version__', '?')} interpreter, "
                        "default XNNPACK CPU delegate",
-            "tensorflow": tf.__version__, "keras": keras.__version__,
+            **common.machine_info("tensorflow", "keras"),
             "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
             "cpu_count": os.cpu_count(),
             "note": "shared development machine; medians pool all rounds. Variants with the same "
@@ -449,7 +428,7 @@ def main(argv):
                         f"efficiency {v.get('latency_interleaved', {}).get('1', {}).get('speedup_over_mac_reduction') or float('nan'):.2f})",
                         flush=True,
                     )
-    export.write_atomic(FLAGS.output, (json.dumps(results, indent=2) + "\n").encode())
+    write_json_atomic(FLAGS.output, results)
     print(f"wrote {FLAGS.output}")
 
 
