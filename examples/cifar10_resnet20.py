@@ -197,7 +197,7 @@ def run_protocol(x, y, x_test, y_test, settings: ProtocolSettings, out_dir: str,
 
     from tf_gamma_prune import prune_model, sparsity_summary
     from tf_gamma_prune.export import check_parity, save_keras_atomic, to_tflite
-    from tf_gamma_prune.flops import model_cost
+    from tf_gamma_prune.analysis.flops import model_cost
 
     total = 5
     paths = fashion_mnist.output_paths(out_dir, run_name)

@@ -267,7 +267,7 @@ def run_pipeline(x, y, x_test, y_test, *, epochs, finetune_epochs, batch_size, l
     from tf_gamma_prune.export import (
         check_parity, compare_latency, save_keras_atomic, to_tflite,
     )
-    from tf_gamma_prune.flops import model_cost
+    from tf_gamma_prune.analysis.flops import model_cost
 
     total = 6
     os.makedirs(out_dir, exist_ok=True)

@@ -102,7 +102,7 @@ def prune_pretrained(model, x, y, x_test, y_test, *, alpha, epochs, finetune_epo
 
     from tf_gamma_prune import (batchnorm_layers, prune_model, recalibrate_batchnorm, rescale_gamma,
                                 sparsity_summary)
-    from tf_gamma_prune.flops import model_cost
+    from tf_gamma_prune.analysis.flops import model_cost
 
     total = 5
     probe = x_test[:256]

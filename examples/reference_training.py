@@ -16,7 +16,7 @@ of 5e-4 through momentum-SGD), the benchmark's augmentation ``pad_crop_flip``
 
 Resumable: the training state (weights, optimizer, position) is written to
 ``--work_dir/checkpoint.npz`` every 100 steps by
-:class:`tf_gamma_prune.resume.StepCheckpoint`; each finished epoch's
+:class:`tf_gamma_prune.sparsify.resume.StepCheckpoint`; each finished epoch's
 metrics go to ``--work_dir/history.json``. Run the same command again after an
 interruption. At the end it writes the ``.keras`` (no optimizer state), its
 float32 ``.tflite`` (parity-checked) and ``fashion_vgg_reference.json``, the
@@ -108,7 +108,7 @@ def train_reference(x, y, x_test, y_test, *, out_dir: str, work_dir: str, epochs
     from tf_gamma_prune.atomic_io import write_json_atomic
     from tf_gamma_prune.data import make_dataset, validation_split
     from tf_gamma_prune.reference_models import fashion_vgg
-    from tf_gamma_prune.resume import StepCheckpoint, fit_resumable
+    from tf_gamma_prune.sparsify.resume import StepCheckpoint, fit_resumable
 
     r = {**RECIPE, "epochs": epochs, "seed": seed}
     (xt, yt), (xv, yv) = validation_split(x, y, r["validation_examples"], r["validation_seed"])

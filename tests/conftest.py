@@ -36,6 +36,6 @@ def small_bn_convnet(input_shape=(28, 28, 1), widths=(8, 16), classes=10, name="
 
 def randomize_batchnorm(model, rng):
     """Random γ, β and moving statistics, so BN is far from the identity (no γ zeroed)."""
-    from tf_gamma_prune.batchnorm import randomize_batchnorm as randomize
+    from tf_gamma_prune.analysis.batchnorm import randomize_batchnorm as randomize
 
     randomize(model, seed=int(rng.integers(2**31)))

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from tf_gamma_prune import GammaISTA, NonFiniteGammaError, SparsityMonitor, gamma_sparsity
-from tf_gamma_prune.callbacks import gamma_penalty_value, sparsity_summary
+from tf_gamma_prune.sparsify.callbacks import gamma_penalty_value, sparsity_summary
 
 
 def model_with_two_bns():

@@ -125,10 +125,10 @@ def _prune_model_available():
     if not (REPO / "tf_gamma_prune" / "surgery.py").exists():
         return "tf_gamma_prune/surgery.py does not exist yet"
     try:
-        module = importlib.import_module("tf_gamma_prune.surgery")
+        module = importlib.import_module("tf_gamma_prune.prune.prune_model")
     except Exception as e:  # noqa: BLE001 - work in progress elsewhere
-        return f"tf_gamma_prune.surgery does not import: {e}"
-    return None if hasattr(module, "prune_model") else "tf_gamma_prune.surgery has no prune_model"
+        return f"tf_gamma_prune.prune.prune_model does not import: {e}"
+    return None if hasattr(module, "prune_model") else "tf_gamma_prune.prune.prune_model has no prune_model"
 
 
 def test_prune_then_export(tmp_path):

@@ -91,7 +91,7 @@ def test_every_method_has_a_sane_record(tiny_run):
 
 
 def test_costs_match_independent_counts(tiny_run):
-    from tf_gamma_prune.flops import model_cost
+    from tf_gamma_prune.analysis.flops import model_cost
     from tf_gamma_prune.reference_models import fashion_vgg
 
     records = _records(json.loads(tiny_run["out"].read_text()))

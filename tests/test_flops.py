@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 import pytest
 
-from tf_gamma_prune.flops import count_macs, model_cost
+from tf_gamma_prune.analysis.flops import count_macs, model_cost
 
 L = keras.layers
 

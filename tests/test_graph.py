@@ -6,13 +6,8 @@ import keras
 import numpy as np
 import pytest
 
-from tf_gamma_prune.graph import (
-    UnsupportedLayerError,
-    _connected_components,
-    channel_graph,
-    coupled_groups,
-    register_layer_kind,
-)
+from tf_gamma_prune import UnsupportedLayerError, channel_graph, coupled_groups, register_layer_kind
+from tf_gamma_prune.analysis.channel_graph import _connected_components
 
 L = keras.layers
 
@@ -199,7 +194,7 @@ def test_undecidable_reshape_pins_channels():
 def test_uniform_response_map_matches_the_layer_itself(layer, shape):
     """The exact border map is computed without a convolution; check it
     against running the Keras layer on a constant image."""
-    from tf_gamma_prune.graph import linear_response
+    from tf_gamma_prune.analysis.channel_graph import linear_response
 
     layer.build((None,) + shape)
     rng = np.random.default_rng(0)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from tf_gamma_prune import GammaISTA, NoBatchNormError, NonFiniteGammaError
-from tf_gamma_prune.batchnorm import batchnorm_layers
+from tf_gamma_prune.analysis.batchnorm import batchnorm_layers
 
 from conftest import tensorflow_only
 

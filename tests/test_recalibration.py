@@ -102,10 +102,21 @@ def test_bad_inputs_raise_typed_errors_and_leave_stats_alone():
     np.testing.assert_array_equal(fresh.get_layer("bn").moving_mean.numpy(), np.zeros(4))
     with pytest.raises(NoBatchNormError):
         recalibrate_batchnorm(keras.Sequential([keras.Input((3,)), L.Dense(2)]), np.ones((4, 3)))
-    with pytest.raises(RecalibrationDataError, match="tuple"):
-        recalibrate_batchnorm(model, (data(), data()))
+    with pytest.raises(RecalibrationDataError, match=r"\(4, 5, 5, 2\).*expects \(None, 6, 6, 2\)"):
+        recalibrate_batchnorm(model, np.ones((4, 5, 5, 2), "float32"))
     with pytest.raises(ValueError, match="batch_size"):
         recalibrate_batchnorm(model, data(), batch_size=0)
+
+
+def test_an_x_y_pair_is_read_as_its_x():
+    """(x, y) is one batch of x, as in every other function that takes data."""
+    x = data()
+    with_labels, plain = conv_bn_model(), conv_bn_model()
+    plain.set_weights(with_labels.get_weights())
+    assert recalibrate_batchnorm(with_labels, (x, np.zeros(len(x))), batch_size=24) == 2
+    assert recalibrate_batchnorm(plain, x, batch_size=24) == 2
+    np.testing.assert_array_equal(with_labels.get_layer("bn").moving_mean.numpy(),
+                                  plain.get_layer("bn").moving_mean.numpy())
 
 
 def test_list_of_batches():

@@ -104,7 +104,7 @@ def _job(mode: str, directory: str, kill_at: int | None) -> None:
         model.fit(stream, epochs=EPOCHS, steps_per_epoch=STEPS, verbose=0, shuffle=False,
                   callbacks=_callbacks(keras))
     elif mode == "resumable":
-        from tf_gamma_prune.resume import StepCheckpoint, fit_resumable
+        from tf_gamma_prune.sparsify.resume import StepCheckpoint, fit_resumable
 
         checkpoint = StepCheckpoint(directory / "run.ckpt.npz", save_freq=SAVE_FREQ)
         fit_resumable(model, lambda e: _epoch_data(tf, e), EPOCHS, checkpoint,
@@ -158,7 +158,7 @@ def reference_run(tmp_path_factory):
 
 
 def test_killed_mid_epoch_and_resumed_equals_uninterrupted(tmp_path, reference_run):
-    from tf_gamma_prune.resume import StepCheckpoint, TrainingPosition
+    from tf_gamma_prune.sparsify.resume import StepCheckpoint, TrainingPosition
 
     rc, err = _finish(_start("resumable", tmp_path, kill_at=KILL_AT))
     assert rc == -signal.SIGKILL, f"the first run should have been killed at step {KILL_AT}:\n{err[-3000:]}"
@@ -212,7 +212,7 @@ def test_checkpoint_round_trips_gamma_ista_state_in_process(tmp_path):
     import keras
     import tensorflow as tf
 
-    from tf_gamma_prune.resume import StepCheckpoint, TrainingPosition
+    from tf_gamma_prune.sparsify.resume import StepCheckpoint, TrainingPosition
 
     def fitted(rho, steps):
         keras.utils.set_random_seed(1)
@@ -241,7 +241,7 @@ def test_checkpoint_round_trips_gamma_ista_state_in_process(tmp_path):
 def test_checkpoint_of_another_model_or_corrupt_file_is_refused(tmp_path):
     import keras
 
-    from tf_gamma_prune.resume import ResumeError, StepCheckpoint, TrainingPosition
+    from tf_gamma_prune.sparsify.resume import ResumeError, StepCheckpoint, TrainingPosition
 
     model = _compiled_model(keras)
     model.optimizer.attach(model).build(model.trainable_variables)
@@ -268,7 +268,7 @@ def test_resuming_at_the_wrong_epoch_is_refused(tmp_path):
     import keras
     import tensorflow as tf
 
-    from tf_gamma_prune.resume import ResumeError, StepCheckpoint, TrainingPosition
+    from tf_gamma_prune.sparsify.resume import ResumeError, StepCheckpoint, TrainingPosition
 
     model = _compiled_model(keras)
     model.optimizer.attach(model).build(model.trainable_variables)
@@ -283,9 +283,9 @@ def test_resuming_at_the_wrong_epoch_is_refused(tmp_path):
 def test_module_docstring_example_runs():
     import doctest
 
-    import tf_gamma_prune.resume
+    import tf_gamma_prune.sparsify.resume
 
-    result = doctest.testmod(tf_gamma_prune.resume, optionflags=doctest.ELLIPSIS)
+    result = doctest.testmod(tf_gamma_prune.sparsify.resume, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
 
 

@@ -10,7 +10,7 @@ import keras
 import numpy as np
 import pytest
 
-import tf_gamma_prune.slimming
+import tf_gamma_prune.sparsify.slimming
 from tf_gamma_prune import GammaISTA, NetworkSlimming, NoBatchNormError, SparsityMonitor
 
 GAMMA0 = np.array([1.0, -0.8, 0.003, -0.003, 0.0, 0.5], np.float32)
@@ -222,7 +222,7 @@ def test_jit_compile_matches_eager():
 
 
 def test_docstring_examples_run():
-    result = doctest.testmod(tf_gamma_prune.slimming, optionflags=doctest.ELLIPSIS)
+    result = doctest.testmod(tf_gamma_prune.sparsify.slimming, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
 
 

@@ -22,7 +22,7 @@ from test_surgery_helpers import (
 )
 
 from tf_gamma_prune import prune_model
-from tf_gamma_prune.flops import model_cost
+from tf_gamma_prune.analysis.flops import model_cost
 from tf_gamma_prune.layers import BorderCorrection
 
 L = keras.layers

@@ -9,7 +9,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from tf_gamma_prune.batchnorm import batchnorm_layers, randomize_batchnorm
+from tf_gamma_prune.analysis.batchnorm import batchnorm_layers, randomize_batchnorm
 
 
 def randomize_batchnorms(model, seed=0, zero_fraction=0.5, positive_beta=False):

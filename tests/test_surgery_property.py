@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from test_surgery_helpers import random_inputs, randomize_batchnorms, relative_error
 
 from tf_gamma_prune import SelectionError, prune_model
-from tf_gamma_prune.batchnorm import batchnorm_layers
+from tf_gamma_prune.analysis.batchnorm import batchnorm_layers
 
 L = keras.layers
 

@@ -7,8 +7,8 @@ import numpy as np
 from test_surgery_helpers import assert_same_function, outputs64, randomize_batchnorms
 
 from tf_gamma_prune import prune_model
-from tf_gamma_prune.graph import channel_graph
-from tf_gamma_prune.selection import plan_removal
+from tf_gamma_prune.analysis.channel_graph import channel_graph
+from tf_gamma_prune.prune.plan import plan_removal
 
 L = keras.layers
 
@@ -62,7 +62,7 @@ def test_calibration_replaces_dropped_channels_by_their_mean_activation():
 def test_calibration_data_may_be_a_dataset_or_an_iterator_of_batches():
     import tensorflow as tf
 
-    from tf_gamma_prune import surgery
+    from tf_gamma_prune.prune.calibration import CALIBRATION_EXAMPLES
 
     model = randomize_batchnorms(mlp(), zero_fraction=0.0)
     rng = np.random.default_rng(2)
@@ -84,7 +84,7 @@ def test_calibration_data_may_be_a_dataset_or_an_iterator_of_batches():
     pulled = []
     stream = (pulled.append(b) or b for b in endless)
     pruned = prune_model(model, {"bn1": [1, 3]}, calibration_data=stream)
-    assert len(pulled) == -(-surgery.CALIBRATION_EXAMPLES // 16)
+    assert len(pulled) == -(-CALIBRATION_EXAMPLES // 16)
     np.testing.assert_allclose(outputs64(pruned, x)[0], outputs64(reference, x)[0], rtol=1e-5, atol=1e-5)
 
 

@@ -1,37 +1,65 @@
-"""tf_gamma_prune: channel pruning for Keras 3 models.
+"""tf_gamma_prune: make Keras 3 CNNs smaller and faster by removing whole channels.
 
-Train with :class:`GammaISTA` so that useless BatchNormalization channels reach
-exactly zero, remove them with ``prune_model`` and ship the result with
-``to_tflite``.
+The pipeline, one subpackage per stage (data flows one way)::
 
-This module only re-exports the public API; it never imports
+    sparsify/  train with GammaISTA: BatchNorm γ of useless channels reach exactly 0
+    analysis/  read the model: call graph, layer kinds, tied channels, constants, MACs
+    prune/     decide what goes (plan, criteria) and rebuild a narrower model (prune_model)
+    export/    TFLite/LiteRT flatbuffer, parity, GPU-delegate check, latency
+
+Everything public is importable from here. This module never imports
 ``tensorflow_model_optimization`` (that would switch the process to legacy
-Keras).
+Keras) and changes no global state.
+
+>>> import tf_gamma_prune
+>>> issubclass(tf_gamma_prune.UnsupportedLayerError, tf_gamma_prune.TfGammaPruneError)
+True
 """
 
 __version__ = "0.1.0"
 
-# --- public API, by module (each module holds one concept) ---
-from tf_gamma_prune.atomic_io import AtomicWriteError, save_keras_atomic, write_atomic
-from tf_gamma_prune.batchnorm import NoBatchNormError, NonFiniteGammaError, batchnorm_layers
-from tf_gamma_prune.callbacks import SparsityMonitor, gamma_sparsity, sparsity_summary
-from tf_gamma_prune.criteria import (
-    CriterionError,
-    TargetUnreachableError,
-    gamma_threshold_selection,
-    l1_norm_selection,
-    layer_widths,
-    random_selection,
-    selection_for_macs,
-)
-from tf_gamma_prune.export import (
+import types as _types  # noqa: E402
+
+from tf_gamma_prune import _old_paths  # noqa: E402,F401  (import paths before 0.2, for one release)
+
+# --- analyse ---
+from tf_gamma_prune.analysis.batchnorm import batchnorm_layers
+from tf_gamma_prune.analysis.channel_graph import ChannelGraph, channel_graph, coupled_groups
+from tf_gamma_prune.analysis.flops import LayerCost, ModelCost, count_macs, model_cost
+from tf_gamma_prune.analysis.kinds import LayerKind, register_layer_kind
+from tf_gamma_prune.analysis.layer_graph import layer_graph
+from tf_gamma_prune.atomic_io import save_keras_atomic, write_atomic
+from tf_gamma_prune.errors import (  # noqa: I001  (errors first: every stage raises them)
+    ArgumentError,
+    AtomicWriteError,
     CalibrationDataError,
+    CorruptDatasetError,
+    CriterionError,
+    DatasetNotFoundError,
+    DynamicShapeError,
     ExportError,
+    InexactRescaleError,
+    InputDataError,
     InputShapeError,
     ModelFileError,
+    NoBatchNormError,
     NonBuiltinOpError,
+    NonFiniteGammaError,
+    NonFiniteWeightError,
     ParityError,
+    RecalibrationDataError,
+    ResumeError,
+    SelectionError,
+    SharedLayerError,
+    TargetUnreachableError,
+    TfGammaPruneError,
     UnsafeModelError,
+    UnsupportedLayerError,
+    UnsupportedModelError,
+)
+
+# --- export ---
+from tf_gamma_prune.export import (
     benchmark_latency,
     builtin_op_names,
     check_parity,
@@ -40,27 +68,27 @@ from tf_gamma_prune.export import (
     load_keras_model,
     to_tflite,
 )
-from tf_gamma_prune.flops import LayerCost, ModelCost, count_macs, model_cost
-from tf_gamma_prune.graph import (
-    ChannelGraph,
-    DynamicShapeError,
-    SharedLayerError,
-    UnsupportedLayerError,
-    channel_graph,
-    coupled_groups,
-    register_layer_kind,
-)
-from tf_gamma_prune.layer_graph import UnsupportedModelError, layer_graph
 from tf_gamma_prune.layers import BorderCorrection, ConstantFeature
-from tf_gamma_prune.optimizer import GammaISTA
-from tf_gamma_prune.recalibration import RecalibrationDataError, recalibrate_batchnorm
-from tf_gamma_prune.penalties import InexactRescaleError, gamma_penalties, rescale_gamma
-from tf_gamma_prune.resume import ResumeError, StepCheckpoint, fit_resumable
-from tf_gamma_prune.selection import RemovalPlan, SelectionError, plan_removal
-from tf_gamma_prune.slimming import NetworkSlimming
-from tf_gamma_prune.surgery import NonFiniteWeightError, PruneReport, prune_model
 
-import types as _types  # noqa: E402
+# --- prune ---
+from tf_gamma_prune.prune.criteria import (
+    gamma_threshold_selection,
+    l1_norm_selection,
+    layer_widths,
+    random_selection,
+    selection_for_macs,
+)
+from tf_gamma_prune.prune.plan import RemovalPlan, plan_removal
+from tf_gamma_prune.prune.prune_model import prune_model
+from tf_gamma_prune.prune.report import PruneReport
+
+# --- sparsify (train) ---
+from tf_gamma_prune.sparsify.callbacks import SparsityMonitor, gamma_sparsity, sparsity_summary
+from tf_gamma_prune.sparsify.gamma_ista import GammaISTA
+from tf_gamma_prune.sparsify.penalties import gamma_penalties, rescale_gamma
+from tf_gamma_prune.sparsify.recalibration import recalibrate_batchnorm
+from tf_gamma_prune.sparsify.resume import StepCheckpoint, fit_resumable
+from tf_gamma_prune.sparsify.slimming import NetworkSlimming
 
 __all__ = sorted(
     name for name, value in globals().items()

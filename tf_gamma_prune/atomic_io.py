@@ -11,9 +11,7 @@ import os
 import tempfile
 from typing import Any
 
-
-class AtomicWriteError(RuntimeError):
-    """A file could not be written; nothing was left behind."""
+from tf_gamma_prune.errors import AtomicWriteError  # noqa: F401
 
 
 def write_atomic(path: str | os.PathLike, data: bytes) -> None:

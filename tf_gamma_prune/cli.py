@@ -26,6 +26,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags, logging  # noqa: E402
 
+from tf_gamma_prune.errors import TfGammaPruneError  # noqa: E402
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("out", None, "prune: where to write the pruned .keras model.")
 flags.DEFINE_string("tflite", None, "export/prune: where to write the .tflite model.")
@@ -67,7 +69,7 @@ flags.DEFINE_string("json", None, "benchmark: also write the results as JSON her
 COMMANDS = ("export", "prune", "benchmark")
 
 
-class CliError(Exception):
+class CliError(TfGammaPruneError):
     """A user-facing failure: printed as one message, exit status 1."""
 
 
@@ -167,7 +169,7 @@ def cmd_prune(args: list[str]) -> None:
     if len(args) != 1 or not FLAGS.out:
         raise app.UsageError("prune IN.keras --out OUT.keras [--tflite OUT.tflite ...]")
     try:
-        from tf_gamma_prune.surgery import prune_model
+        from tf_gamma_prune.prune.prune_model import prune_model
     except ImportError as e:
         raise CliError(f"Pruning is not available in this installation ({e}).") from e
     from tf_gamma_prune.atomic_io import save_keras_atomic
@@ -237,15 +239,9 @@ def main(argv: list[str]) -> None:
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    """Exceptions that describe bad input or environment, not a bug in this package."""
-    from tf_gamma_prune.atomic_io import AtomicWriteError
-    from tf_gamma_prune.export import ExportError
-    from tf_gamma_prune.layer_graph import UnsupportedModelError
-
-    # ValueError covers SelectionError, NonFiniteWeightError, DynamicShapeError,
-    # CalibrationDataError; UnsupportedModelError (a TypeError) covers Lambda and
-    # unknown layers, subclassed models; OSError: unwritable output paths.
-    return (CliError, ExportError, ValueError, UnsupportedModelError, AtomicWriteError, OSError)
+    """Exceptions that describe bad input or environment, not a bug in this package:
+    every typed error of the package, and OSError (unwritable output paths)."""
+    return (TfGammaPruneError, OSError)
 
 
 def run() -> None:

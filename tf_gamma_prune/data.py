@@ -24,6 +24,12 @@ from typing import Iterable
 
 import numpy as np
 
+from tf_gamma_prune.errors import (  # noqa: F401
+    ArgumentError,
+    CorruptDatasetError,
+    DatasetNotFoundError,
+)
+
 DEBIAN_FASHION_MNIST = pathlib.Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_CLASSES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -32,13 +38,6 @@ FASHION_MNIST_CLASSES = (
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"),
                0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
 
-
-class DatasetNotFoundError(FileNotFoundError):
-    """A dataset is not available on this machine; the message says how to get it."""
-
-
-class CorruptDatasetError(ValueError):
-    """A dataset file exists but cannot be parsed."""
 
 
 def read_idx(path: str | os.PathLike) -> np.ndarray:
@@ -129,7 +128,7 @@ def stratified_indices(y: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
     """
     y = np.asarray(y)
     if not 0 < n <= len(y):
-        raise ValueError(f"n must be in 1..{len(y)} (the number of labels), got {n}.")
+        raise ArgumentError(f"n must be in 1..{len(y)} (the number of labels), got {n}.")
     rng = np.random.default_rng(seed)
     classes = np.unique(y)
     per_class = [n // len(classes) + (1 if i < n % len(classes) else 0)
@@ -225,7 +224,7 @@ def _augmenter(kind: str, shape: tuple, seed: int | None):
     import tensorflow as tf
 
     if kind not in ("flip", "pad_crop_flip"):
-        raise ValueError(f"augment must be None, 'flip' or 'pad_crop_flip', got {kind!r}.")
+        raise ArgumentError(f"augment must be None, 'flip' or 'pad_crop_flip', got {kind!r}.")
     height, width = shape[0], shape[1]
     pad = 4 if height >= 32 else 2
 
@@ -258,11 +257,11 @@ class ArrayBatches:
     def __init__(self, x: np.ndarray, y: np.ndarray, batch_size: int = 128, shuffle: bool = False,
                  augment: str | None = None, seed: int | None = None):
         if augment not in (None, "flip", "pad_crop_flip"):
-            raise ValueError(f"augment must be None, 'flip' or 'pad_crop_flip', got {augment!r}.")
+            raise ArgumentError(f"augment must be None, 'flip' or 'pad_crop_flip', got {augment!r}.")
         if len(x) != len(y):
-            raise ValueError(f"x and y hold {len(x)} and {len(y)} examples; they must match.")
+            raise ArgumentError(f"x and y hold {len(x)} and {len(y)} examples; they must match.")
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+            raise ArgumentError(f"batch_size must be >= 1, got {batch_size}.")
         self.x, self.y = x, y
         self.batch_size, self.shuffle, self.augment = int(batch_size), shuffle, augment
         self.pad = 4 if x.shape[1] >= 32 else 2

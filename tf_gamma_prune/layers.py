@@ -23,6 +23,8 @@ from typing import Any
 import keras
 import numpy as np
 
+from tf_gamma_prune.errors import ArgumentError
+
 
 def _initializer(value: np.ndarray | None) -> Any:
     """``"zeros"`` (values come from saved weights) or the given array."""
@@ -55,7 +57,7 @@ class BorderCorrection(keras.layers.Layer):
     ) -> None:
         super().__init__(**kwargs)
         if correction is None and shape is None:
-            raise ValueError("BorderCorrection needs `correction` or `shape`.")
+            raise ArgumentError("BorderCorrection needs `correction` or `shape`.")
         self._initial = None if correction is None else np.asarray(correction)
         self.map_shape = tuple(int(d) for d in (
             shape if shape is not None else self._initial.shape
@@ -110,7 +112,7 @@ class ConstantFeature(keras.layers.Layer):
     ) -> None:
         super().__init__(**kwargs)
         if value is None and shape is None:
-            raise ValueError("ConstantFeature needs `value` or `shape`.")
+            raise ArgumentError("ConstantFeature needs `value` or `shape`.")
         initial = None if value is None else np.asarray(value)
         self.map_shape = tuple(int(d) for d in (
             shape if shape is not None else initial.shape

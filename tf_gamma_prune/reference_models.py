@@ -27,6 +27,8 @@ from typing import Sequence
 
 import keras
 
+from tf_gamma_prune.errors import ArgumentError
+
 L = keras.layers
 
 
@@ -40,7 +42,7 @@ def fashion_vgg(
 ) -> keras.Model:
     """The VGG-style BN reference network (see the module docstring)."""
     if len(widths) != 6:
-        raise ValueError(f"fashion_vgg takes 6 conv widths, got {len(widths)}.")
+        raise ArgumentError(f"fashion_vgg takes 6 conv widths, got {len(widths)}.")
     x = keras.Input(input_shape, name="image")
     h = x
     for i, width in enumerate(widths):

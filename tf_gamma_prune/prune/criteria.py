@@ -1,7 +1,7 @@
 """Selection criteria of the classic pruning baselines, as selections for ``prune_model``.
 
 Each criterion returns a *selection* ``{layer_name: kept channel indices}`` (see
-:mod:`tf_gamma_prune.selection`); ``prune_model(model, selection)`` then removes
+:mod:`tf_gamma_prune.prune.plan`); ``prune_model(model, selection)`` then removes
 the other channels, dropping them (treated as 0) unless ``calibration_data`` is
 given. The baselines:
 
@@ -17,7 +17,7 @@ given. The baselines:
   MAC budget, so that methods are compared at equal cost.
 
 Tied channels (residual adds, depthwise convolutions, shared layers; see
-:mod:`tf_gamma_prune.graph`) are handled as groups: a criterion scores a group
+:mod:`tf_gamma_prune.analysis.channel_graph`) are handled as groups: a criterion scores a group
 once and keeps or removes it in every layer that carries it, so the selection
 always means what it says. Pinned channels (model outputs, channels read by
 Softmax/LayerNormalization, ...) are never selected for removal.
@@ -26,7 +26,7 @@ Example:
 
 >>> import numpy as np
 >>> from tf_gamma_prune import prune_model
->>> from tf_gamma_prune.batchnorm import randomize_batchnorm
+>>> from tf_gamma_prune.analysis.batchnorm import randomize_batchnorm
 >>> from tf_gamma_prune.reference_models import fashion_vgg
 >>> model = fashion_vgg(widths=(8, 8, 16, 16, 32, 32))
 >>> _ = randomize_batchnorm(model, seed=0)
@@ -49,15 +49,17 @@ from typing import Any, Callable, Mapping, Sequence
 import keras
 import numpy as np
 
-from tf_gamma_prune.batchnorm import (
+from tf_gamma_prune.analysis.batchnorm import (
     NoBatchNormError,
     is_batchnorm,
     resolve_layer_name,
 )
-from tf_gamma_prune.flops import call_macs
-from tf_gamma_prune.graph import CONSTANT, DEPTHWISE, MIXING, ChannelGraph, channel_graph
-from tf_gamma_prune.layer_graph import layer_graph
-from tf_gamma_prune.selection import SelectionError, plan_removal
+from tf_gamma_prune.analysis.channel_graph import ChannelGraph, channel_graph
+from tf_gamma_prune.analysis.flops import planned_macs
+from tf_gamma_prune.analysis.kinds import CONSTANT, MIXING
+from tf_gamma_prune.analysis.layer_graph import layer_graph
+from tf_gamma_prune.errors import ArgumentError, CriterionError, TargetUnreachableError
+from tf_gamma_prune.prune.plan import plan_removal
 
 L = keras.layers
 
@@ -65,27 +67,6 @@ Selection = dict[str, np.ndarray]
 
 # Layer types whose kernel is (..., input channels, output channels).
 _FILTER_LAYERS = (L.Conv1D, L.Conv2D, L.Conv3D)
-
-
-class CriterionError(SelectionError):
-    """Bad input to a selection criterion (fraction, layer names, widths)."""
-
-
-class TargetUnreachableError(CriterionError):
-    """:func:`selection_for_macs` cannot meet the MAC target within the tolerance.
-
-    Attributes:
-        target_macs: the requested MACs.
-        closest_macs: the reachable MAC count closest to the target.
-        closest_fraction: the prune fraction that gives ``closest_macs``.
-    """
-
-    def __init__(self, message: str, target_macs: int, closest_macs: int,
-                 closest_fraction: float):
-        super().__init__(message)
-        self.target_macs = target_macs
-        self.closest_macs = closest_macs
-        self.closest_fraction = closest_fraction
 
 
 # ------------------------------------------------------------------ criteria
@@ -383,7 +364,7 @@ def selection_for_macs(
         plan = plan_removal(graph, selection)
         macs = planned_macs(graph, plan.removed)
         if macs is None:
-            raise ValueError(
+            raise ArgumentError(
                 f"The MACs of model '{model.name}' are not static (a spatial size is "
                 "unknown); build it with a fixed input shape to prune to a MAC target."
             )
@@ -419,43 +400,6 @@ def selection_for_macs(
         "criterion with finer steps.",
         target_macs=target, closest_macs=int(closest), closest_fraction=float(fraction),
     )
-
-
-def planned_macs(graph: ChannelGraph, removed: np.ndarray) -> int | None:
-    """MACs of the model ``prune_model`` builds when it removes the groups ``removed``.
-
-    Conv/dense layers shrink with their kept input and output channels; one that
-    loses every input or output channel costs nothing (it becomes a constant or
-    disappears). ``None`` when a spatial size is not static.
-    """
-    lg = graph.graph
-    total = 0
-    for call in lg.calls:
-        full = call_macs(call, lg)
-        if full is None:
-            return None
-        kind = graph.kinds.get(call)
-        if full == 0 or kind not in (MIXING, DEPTHWISE):
-            total += full
-            continue
-        in_t, out_t = call.inputs[0], call.outputs[0]
-        c_in, c_out = graph.width(in_t), graph.width(out_t)
-        k_in = int(np.count_nonzero(~removed[graph.channels[in_t]]))
-        k_out = int(np.count_nonzero(~removed[graph.channels[out_t]]))
-        if k_in == 0 or k_out == 0:
-            continue
-        if k_in == c_in and k_out == c_out:
-            total += full
-        elif kind == DEPTHWISE:
-            total += full // c_in * k_in
-        elif isinstance(call.layer, (L.SeparableConv1D, L.SeparableConv2D)):
-            positions = math.prod(int(d) for d in lg.shape(out_t)[1:-1])
-            taps = math.prod(call.layer.kernel_size)
-            mid = k_in * int(call.layer.depth_multiplier)
-            total += positions * taps * mid + positions * mid * k_out
-        else:  # conv, dense, transposed conv: bilinear in the channel counts
-            total += full // (c_in * c_out) * k_in * k_out
-    return total
 
 
 # ------------------------------------------------------------------ helpers
@@ -541,13 +485,13 @@ def _filter_layers(graph: ChannelGraph, layers: Sequence[str] | None) -> list[st
     if layers is None:
         owners: dict[int, set[str]] = {}
         for call in graph.graph.calls:
-            if graph.kinds[call] in (MIXING, CONSTANT):
+            if graph.kinds[call].name in (MIXING, CONSTANT):
                 for g in np.unique(graph.channels[call.outputs[0]]):
                     owners.setdefault(int(g), set()).add(call.name)
         names = []
         for name, cs in calls.items():
             layer = cs[0].layer
-            if not isinstance(layer, _FILTER_LAYERS) or graph.kinds[cs[0]] != MIXING:
+            if not isinstance(layer, _FILTER_LAYERS) or graph.kinds[cs[0]].name != MIXING:
                 continue
             groups = np.unique(graph.layer_channels(name))
             if np.any(graph.pinned[groups]):
@@ -565,7 +509,7 @@ def _filter_layers(graph: ChannelGraph, layers: Sequence[str] | None) -> list[st
 
     def check(name: str) -> None:
         layer = calls[name][0].layer
-        if not isinstance(layer, (*_FILTER_LAYERS, L.Dense)) or graph.kinds[calls[name][0]] != MIXING:
+        if not isinstance(layer, (*_FILTER_LAYERS, L.Dense)) or graph.kinds[calls[name][0]].name != MIXING:
             raise CriterionError(
                 f"'{name}' ({type(layer).__name__}) has no (..., in, out) kernel to rank "
                 "filters by; l1_norm_selection takes Conv1D/2D/3D (and Dense) layers."

@@ -21,7 +21,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from tf_gamma_prune.batchnorm import (
+from tf_gamma_prune.analysis.batchnorm import (
     NonFiniteGammaError,
     batchnorm_layers,
     check_finite_gammas,

@@ -25,6 +25,7 @@ Example:
 
 from __future__ import annotations
 
+import inspect
 import math
 import warnings
 from typing import Any, Iterable
@@ -32,8 +33,10 @@ from typing import Any, Iterable
 import keras
 import numpy as np
 
-from tf_gamma_prune.batchnorm import NoBatchNormError, is_batchnorm, resolve_layer_name
-from tf_gamma_prune.layer_graph import LayerGraph, layer_graph
+from tf_gamma_prune.analysis.activations import activation_name
+from tf_gamma_prune.analysis.batchnorm import NoBatchNormError, is_batchnorm, resolve_layer_name
+from tf_gamma_prune.analysis.layer_graph import LayerGraph, layer_graph
+from tf_gamma_prune.errors import ArgumentError, InexactRescaleError  # noqa: F401
 
 L = keras.layers
 
@@ -68,9 +71,6 @@ _HOMOGENEOUS = (
 _SAME_SCALE_MERGES = (L.Add, L.Subtract, L.Average, L.Maximum, L.Minimum, L.Concatenate)
 
 
-class InexactRescaleError(ValueError):
-    """γ–W rescaling would change the model's function."""
-
 
 # ------------------------------------------------------------------ penalties
 def gamma_penalties(model: keras.Model) -> dict[str, float]:
@@ -89,7 +89,7 @@ def gamma_penalties(model: keras.Model) -> dict[str, float]:
     graph = layer_graph(model)
     input_area = _spatial_area(graph.shape(graph.inputs[0]))
     if input_area is None:
-        raise ValueError(
+        raise ArgumentError(
             "gamma_penalties needs a static input size (the formula divides by the "
             "input area). Build the model with e.g. keras.Input((224, 224, 3))."
         )
@@ -107,7 +107,7 @@ def gamma_penalties(model: keras.Model) -> dict[str, float]:
             continue
         area = _spatial_area(graph.shape(call.outputs[0]))
         if area is None:
-            raise ValueError(f"Layer '{call.name}' has a dynamic spatial size.")
+            raise ArgumentError(f"Layer '{call.name}' has a dynamic spatial size.")
         cost = area + _producer_cost(graph, call.inputs[0]) + consumers
         penalties[call.name] = cost / input_area
     if not penalties:
@@ -201,7 +201,7 @@ def rescale_gamma(
     """
     alpha = float(alpha)
     if not math.isfinite(alpha) or alpha <= 0:
-        raise ValueError(f"alpha must be a finite positive number, got {alpha}.")
+        raise ArgumentError(f"alpha must be a finite positive number, got {alpha}.")
     graph = layer_graph(model)
     chosen = _chosen_bns(graph, layers)
     plan, problems = _rescale_plan(graph, chosen)
@@ -289,26 +289,20 @@ def _kernels_seeing_input(layer: Any) -> list:
     return [layer.kernel]
 
 
-def _activation_name(function: Any) -> str:
-    try:
-        return str(keras.activations.serialize(function))
-    except Exception:  # noqa: BLE001 - unknown callables are simply "not homogeneous"
-        return getattr(function, "__name__", repr(function))
-
-
 def _is_homogeneous(layer: Any) -> bool:
     if isinstance(layer, _HOMOGENEOUS):
         return True
     if isinstance(layer, L.ReLU):
         return layer.max_value is None and float(layer.threshold) == 0.0
     if isinstance(layer, L.Activation):
-        return _activation_name(layer.activation) in ("relu", "linear", "leaky_relu")
+        fn = layer.activation  # a function (not a layer object) named like a homogeneous one
+        return inspect.isfunction(fn) and activation_name(fn) in ("relu", "linear", "leaky_relu")
     return False
 
 
 def _describe(layer: Any) -> str:
     if isinstance(layer, L.Activation):
-        return f"activation {_activation_name(layer.activation)}"
+        return f"activation {activation_name(layer.activation)}"
     if isinstance(layer, L.ReLU) and layer.max_value is not None:
         return f"ReLU(max_value={layer.max_value})"
     return type(layer).__name__

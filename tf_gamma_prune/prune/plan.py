@@ -6,7 +6,7 @@ A *selection* says, per layer, which output channels to keep::
      "backbone/conv5_bn": keep_mask}         # or a boolean keep mask
 
 Layer names are qualified names (``"backbone/conv5_bn"``) or bare names when
-unique. Channels tied together (see :mod:`tf_gamma_prune.graph`) are removed
+unique. Channels tied together (see :mod:`tf_gamma_prune.analysis.channel_graph`) are removed
 together: a group is removed when some selected layer drops it and no selected
 layer keeps it.
 
@@ -26,12 +26,12 @@ one of those constants is *not* removed. It stays a true constant channel
 (its BatchNormalization has γ = 0), zero padding treats it exactly like the
 removed ones, and the rebuild routes every removed constant's contribution
 through its input weights (:func:`carrier_position` picks it; see
-:mod:`tf_gamma_prune.surgery`).
+:mod:`tf_gamma_prune.prune.prune_model`).
 
 Example:
 
 >>> import keras
->>> from tf_gamma_prune.graph import channel_graph
+>>> from tf_gamma_prune.analysis.channel_graph import channel_graph
 >>> x = keras.Input((8, 8, 3))
 >>> y = keras.layers.Conv2D(4, 3, name="conv")(x)
 >>> y = keras.layers.BatchNormalization(name="bn")(y)
@@ -51,13 +51,11 @@ from typing import Any, Mapping
 import keras
 import numpy as np
 
-from tf_gamma_prune.batchnorm import resolve_layer_name
-from tf_gamma_prune.graph import MIXING, ChannelGraph, _has_padding_effect
-from tf_gamma_prune.layer_graph import LayerCall
-
-
-class SelectionError(ValueError):
-    """An explicit channel selection that cannot be applied as given."""
+from tf_gamma_prune.analysis.batchnorm import resolve_layer_name
+from tf_gamma_prune.analysis.channel_graph import ChannelGraph
+from tf_gamma_prune.analysis.conv_response import has_padding_effect
+from tf_gamma_prune.analysis.layer_graph import LayerCall
+from tf_gamma_prune.errors import ArgumentError, SelectionError
 
 
 @dataclasses.dataclass
@@ -167,7 +165,7 @@ def plan_removal(
     BorderCorrection; the notes say which and why.
 
     Args:
-        graph: the model's :class:`~tf_gamma_prune.graph.ChannelGraph`.
+        graph: the model's :class:`~tf_gamma_prune.analysis.channel_graph.ChannelGraph`.
         selection: optional per-layer keep masks / indices (see module doc);
             ``None`` for no selection. An empty mapping is refused.
         remove_constant: also remove every constant channel that can be
@@ -191,9 +189,9 @@ def plan_removal(
             nothing; pass ``None`` to remove only constant channels).
     """
     if round_to < 1:
-        raise ValueError(f"round_to must be >= 1, got {round_to}.")
+        raise ArgumentError(f"round_to must be >= 1, got {round_to}.")
     if int(carrier_tile) != carrier_tile or carrier_tile < 1:
-        raise ValueError(f"carrier_tile must be an integer >= 1, got {carrier_tile!r}.")
+        raise ArgumentError(f"carrier_tile must be an integer >= 1, got {carrier_tile!r}.")
     if selection is not None and len(selection) == 0:
         raise SelectionError(
             "The selection names no layer; pass selection=None to remove only "
@@ -316,7 +314,7 @@ def carrier_position(graph: ChannelGraph, call: LayerCall, removed: np.ndarray,
         return None
     columns = values[:, const_in]
     uniform = bool(np.all(columns == columns[:1]))
-    if uniform and not _has_padding_effect(layer):
+    if uniform and not has_padding_effect(layer):
         return None  # the plain bias fold is exact here
     if isinstance(layer, _SEPARABLE):
         return ("separable convolution: its depthwise step filters each input "
@@ -365,7 +363,7 @@ def _mixing_members(graph: ChannelGraph) -> dict[int, list[tuple[str, np.ndarray
         return cached
     members: dict[int, list[tuple[str, np.ndarray, int]]] = {}
     for call in graph.graph.calls:
-        if graph.kinds[call] != MIXING:
+        if not graph.kinds[call].folds_constants:
             continue
         groups = graph.channels[call.outputs[0]]
         ids, counts = np.unique(groups, return_counts=True)
@@ -432,7 +430,7 @@ def _carrier_usefulness(graph: ChannelGraph) -> np.ndarray:
     useful = np.zeros(graph.num_groups)
     for call, t in graph.fold_sites():
         const = graph.constants.get(t)
-        if const is None or not (_has_padding_effect(call.layer) or not const.uniform):
+        if const is None or not (has_padding_effect(call.layer) or not const.uniform):
             continue
         width = len(graph.channels[t])
         magnitude = np.abs(const.value.reshape(-1, width)).max(axis=0)
@@ -445,7 +443,7 @@ def _round_widths(graph: ChannelGraph, removed: np.ndarray, n: int,
     removed = removed.copy()
     scores = graph.gamma_scores()
     useful = _carrier_usefulness(graph) if graph.fold == "carrier" else np.zeros(graph.num_groups)
-    outputs = [c.outputs[0] for c in graph.graph.calls if graph.kinds[c] == MIXING]
+    outputs = [c.outputs[0] for c in graph.graph.calls if graph.kinds[c].folds_constants]
     for _ in range(50):
         changed = False
         for t in outputs:
@@ -478,7 +476,7 @@ def _keep_live_inputs(graph: ChannelGraph, removed: np.ndarray,
     while changed:
         changed = False
         for call in graph.graph.calls:
-            if graph.kinds[call] != MIXING:
+            if not graph.kinds[call].folds_constants:
                 continue
             ins = graph.channels[call.inputs[0]]
             outs = graph.channels[call.outputs[0]]

@@ -30,11 +30,10 @@ from typing import Any, Iterator
 
 import keras
 
+from tf_gamma_prune.errors import UnsupportedModelError  # noqa: F401
+
 TensorId = int
 
-
-class UnsupportedModelError(TypeError):
-    """The model cannot be analysed as a graph (subclassed, unbuilt, ...)."""
 
 
 @dataclasses.dataclass(eq=False)

@@ -41,7 +41,7 @@ Example:
 
 >>> import tempfile, keras, numpy as np, tensorflow as tf
 >>> from tf_gamma_prune import GammaISTA
->>> from tf_gamma_prune.resume import StepCheckpoint, fit_resumable
+>>> from tf_gamma_prune.sparsify.resume import StepCheckpoint, fit_resumable
 >>> x, y = np.ones((32, 4), "float32"), np.zeros((32, 1), "float32")
 >>> def epoch_data(epoch):  # same batches for the same epoch, in every process
 ...     return tf.data.Dataset.from_tensor_slices((x, y)).shuffle(32, seed=epoch).batch(8)
@@ -68,12 +68,10 @@ import keras
 import numpy as np
 
 from tf_gamma_prune.atomic_io import write_atomic
+from tf_gamma_prune.errors import ArgumentError, ResumeError  # noqa: F401
 
-FORMAT = "tf_gamma_prune.resume/1"
+FORMAT = "tf_gamma_prune.sparsify.resume/1"
 
-
-class ResumeError(ValueError):
-    """A checkpoint cannot be read or does not fit the model being resumed."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,7 +107,7 @@ class StepCheckpoint(keras.callbacks.Callback):
     def __init__(self, path: str | os.PathLike, save_freq: int = 100):
         super().__init__()
         if isinstance(save_freq, bool) or not isinstance(save_freq, int) or save_freq < 1:
-            raise ValueError(f"save_freq must be a positive number of steps, got {save_freq!r}.")
+            raise ArgumentError(f"save_freq must be a positive number of steps, got {save_freq!r}.")
         self.path = os.fspath(path)
         self.save_freq = save_freq
         self._started = False  # restored or first fit of this process done

@@ -4,7 +4,7 @@
 ``loss + l1 · Σ|γ|`` over every BatchNormalization γ, by adding the subgradient
 ``l1 · sign(γ)`` to each γ gradient before the optimizer's update; afterwards the
 channels whose |γ| falls below a *global* percentile are cut
-(:func:`~tf_gamma_prune.criteria.gamma_threshold_selection`) and the network is
+(:func:`~tf_gamma_prune.prune.criteria.gamma_threshold_selection`) and the network is
 fine-tuned.
 
 :class:`NetworkSlimming` wraps any Keras 3 optimizer the same way
@@ -50,12 +50,13 @@ from typing import Any, Sequence
 
 import keras
 
-from tf_gamma_prune.batchnorm import resolve_layer_name
-from tf_gamma_prune.optimizer import (
+from tf_gamma_prune.analysis.batchnorm import resolve_layer_name
+from tf_gamma_prune.errors import ArgumentError
+from tf_gamma_prune.sparsify.wrapper import (
     WrapsInnerOptimizer,
-    _validated_penalty,
     check_inner_optimizer,
     find_gamma_layers,
+    validated_penalty,
 )
 
 
@@ -85,7 +86,7 @@ class NetworkSlimming(WrapsInnerOptimizer, keras.optimizers.Optimizer):
 
     γ never becomes exactly zero through this penalty (see the module docstring):
     select the channels to cut with
-    :func:`~tf_gamma_prune.criteria.gamma_threshold_selection` and pass the
+    :func:`~tf_gamma_prune.prune.criteria.gamma_threshold_selection` and pass the
     selection to ``prune_model``.
 
     Raises:
@@ -107,7 +108,7 @@ class NetworkSlimming(WrapsInnerOptimizer, keras.optimizers.Optimizer):
         **kwargs: Any,
     ):
         if kwargs:
-            raise ValueError(
+            raise ArgumentError(
                 f"NetworkSlimming does not take {sorted(kwargs)}; set them on the "
                 "inner optimizer (e.g. SGD(..., weight_decay=...))."
             )
@@ -128,7 +129,7 @@ class NetworkSlimming(WrapsInnerOptimizer, keras.optimizers.Optimizer):
 
     @l1.setter
     def l1(self, value: float) -> None:
-        self._l1.assign(_validated_penalty("l1", value))
+        self._l1.assign(validated_penalty("l1", value))
 
     @property
     def penalised_gammas(self) -> list[tuple[str, Any]]:
@@ -146,7 +147,7 @@ class NetworkSlimming(WrapsInnerOptimizer, keras.optimizers.Optimizer):
             chosen = self._chosen_gamma_variables(var_list)
             unknown = sorted(set(self.exclude) - {v.path for v in chosen})
             if unknown:
-                raise ValueError(
+                raise ArgumentError(
                     f"exclude names {unknown}, which are not in gamma_variables "
                     f"({sorted(v.path for v in chosen)}). With gamma_variables, "
                     "exclude variable paths."

@@ -40,128 +40,22 @@ when doing it by hand, so that skipped (non-finite) steps skip the shrink too.
 
 from __future__ import annotations
 
-import dataclasses
-import inspect
-import math
 from typing import Any, Mapping, Sequence
 
 import keras
 
-from tf_gamma_prune.batchnorm import (
-    NoBatchNormError,
-    batchnorm_layers,
-    check_finite_gammas,
-    resolve_layer_name,
+from tf_gamma_prune.analysis.batchnorm import resolve_layer_name
+from tf_gamma_prune.errors import ArgumentError
+from tf_gamma_prune.sparsify.wrapper import (
+    PenalisedGamma,
+    WrapsInnerOptimizer,
+    check_inner_optimizer,
+    find_gamma_layers,
+    validated_penalties,
+    validated_penalty,
 )
 
 _GAMMA_STEPS = ("inner", "sgd")
-
-
-@dataclasses.dataclass(eq=False)
-class _Target:
-    """One penalised γ variable and what the shrink needs to know about it."""
-
-    name: str
-    variable: Any
-    penalty: float
-    slots: list = dataclasses.field(default_factory=list)
-
-
-class _State:
-    """Python-side state of a GammaISTA, hidden from Keras' variable tracking."""
-
-    def __init__(self, explicit_gammas: list):
-        self.explicit_gammas = explicit_gammas
-        self.model: keras.Model | None = None
-        self.targets: list[_Target] = []
-        self.gamma_ids: set[int] = set()
-
-
-class WrapsInnerOptimizer:
-    """Mixin for optimizers that wrap another one (GammaISTA, NetworkSlimming).
-
-    Like ``keras.optimizers.LossScaleOptimizer``: learning rate, iterations and
-    slots are the wrapped ``self.inner_optimizer``'s. Put it before
-    ``keras.optimizers.Optimizer`` in the bases.
-    """
-
-    @property
-    def learning_rate(self):
-        return self.inner_optimizer.learning_rate
-
-    @learning_rate.setter
-    def learning_rate(self, learning_rate):
-        self.inner_optimizer.learning_rate = learning_rate
-
-    @property
-    def iterations(self):
-        return self.inner_optimizer.iterations
-
-    @property
-    def variables(self):
-        return self._variables + self.inner_optimizer.variables
-
-    def scale_loss(self, loss):
-        return self.inner_optimizer.scale_loss(loss)
-
-    def _init_gamma_variables(self, gamma_variables: Sequence[Any] | None) -> None:
-        """Remember explicit ``gamma_variables`` (variables or paths) for build."""
-        self.gamma_variable_paths = (
-            None
-            if gamma_variables is None
-            else tuple(v if isinstance(v, str) else v.path for v in gamma_variables)
-        )
-        # Plain containers of variables would be picked up by Keras' attribute
-        # tracking and saved as optimizer state; keep them in an untracked holder.
-        self._state = _State(
-            explicit_gammas=[]
-            if gamma_variables is None
-            else [v for v in gamma_variables if not isinstance(v, str)]
-        )
-
-    def _chosen_gamma_variables(self, var_list: list) -> list:
-        """The explicit ``gamma_variables`` among ``var_list`` (build time)."""
-        return explicit_gamma_variables(
-            var_list, self._state.explicit_gammas, self.gamma_variable_paths
-        )
-
-    def _penalty_variable(self, name: str, value: Any):
-        """A validated, non-trainable float32 penalty strength tracked by this optimizer."""
-        value = _validated_penalty(name, value)
-        with keras.name_scope(self.name, caller=self):
-            variable = keras.Variable(
-                value, name=name, dtype="float32", trainable=False,
-                aggregation="only_first_replica",
-            )
-        self._track_variable(variable)
-        return variable
-
-    def _built_for(self, trainable_variables) -> list:
-        """Build on first use (like ``Optimizer.apply``); the variables to update."""
-        if not self.built:
-            if trainable_variables is None:
-                raise ValueError(
-                    "Build the optimizer first (optimizer.build(variables)) or pass "
-                    "trainable_variables."
-                )
-            with keras.name_scope(self.name, caller=self):
-                self.build(trainable_variables)
-            self.built = True
-        if trainable_variables is None:
-            trainable_variables = self._trainable_variables
-        return list(trainable_variables)
-
-    def finalize_variable_values(self, var_list):
-        self.inner_optimizer.finalize_variable_values(var_list)
-
-    def attach(self, model: keras.Model):
-        """Use ``model``'s BatchNormalization layers for γ discovery.
-
-        Only needed in custom training loops that call ``apply_gradients`` without
-        ``model.fit``; returns ``self``.
-        """
-        self._state.model = model
-        return self
 
 
 @keras.saving.register_keras_serializable(package="tf_gamma_prune")
@@ -211,25 +105,25 @@ class GammaISTA(WrapsInnerOptimizer, keras.optimizers.Optimizer):
         **kwargs: Any,
     ):
         if kwargs:
-            raise ValueError(
+            raise ArgumentError(
                 f"GammaISTA does not take {sorted(kwargs)}; set them on the inner "
                 "optimizer (e.g. SGD(..., weight_decay=...))."
             )
         check_inner_optimizer("GammaISTA", inner_optimizer)
         if getattr(inner_optimizer, "gradient_accumulation_steps", None):
-            raise ValueError(
+            raise ArgumentError(
                 "Gradient accumulation on the inner optimizer is not supported: the "
                 "γ shrink would run on every micro-step. Use a larger batch instead."
             )
         if gamma_step not in _GAMMA_STEPS:
-            raise ValueError(f"gamma_step must be one of {_GAMMA_STEPS}, got {gamma_step!r}.")
+            raise ArgumentError(f"gamma_step must be one of {_GAMMA_STEPS}, got {gamma_step!r}.")
         super().__init__(learning_rate=0.0, name=name or "gamma_ista")
         self.inner_optimizer = inner_optimizer
-        self.penalties = _validated_penalties(penalties)
+        self.penalties = validated_penalties(penalties)
         self.exclude = tuple(exclude)
         self.gamma_step = gamma_step
         self.reset_slots = bool(reset_slots)
-        self.default_penalty = _validated_penalty("default_penalty", default_penalty)
+        self.default_penalty = validated_penalty("default_penalty", default_penalty)
         self._init_gamma_variables(gamma_variables)
         if isinstance(rho, keras.optimizers.schedules.LearningRateSchedule):
             self._rho_schedule = rho
@@ -248,8 +142,8 @@ class GammaISTA(WrapsInnerOptimizer, keras.optimizers.Optimizer):
     @rho.setter
     def rho(self, value: float) -> None:
         if self._rho_schedule is not None:
-            raise ValueError("ρ is a schedule here; build a new GammaISTA to change it.")
-        self._rho.assign(_validated_penalty("rho", value))
+            raise ArgumentError("ρ is a schedule here; build a new GammaISTA to change it.")
+        self._rho.assign(validated_penalty("rho", value))
 
     @property
     def targets(self) -> list[tuple[str, Any, float]]:
@@ -274,7 +168,7 @@ class GammaISTA(WrapsInnerOptimizer, keras.optimizers.Optimizer):
         self._state.gamma_ids = target_keys
         super().build(var_list)
 
-    def _find_targets(self, var_list: list) -> list[_Target]:
+    def _find_targets(self, var_list: list) -> list[PenalisedGamma]:
         if self.gamma_variable_paths is not None:
             return self._explicit_targets(var_list)
         named = find_gamma_layers("GammaISTA", self._state.model, var_list)
@@ -282,22 +176,22 @@ class GammaISTA(WrapsInnerOptimizer, keras.optimizers.Optimizer):
         penalties = {resolve_layer_name(k, names): v for k, v in self.penalties.items()}
         excluded = {resolve_layer_name(k, names) for k in self.exclude}
         return [
-            _Target(n, layer.gamma, penalties.get(n, self.default_penalty))
+            PenalisedGamma(n, layer.gamma, penalties.get(n, self.default_penalty))
             for n, layer in named
             if n not in excluded and penalties.get(n, self.default_penalty) > 0
         ]
 
-    def _explicit_targets(self, var_list: list) -> list[_Target]:
+    def _explicit_targets(self, var_list: list) -> list[PenalisedGamma]:
         chosen = self._chosen_gamma_variables(var_list)
         known = {v.path for v in chosen}
         unknown = sorted(set(self.penalties) - known)
         if unknown:
-            raise ValueError(
+            raise ArgumentError(
                 f"penalties name {unknown}, which are not in gamma_variables "
                 f"({sorted(known)}). With gamma_variables, key penalties by variable path."
             )
         return [
-            _Target(v.path, v, self.penalties.get(v.path, self.default_penalty))
+            PenalisedGamma(v.path, v, self.penalties.get(v.path, self.default_penalty))
             for v in chosen
             if v.path not in self.exclude
         ]
@@ -371,115 +265,6 @@ class GammaISTA(WrapsInnerOptimizer, keras.optimizers.Optimizer):
         if isinstance(rho, dict):
             rho = keras.saving.deserialize_keras_object(rho, custom_objects=custom_objects)
         return cls(inner, rho=rho, **config)
-
-
-# ---------------------------------------------------------------- helpers
-def check_inner_optimizer(owner: str, inner_optimizer: Any) -> None:
-    """Raise ``TypeError`` unless ``inner_optimizer`` is a Keras 3 optimizer."""
-    if not isinstance(inner_optimizer, keras.optimizers.Optimizer):
-        raise TypeError(
-            f"{owner} wraps a Keras 3 optimizer instance, e.g. "
-            f"{owner}(keras.optimizers.SGD(0.05)); got {inner_optimizer!r}."
-        )
-
-
-def find_gamma_layers(
-    owner: str, model: keras.Model | None, var_list: list
-) -> list[tuple[str, Any]]:
-    """``(qualified_name, layer)`` of the BatchNormalization layers whose γ is in
-    ``var_list``, from ``model`` or, when ``None``, the model building the
-    optimizer (found up the call stack).
-
-    Raises:
-        RuntimeError: no model given and none found (built outside ``fit``).
-        NoBatchNormError: no BatchNormalization γ among ``var_list``.
-        NonFiniteGammaError: a γ holds NaN/Inf.
-    """
-    by_id = {id(v) for v in var_list}
-    model = model or _calling_model(var_list)
-    if model is None:
-        raise RuntimeError(
-            f"{owner} could not tell which variables are BatchNormalization γ: "
-            "it was built outside model.fit/compile. Call "
-            "`optimizer.attach(model)` first, or pass "
-            "`gamma_variables=[bn.gamma for bn in ...]`."
-        )
-    named = [(n, l) for n, l in batchnorm_layers(model) if id(l.gamma) in by_id]
-    if not named:
-        raise NoBatchNormError(
-            f"Model '{model.name}' has no trainable BatchNormalization γ, so "
-            f"{owner} would sparsify nothing. Add BatchNormalization after the "
-            "conv/dense layers you want to prune, or use the plain optimizer."
-        )
-    check_finite_gammas(named)
-    return named
-
-
-def explicit_gamma_variables(
-    var_list: list, explicit: Sequence[Any], paths: Sequence[str]
-) -> list:
-    """The variables of ``var_list`` given explicitly (as objects in ``explicit``
-    or by ``.path`` in ``paths``), in ``var_list`` order.
-
-    Raises:
-        ValueError: a path that is not among ``var_list``.
-    """
-    explicit_ids = {id(v) for v in explicit}
-    paths = set(paths)
-    chosen = [v for v in var_list if id(v) in explicit_ids or v.path in paths]
-    found = {v.path for v in chosen}
-    missing = sorted(p for p in paths if p not in found)
-    if missing:
-        raise ValueError(
-            f"gamma_variables {missing} are not among the trainable variables. "
-            f"Valid paths include: {', '.join(v.path for v in var_list[:20])} ..."
-        )
-    return chosen
-
-
-def _validated_penalty(what: str, value: Any) -> float:
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise TypeError(f"{what} must be a number, got {value!r}.") from None
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{what} must be finite and ≥ 0, got {value}.")
-    return value
-
-
-def _validated_penalties(penalties: Mapping[str, float] | None) -> dict[str, float]:
-    if penalties is None:
-        return {}
-    if not isinstance(penalties, Mapping):
-        raise TypeError(
-            "penalties must map layer names to λ, e.g. gamma_penalties(model); "
-            f"got {type(penalties).__name__}."
-        )
-    return {str(k): _validated_penalty(f"penalties['{k}']", v) for k, v in penalties.items()}
-
-
-def _calling_model(var_list: list) -> keras.Model | None:
-    """The ``keras.Model`` up the call stack whose variables these are.
-
-    Keras builds optimizers from model methods (``fit``'s symbolic build, the
-    train step, ``compile_from_config`` when loading); the model is that
-    method's ``self``.
-    """
-    wanted = {id(v) for v in var_list}
-    frame = inspect.currentframe()
-    try:
-        depth = 0
-        while frame is not None and depth < 80:
-            candidate = frame.f_locals.get("self")
-            if isinstance(candidate, keras.Model):
-                ids = {id(v) for v in candidate.trainable_variables}
-                if wanted and wanted <= ids:
-                    return candidate
-            frame = frame.f_back
-            depth += 1
-    finally:
-        del frame
-    return None
 
 
 def _record_slots(inner: keras.optimizers.Optimizer, var_list: list) -> dict[int, list]:

@@ -21,17 +21,13 @@ True
 
 from __future__ import annotations
 
-import math
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import keras
-import numpy as np
 
-from tf_gamma_prune.batchnorm import NoBatchNormError, batchnorm_layers
-
-
-class RecalibrationDataError(ValueError):
-    """Data that cannot be used to re-estimate BatchNormalization statistics."""
+from tf_gamma_prune.analysis.batchnorm import batchnorm_layers
+from tf_gamma_prune.errors import ArgumentError, NoBatchNormError, RecalibrationDataError
+from tf_gamma_prune.inputs import input_specs, model_input_batches, pack_inputs
 
 
 def recalibrate_batchnorm(
@@ -53,11 +49,12 @@ def recalibrate_batchnorm(
 
     Args:
         model: a built Keras model (nested models included).
-        data: model inputs: one array (split into ``batch_size`` batches), or a
-            ``tf.data.Dataset`` / iterable (a list included) of batches, each
-            ``x`` or ``(x, y)`` or ``(x, y, sample_weight)``. Every batch weighs
-            the same in the average.
-        batch_size: batch size when ``data`` is an array.
+        data: model inputs, read like everywhere in this package
+            (:func:`tf_gamma_prune.inputs.model_input_batches`): one batch (an
+            array, ``(x, y)``, a dict or list of arrays per input; split into
+            ``batch_size`` batches), or a ``tf.data.Dataset`` / iterator / list
+            of batches. Every batch weighs the same in the average.
+        batch_size: batch size when ``data`` is one in-memory batch.
         max_batches: use at most this many batches.
 
     Returns:
@@ -68,9 +65,9 @@ def recalibrate_batchnorm(
         RecalibrationDataError: no batch, or a batch with NaN/Inf.
     """
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+        raise ArgumentError(f"batch_size must be >= 1, got {batch_size}.")
     if max_batches is not None and max_batches < 1:
-        raise ValueError(f"max_batches must be >= 1 or None, got {max_batches}.")
+        raise ArgumentError(f"max_batches must be >= 1 or None, got {max_batches}.")
     layers = [layer for _, layer in batchnorm_layers(model, with_gamma=False)]
     if not layers:
         raise NoBatchNormError(
@@ -84,13 +81,13 @@ def recalibrate_batchnorm(
     try:
         for layer in layers:
             layer.trainable = True  # a frozen BN runs in inference mode even with training=True
-        for batch in _batches(data, batch_size):
+        for batch in model_input_batches(data, input_specs(model, strict=False), what="data",
+                                         error=RecalibrationDataError, batch_size=batch_size):
             if max_batches is not None and used >= max_batches:
                 break
-            _check_finite(batch, used)
             for layer in layers:
                 layer.momentum = used / (used + 1.0)  # running plain average
-            model(batch, training=True)
+            model(pack_inputs(model, batch), training=True)
             used += 1
         if used == 0:
             raise RecalibrationDataError(
@@ -106,36 +103,3 @@ def recalibrate_batchnorm(
             layer.momentum = momentum
             layer.trainable = trainable
     return used
-
-
-def _batches(data: Any, batch_size: int) -> Iterable[Any]:
-    """One model input per batch: arrays are split, streams are read as they come."""
-    if isinstance(data, (tuple, Mapping)):
-        raise RecalibrationDataError(
-            f"recalibrate_batchnorm takes one array or a dataset / iterable of batches, "
-            f"got a {type(data).__name__}; for a multi-input model pass a tf.data.Dataset "
-            "or a list of batches."
-        )
-    if isinstance(data, np.ndarray) or (hasattr(data, "shape") and hasattr(data, "dtype")):
-        x = np.asarray(data)
-        for start in range(0, math.ceil(len(x) / batch_size) * batch_size, batch_size):
-            yield x[start:start + batch_size]
-        return
-    if not hasattr(data, "__iter__"):
-        raise RecalibrationDataError(
-            f"recalibrate_batchnorm cannot read batches from a {type(data).__name__}."
-        )
-    for element in data:
-        if isinstance(element, tuple) and len(element) in (2, 3):
-            element = element[0]  # (x, y) or (x, y, sample_weight)
-        yield element
-
-
-def _check_finite(batch: Any, index: int) -> None:
-    for array in keras.tree.flatten(batch):
-        values = np.asarray(keras.ops.convert_to_numpy(array))
-        if values.dtype.kind == "f" and not np.all(np.isfinite(values)):
-            raise RecalibrationDataError(
-                f"Batch {index} holds NaN or Inf; recalibrating on it would poison every "
-                "BN statistic. Clean the data first."
-            )

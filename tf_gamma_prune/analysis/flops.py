@@ -31,11 +31,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import keras
+import numpy as np
 
-from tf_gamma_prune.layer_graph import LayerCall, LayerGraph, layer_graph
+from tf_gamma_prune.analysis.kinds import DEPTHWISE, MIXING
+from tf_gamma_prune.analysis.layer_graph import LayerCall, LayerGraph, layer_graph
+
+if TYPE_CHECKING:
+    from tf_gamma_prune.analysis.channel_graph import ChannelGraph
 
 L = keras.layers
 
@@ -154,3 +159,40 @@ def count_macs(model: keras.Model) -> int | None:
     30
     """
     return model_cost(model).macs
+
+
+def planned_macs(graph: ChannelGraph, removed: np.ndarray) -> int | None:
+    """MACs of the model ``prune_model`` builds when it removes the groups ``removed``.
+
+    Conv/dense layers shrink with their kept input and output channels; one that
+    loses every input or output channel costs nothing (it becomes a constant or
+    disappears). ``None`` when a spatial size is not static.
+    """
+    lg = graph.graph
+    total = 0
+    for call in lg.calls:
+        full = call_macs(call, lg)
+        if full is None:
+            return None
+        kind = graph.kinds[call].name if call in graph.kinds else None
+        if full == 0 or kind not in (MIXING, DEPTHWISE):
+            total += full
+            continue
+        in_t, out_t = call.inputs[0], call.outputs[0]
+        c_in, c_out = graph.width(in_t), graph.width(out_t)
+        k_in = int(np.count_nonzero(~removed[graph.channels[in_t]]))
+        k_out = int(np.count_nonzero(~removed[graph.channels[out_t]]))
+        if k_in == 0 or k_out == 0:
+            continue
+        if k_in == c_in and k_out == c_out:
+            total += full
+        elif kind == DEPTHWISE:
+            total += full // c_in * k_in
+        elif isinstance(call.layer, (L.SeparableConv1D, L.SeparableConv2D)):
+            positions = math.prod(int(d) for d in lg.shape(out_t)[1:-1])
+            taps = math.prod(call.layer.kernel_size)
+            mid = k_in * int(call.layer.depth_multiplier)
+            total += positions * taps * mid + positions * mid * k_out
+        else:  # conv, dense, transposed conv: bilinear in the channel counts
+            total += full // (c_in * c_out) * k_in * k_out
+    return total

@@ -20,13 +20,7 @@ from typing import Any, Iterator
 
 import keras
 
-
-class NoBatchNormError(ValueError):
-    """The model has no BatchNormalization γ to sparsify or prune."""
-
-
-class NonFiniteGammaError(ValueError):
-    """A BatchNormalization γ holds NaN or Inf values."""
+from tf_gamma_prune.errors import ArgumentError, NoBatchNormError, NonFiniteGammaError  # noqa: F401
 
 
 def is_batchnorm(layer: Any) -> bool:
@@ -80,11 +74,11 @@ def resolve_layer_name(key: str, names: list[str], what: str = "layer") -> str:
         return matches[0]
     listing = ", ".join(names) if names else "(none)"
     if matches:
-        raise ValueError(
+        raise ArgumentError(
             f"'{key}' names several {what}s ({', '.join(matches)}); use the "
             "qualified name."
         )
-    raise ValueError(f"Unknown {what} '{key}'. Valid names: {listing}.")
+    raise ArgumentError(f"Unknown {what} '{key}'. Valid names: {listing}.")
 
 
 def variable_value(variable: Any):

@@ -1,0 +1,59 @@
+"""Concatenation along the channel axis: each input's channels at their offset.
+
+Concatenation along another axis is a merge (channel ``k`` of every input is
+one channel). An input whose every channel was removed is left out of the
+rebuilt concatenation.
+
+>>> import keras
+>>> from tf_gamma_prune.analysis.kinds import kind_of_layer
+>>> kind_of_layer(keras.layers.Concatenate()).name
+'concat'
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from tf_gamma_prune.analysis.constants import Constants, as_rank, no_constants
+from tf_gamma_prune.analysis.kinds.base import LayerKind
+from tf_gamma_prune.analysis.layer_graph import LayerCall
+
+
+class ConcatKind(LayerKind):
+    """``Concatenate`` over the last axis."""
+
+    name = "concat"
+    single_io = False
+
+    def refine(self, call: LayerCall) -> LayerKind:
+        from tf_gamma_prune.analysis.kinds.registry import MERGE_KIND
+
+        rank = len(call.node.outputs[0].shape)
+        if call.layer.axis not in (-1, rank - 1):
+            return MERGE_KIND  # concatenation over space: channels tie elementwise
+        return self
+
+    def connect(self, b: Any, call: LayerCall) -> None:
+        b.raw[call.outputs[0]] = np.concatenate([b.raw[t] for t in call.inputs])
+
+    def propagate(self, b: Any, call: LayerCall,
+                  ins: list[Constants | None]) -> Constants | None:
+        if all(c is None for c in ins):
+            return None
+        rank = b.rank(call.outputs[0])
+        filled = [c if c is not None else no_constants(len(b.raw[t]), b.rank(t))
+                  for c, t in zip(ins, call.inputs)]
+        values = [as_rank(c.value, rank) for c in filled]
+        spatial = np.broadcast_shapes(*[v.shape[:-1] for v in values])
+        values = [np.broadcast_to(v, spatial + v.shape[-1:]) for v in values]
+        return Constants(np.concatenate([c.mask for c in filled]), np.concatenate(values, axis=-1))
+
+    def rebuild(self, r: Any, call: LayerCall) -> None:
+        args, kwargs = call.call_arguments(r.values)
+        parts = [v for v in args[0] if v is not r.EMPTY]
+        if len(parts) == 1:
+            r.values[call.outputs[0]] = parts[0]
+            return
+        r.rebuild_generic(call, [parts] + list(args[1:]), kwargs)

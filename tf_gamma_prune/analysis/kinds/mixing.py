@@ -1,0 +1,179 @@
+"""Convolutions and dense layers: new output channels; removed inputs fold into the bias.
+
+Analysis: each output channel is new. When every input channel is constant, so
+is every output (the layer's response to them, zero padding included).
+
+Rebuild: the kernel is sliced to the kept input and output channels; what the
+removed input channels contributed (constants, calibration means) is computed
+by the rebuild engine (``r.fold_response``) and goes into the bias (a bias is
+added where needed, or the mean of a BatchNormalization that alone reads a
+bias-free layer absorbs it). Where zero padding makes that contribution vary at
+the borders, the interior part goes into the bias and the rest into a
+:class:`~tf_gamma_prune.layers.BorderCorrection` map after the layer
+(``fold="exact"``), or is carried by a kept constant channel's weights
+(``fold="carrier"``, :func:`carry`), or is ignored (``fold="bias"``). A layer
+whose every input channel was removed becomes a
+:class:`~tf_gamma_prune.layers.ConstantFeature`.
+
+>>> import keras
+>>> from tf_gamma_prune.analysis.kinds import kind_of_layer
+>>> kind_of_layer(keras.layers.Conv2D(4, 3)).folds_constants
+True
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+import numpy as np
+
+from tf_gamma_prune.analysis.activations import (
+    activation_mixes_channels,
+    apply_activation,
+    layer_activation_name,
+)
+from tf_gamma_prune.analysis.constants import Constants
+from tf_gamma_prune.analysis.conv_response import is_transposed_conv, split_response
+from tf_gamma_prune.analysis.kinds.base import LayerKind
+from tf_gamma_prune.analysis.layer_graph import LayerCall
+from tf_gamma_prune.errors import SharedLayerError, UnsupportedLayerError
+from tf_gamma_prune.layers import BorderCorrection
+
+L = keras.layers
+
+
+class MixingKind(LayerKind):
+    """Conv1D/2D/3D, their transposed and separable forms, Dense."""
+
+    name = "mixing"
+    folds_constants = True
+
+    # --- analysis ------------------------------------------------------------
+    def connect(self, b: Any, call: LayerCall) -> None:
+        ids = b.fresh(b.width(call.outputs[0]))
+        b.raw[call.outputs[0]] = ids
+        layer = call.layer
+        if getattr(layer, "groups", 1) != 1:
+            b.pin(b.raw[call.inputs[0]], f"grouped convolution '{call.name}'")
+            b.pin(ids, f"grouped convolution '{call.name}'")
+        if activation_mixes_channels(getattr(layer, "activation", None)):
+            b.pin(ids, f"softmax activation of '{call.name}'")
+
+    def propagate(self, b: Any, call: LayerCall,
+                  ins: list[Constants | None]) -> Constants | None:
+        src = ins[0]
+        if src is None or not src.mask.all() or getattr(call.layer, "groups", 1) != 1:
+            return None
+        value = apply_activation(call.layer, b.constant_response(call, src, include_bias=True))
+        return Constants(np.ones(b.width(call.outputs[0]), bool), value)
+
+    # --- rebuild -------------------------------------------------------------
+    def rebuild(self, r: Any, call: LayerCall) -> None:
+        layer = call.layer
+        in_t, out_t = call.inputs[0], call.outputs[0]
+        keep_out = r.keep[out_t]
+        carried = r.carried(call)
+        response = r.fold_response(call, None if carried is None else carried[1])
+        if len(r.keep[in_t]) == 0:
+            r.replace_by_constant(call, response)
+            return
+        u, border = split_response(response, r.graph.width(out_t))
+        u_out = u[keep_out]
+        border_out = None if border is None else border[0][..., keep_out]
+        if border_out is not None and r.graph.fold == "bias":
+            r.bias_deviation = max(r.bias_deviation, float(np.abs(border_out).max()))
+            border_out = None
+        x = r.values[in_t]
+        if id(layer) in r.new_layers:  # shared layer: second use
+            new = r.new_layers[id(layer)]
+            if not np.allclose(r.shared_bias[id(layer)], u_out, rtol=1e-6, atol=1e-9):
+                raise SharedLayerError(
+                    f"Layer '{call.name}' is shared, and its uses read removed channels "
+                    "with different constants, so one folded bias cannot serve both. "
+                    "Give each use its own layer (unshare it) or keep those channels "
+                    "(exclude them from the selection / remove_constant=False)."
+                )
+            y = new(x)
+        else:
+            new, y = self.narrower_layer(r, call, x, u_out, border_out is not None, carried)
+        if border_out is not None:
+            y = BorderCorrection(border_out, name=r.names.fresh(f"{new.name}_border"),
+                                 dtype=layer.dtype_policy)(y)
+            r.border_corrections.append(call.name)
+            if layer_activation_name(layer) != "linear":
+                y = L.Activation(layer.activation, name=r.names.fresh(f"{new.name}_activation"),
+                                 dtype=layer.dtype_policy)(y)
+        r.values[out_t] = y
+
+    def narrower_layer(self, r: Any, call: LayerCall, x: Any, u_out: np.ndarray,
+                       split_activation: bool,
+                       carried: tuple[int, np.ndarray, np.ndarray] | None) -> tuple[Any, Any]:
+        """The sliced layer with ``u_out`` folded into its bias (or the next BN's mean)."""
+        layer = call.layer
+        out_t = call.outputs[0]
+        keep_in, keep_out = r.keep[call.inputs[0]], r.keep[out_t]
+        config = layer.get_config()
+        config["name"] = r.names.of(call)
+        config["units" if isinstance(layer, L.Dense) else "filters"] = len(keep_out)
+        old = r.weights[id(layer)]
+        if carried is not None:
+            old = dict(old, kernel=carry(layer, old["kernel"], *carried))
+        bias = old.get("bias")
+        fold_needed = bool(np.any(u_out != 0))
+        shared = len(r.graph.graph.calls_of(layer)) > 1
+        bn = None if (bias is not None or not fold_needed or shared) else r.batchnorm_after(call)
+        if fold_needed and bias is None and bn is None:
+            config["use_bias"] = True
+            bias = np.zeros(r.graph.width(out_t), np.float32)
+        if split_activation:
+            config["activation"] = "linear"
+        new = type(layer).from_config(config)
+        r.new_layers[id(layer)] = new
+        arrays = slice_kernels(layer, old, keep_in, keep_out)
+        if bias is not None:
+            arrays["bias"] = np.asarray(bias, np.float64)[keep_out] + (u_out if bn is None else 0.0)
+        if bn is not None:
+            shift = np.zeros(r.graph.width(out_t))
+            shift[keep_out] = u_out
+            r.mean_shift[id(bn.layer)] = shift
+        y = r.call_building_from(new, arrays, call.name, [x], {})
+        r.shared_bias[id(layer)] = u_out
+        return new, y
+
+
+def carry(layer: Any, kernel: np.ndarray, carrier: int, carried: np.ndarray,
+          ratios: np.ndarray) -> np.ndarray:
+    """The kernel with the carried input channels' weights added to the
+    carrier's, scaled by their value relative to it (conv / dense kernels)."""
+    k = np.asarray(kernel, np.float64).copy()
+    idx = np.flatnonzero(carried)
+    if is_transposed_conv(layer):  # (*k, C_out, C_in)
+        k[..., carrier] += np.tensordot(k[..., idx], ratios[idx], axes=[[-1], [0]])
+    else:  # (*k, C_in, C_out) or (C_in, C_out)
+        k[..., carrier, :] += np.tensordot(k[..., idx, :], ratios[idx], axes=[[-2], [0]])
+    return k.astype(kernel.dtype)
+
+
+def slice_kernels(layer: Any, old: dict[str, np.ndarray], keep_in: np.ndarray,
+                  keep_out: np.ndarray) -> dict[str, np.ndarray]:
+    """Kernels of a conv / separable conv / dense, sliced to the kept channels."""
+    unknown = set(old) - {"kernel", "bias", "depthwise_kernel", "pointwise_kernel"}
+    if unknown:
+        raise UnsupportedLayerError(
+            f"Layer '{layer.name}' ({type(layer).__name__}) has weights "
+            f"{sorted(unknown)} that pruning cannot slice (LoRA or quantized "
+            "layers?). Merge/dequantize them into a plain layer first."
+        )
+    out = {}
+    if "kernel" in old and is_transposed_conv(layer):  # (*k, C_out, C_in)
+        out["kernel"] = old["kernel"][..., keep_out, :][..., keep_in]
+    elif "kernel" in old:
+        out["kernel"] = old["kernel"][..., keep_in, :][..., keep_out]
+    if "depthwise_kernel" in old:
+        dw = old["depthwise_kernel"]
+        dm = dw.shape[-1]
+        out["depthwise_kernel"] = dw[..., keep_in, :]
+        mid = (keep_in[:, None] * dm + np.arange(dm)).reshape(-1)
+        out["pointwise_kernel"] = old["pointwise_kernel"][..., mid, :][..., keep_out]
+    return out

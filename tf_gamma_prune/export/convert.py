@@ -1,0 +1,238 @@
+"""Keras model → TFLite/LiteRT flatbuffer: :func:`to_tflite`.
+
+Converts with TensorFlow's converter, **builtin ops only** (no Flex/SELECT_TF_OPS:
+the Flex delegate adds megabytes to an app and no accelerator runs it),
+optionally quantized (``"float16"``, ``"dynamic"``, ``"int8"`` with
+representative data), and writes the file atomically.
+
+Example:
+
+>>> import keras
+>>> model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3),
+...                           keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(2)])
+>>> flatbuffer = to_tflite(model)
+>>> flatbuffer[4:8]
+b'TFL3'
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+
+from tf_gamma_prune.atomic_io import write_atomic
+from tf_gamma_prune.errors import CalibrationDataError, ExportError
+from tf_gamma_prune.export.flatbuffer import assert_builtin_only
+from tf_gamma_prune.inputs import InputSpec, model_input_batches, pack_inputs
+
+QUANTIZATIONS = (None, "float16", "dynamic", "int8")
+
+
+
+
+
+
+
+
+def signature_of(model: Any, batch_size: int | None) -> list:
+    import tensorflow as tf
+
+    inputs = getattr(model, "inputs", None)
+    if not inputs:
+        raise ExportError(
+            f"Model {getattr(model, 'name', model)!r} has no symbolic inputs (subclassed model?). "
+            "Pass input_signature=[tf.TensorSpec((1, H, W, C), tf.float32)] to to_tflite."
+        )
+    return [
+        tf.TensorSpec((batch_size,) + tuple(t.shape[1:]), t.dtype, name=t.name) for t in inputs
+    ]
+
+
+def _inference_fn(model: Any) -> Callable:
+    def serve(*args):
+        return model(pack_inputs(model, list(args)), training=False)
+
+    return serve
+
+
+def _representative_dataset(
+    data: Any, signature: list, max_samples: int
+) -> Callable[[], Iterable[list[np.ndarray]]]:
+    """TFLite's representative dataset: ``data`` (read by
+    :func:`tf_gamma_prune.inputs.model_input_batches`) cut into the signature's batch size."""
+    batch = signature[0].shape[0]
+    step = batch if batch is not None else 1
+    specs = [InputSpec(spec.name, tuple(spec.shape)) for spec in signature]
+
+    def generate():
+        produced = 0
+        for xs in model_input_batches(data, specs, what="representative_data",
+                                      error=CalibrationDataError):
+            arrays = [x.astype(spec.dtype.as_numpy_dtype, copy=False)
+                      for x, spec in zip(xs, signature)]
+            for start in range(0, arrays[0].shape[0] - step + 1, step):
+                yield [a[start:start + step] for a in arrays]
+                produced += step
+                if produced >= max_samples:
+                    return
+        if produced == 0:
+            raise CalibrationDataError(
+                "representative_data holds no examples; pass a non-empty tf.data.Dataset or a "
+                "list of numpy batches."
+            )
+
+    return generate
+
+
+def _configure_quantization(converter, quantization, representative, int8_io):
+    import tensorflow as tf
+
+    if quantization is None:
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+        return
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if quantization == "float16":
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+        converter.target_spec.supported_types = [tf.float16]
+    elif quantization == "dynamic":
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    elif quantization == "int8":
+        converter.representative_dataset = representative
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        if int8_io:
+            converter.inference_input_type = tf.int8
+            converter.inference_output_type = tf.int8
+
+
+def _conversion_error(e: Exception, quantization: str | None) -> ExportError:
+    text = str(e)
+    select = re.search(r"TF Select ops: ([^\n]+)", text)
+    if select:
+        return ExportError(
+            f"The model uses TensorFlow ops with no TFLite builtin kernel: {select.group(1).strip()}. "
+            "Replace the layers that produce them with ones made of builtin ops (the converter "
+            "message below names each op's source). Flex ops are deliberately not enabled: they need "
+            "the Flex delegate, which adds megabytes to an app and runs on no accelerator.\n\n"
+            f"Converter message:\n{text[-4000:]}"
+        )
+    if quantization == "int8":
+        return ExportError(
+            "Full-integer (int8) conversion failed; some op probably has no int8 kernel. Try "
+            "quantization='dynamic' or 'float16', or replace that op.\n\n"
+            f"Converter message:\n{text[-4000:]}"
+        )
+    return ExportError(f"TFLite conversion failed.\n\nConverter message:\n{text[-4000:]}")
+
+
+def to_tflite(
+    model: Any,
+    path: str | os.PathLike | None = None,
+    quantization: str | None = None,
+    representative_data: Any = None,
+    int8_io: bool = False,
+    *,
+    batch_size: int | None = 1,
+    input_signature: Sequence[Any] | None = None,
+    calibration_samples: int = 200,
+) -> bytes:
+    """Convert a Keras model to a TFLite flatbuffer made of builtin ops only.
+
+    Args:
+        model: a built Keras 3 model (functional or Sequential; a subclassed one
+            needs ``input_signature``). It is traced with ``training=False``.
+        path: where to write the ``.tflite`` file (atomically); ``None`` writes nothing.
+        quantization: ``None`` (float32), ``"float16"`` (float16 weights),
+            ``"dynamic"`` (int8 weights, float activations) or ``"int8"``
+            (full-integer: int8 weights and activations, needs ``representative_data``).
+        representative_data: calibration inputs for ``"int8"``: a ``tf.data.Dataset``
+            or any iterable of batches, each a numpy array, an ``(x, y)`` tuple
+            (``x`` is used) or a dict keyed by input name. Use a few hundred real
+            training examples, preprocessed exactly like the model's inputs.
+        int8_io: with ``"int8"``, make the model's input and output tensors int8
+            too (what NPUs/microcontrollers want); else they stay float32 and the
+            model quantizes/dequantizes at its edges.
+        batch_size: fixed batch size of the exported inputs; phones run one
+            example at a time and the GPU delegate wants static shapes. ``None``
+            exports a dynamic batch dimension.
+        input_signature: ``tf.TensorSpec`` per model input, overriding ``batch_size``.
+        calibration_samples: at most this many examples are used for int8 calibration.
+
+    Returns:
+        The flatbuffer bytes.
+
+    Raises:
+        CalibrationDataError: ``"int8"`` without (usable) ``representative_data``.
+        ExportError: the conversion failed (e.g. an op without a TFLite builtin
+            kernel); nothing is written to ``path``.
+
+    Example:
+
+    >>> import keras
+    >>> m = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    >>> len(to_tflite(m, quantization="dynamic")) > 0
+    True
+    """
+    import keras
+    import tensorflow as tf
+
+    if quantization not in QUANTIZATIONS:
+        raise ExportError(f"quantization={quantization!r}; use one of {QUANTIZATIONS}.")
+    if int8_io and quantization != "int8":
+        raise ExportError("int8_io=True needs quantization='int8' (the only variant with int8 tensors).")
+    if quantization == "int8" and representative_data is None:
+        raise CalibrationDataError(
+            "quantization='int8' needs representative_data: pass a tf.data.Dataset or a list of "
+            "numpy batches of real, preprocessed model inputs (a few hundred examples), e.g. "
+            "representative_data=[x_train[i:i + 32] for i in range(0, 320, 32)]."
+        )
+    signature = list(input_signature) if input_signature is not None else signature_of(model, batch_size)
+    representative = None
+    if quantization == "int8":
+        representative = _representative_dataset(representative_data, signature,
+                                                 calibration_samples)
+
+    with tempfile.TemporaryDirectory(prefix="tf_gamma_prune_export_") as saved_model_dir:
+        # Keras 3 note: TFLiteConverter.from_keras_model does the same ExportArchive
+        # dance but swallows its errors and prints the whole signature to stdout;
+        # converting a plain tf.function/concrete function instead leaves the
+        # variables as VAR_HANDLE/READ_VARIABLE ops (not frozen).
+        archive = keras.export.ExportArchive()
+        archive.track(model)
+        archive.add_endpoint("serve", _inference_fn(model), signature)
+        archive.write_out(saved_model_dir, verbose=False)
+        converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir)
+        _configure_quantization(converter, quantization, representative, int8_io)
+        try:
+            flatbuffer = converter.convert()
+        except CalibrationDataError:
+            raise
+        except Exception as e:  # ConverterError, ValueError, RuntimeError from the calibrator
+            cause = e.__cause__ or e.__context__
+            if isinstance(cause, CalibrationDataError):
+                raise cause from None
+            raise _conversion_error(e, quantization) from e
+
+    flatbuffer = bytes(flatbuffer)
+    assert_builtin_only(flatbuffer)
+    if path is not None:
+        write_atomic(path, flatbuffer)
+    return flatbuffer
+
+
+
+
+
+
+
+
+# ----------------------------------------------------------------------------
+# GPU delegate readiness
+# ----------------------------------------------------------------------------
+
+
+
+

@@ -1,0 +1,10 @@
+"""Stage 1, train: sparsify BatchNormalization γ so that useless channels reach exactly zero.
+
+* :mod:`.gamma_ista` — :class:`GammaISTA`, the ISTA (soft-threshold) optimizer wrapper;
+* :mod:`.wrapper` — what γ-penalising wrappers share (inner optimizer, γ discovery);
+* :mod:`.slimming` — :class:`NetworkSlimming`, the L1-subgradient baseline;
+* :mod:`.penalties` — the paper's per-layer λ and the γ–W rescaling of pretrained models;
+* :mod:`.callbacks` — :class:`SparsityMonitor` (History / TensorBoard);
+* :mod:`.recalibration` — BN moving statistics re-estimated after pruning;
+* :mod:`.resume` — exact mid-epoch resume of an interrupted ``fit``.
+"""
