@@ -5,6 +5,7 @@
 * :mod:`.slimming` — :class:`NetworkSlimming`, the L1-subgradient baseline;
 * :mod:`.penalties` — the paper's per-layer λ and the γ–W rescaling of pretrained models;
 * :mod:`.callbacks` — :class:`SparsityMonitor` (History / TensorBoard);
+* :mod:`.cost_target` — :class:`CostTarget`: ρ steered to a MAC budget;
 * :mod:`.recalibration` — BN moving statistics re-estimated after pruning;
 * :mod:`.resume` — exact mid-epoch resume of an interrupted ``fit``.
 """

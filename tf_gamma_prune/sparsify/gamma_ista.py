@@ -81,6 +81,9 @@ class GammaISTA(WrapsInnerOptimizer, keras.optimizers.Optimizer):
         reset_slots: with ``gamma_step="inner"``, zero the inner optimizer's
             zero-initialised slots wherever γ ends a step at zero.
         default_penalty: λ for γ not named in ``penalties``.
+        min_channels: the penalty spares the ``min_channels`` largest |γ| of each
+            penalised layer, so no layer loses all its channels (a layer that
+            collapses makes the model's output constant). 0: no floor.
         name: optimizer name.
 
     γ discovery: when Keras builds the optimizer (``fit``, ``load_model``, ...)
@@ -101,6 +104,7 @@ class GammaISTA(WrapsInnerOptimizer, keras.optimizers.Optimizer):
         gamma_step: str = "inner",
         reset_slots: bool = True,
         default_penalty: float = 1.0,
+        min_channels: int = 0,
         name: str | None = None,
         **kwargs: Any,
     ):
@@ -115,6 +119,8 @@ class GammaISTA(WrapsInnerOptimizer, keras.optimizers.Optimizer):
                 "Gradient accumulation on the inner optimizer is not supported: the "
                 "γ shrink would run on every micro-step. Use a larger batch instead."
             )
+        if isinstance(min_channels, bool) or not isinstance(min_channels, int) or min_channels < 0:
+            raise ArgumentError(f"min_channels must be an integer >= 0, got {min_channels!r}.")
         if gamma_step not in _GAMMA_STEPS:
             raise ArgumentError(f"gamma_step must be one of {_GAMMA_STEPS}, got {gamma_step!r}.")
         super().__init__(learning_rate=0.0, name=name or "gamma_ista")
@@ -124,6 +130,7 @@ class GammaISTA(WrapsInnerOptimizer, keras.optimizers.Optimizer):
         self.gamma_step = gamma_step
         self.reset_slots = bool(reset_slots)
         self.default_penalty = validated_penalty("default_penalty", default_penalty)
+        self.min_channels = min_channels
         self._init_gamma_variables(gamma_variables)
         if isinstance(rho, keras.optimizers.schedules.LearningRateSchedule):
             self._rho_schedule = rho
@@ -232,7 +239,8 @@ class GammaISTA(WrapsInnerOptimizer, keras.optimizers.Optimizer):
             _tf_shrink(self, jobs, learning_rate)
         else:
             for t, threshold, grad in jobs:
-                _shrink_variable(t.variable, threshold, grad, learning_rate, *t.slots)
+                _shrink_variable(t.variable, threshold, grad, learning_rate, self.min_channels,
+                                 *t.slots)
 
     # ---------------------------------------------------------- serialization
     def get_config(self):
@@ -253,6 +261,7 @@ class GammaISTA(WrapsInnerOptimizer, keras.optimizers.Optimizer):
             "gamma_step": self.gamma_step,
             "reset_slots": self.reset_slots,
             "default_penalty": self.default_penalty,
+            "min_channels": self.min_channels,
         }
 
     @classmethod
@@ -292,8 +301,9 @@ def _record_slots(inner: keras.optimizers.Optimizer, var_list: list) -> dict[int
     return slots
 
 
-def _shrink_variable(gamma, threshold, grad, learning_rate, *slots) -> None:
-    """γ ← soft_threshold(γ [− η·g], threshold); zero the slots where γ is 0."""
+def _shrink_variable(gamma, threshold, grad, learning_rate, keep, *slots) -> None:
+    """γ ← soft_threshold(γ [− η·g], threshold), sparing the ``keep`` largest |γ|;
+    zero the slots where γ is 0."""
     ops = keras.ops
     value = gamma if grad is None else gamma - ops.cast(learning_rate, gamma.dtype) * grad
     value = ops.convert_to_tensor(value)
@@ -302,6 +312,13 @@ def _shrink_variable(gamma, threshold, grad, learning_rate, *slots) -> None:
     shrunk = ops.where(
         ops.abs(value) > threshold, value - ops.sign(value) * threshold, ops.zeros_like(value)
     )
+    size = int(value.shape[0])
+    if keep >= size:
+        shrunk = value
+    elif keep > 0:
+        magnitude = ops.abs(value)
+        kth = ops.min(ops.top_k(magnitude, keep, sorted=False)[0])
+        shrunk = ops.where(magnitude >= kth, value, shrunk)
     gamma.assign(shrunk)
     if slots:
         is_zero = ops.equal(shrunk, 0.0)
@@ -323,7 +340,8 @@ def _tf_shrink(optimizer: GammaISTA, jobs: list, learning_rate) -> None:
     def cross_replica(distribution, jobs, learning_rate):
         for t, threshold, grad in jobs:
             def update(gamma, threshold, grad, learning_rate, *slots):
-                _shrink_variable(gamma, threshold, grad, learning_rate, *slots)
+                _shrink_variable(gamma, threshold, grad, learning_rate, optimizer.min_channels,
+                                 *slots)
 
             distribution.extended.update(
                 t.variable.value,
