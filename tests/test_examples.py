@@ -181,3 +181,32 @@ def test_committed_saved_models_load_and_match_their_tflite(name):
     assert_builtin_only(tflite_path)
     inputs = np.random.default_rng(0).uniform(0, 1, (8, 28, 28, 1)).astype(np.float32)
     check_parity(model, tflite_path, inputs).assert_within(1e-4)
+
+
+@needs_fashion_mnist
+def test_reference_training_records_and_resumes(tmp_path):
+    """examples/reference_training.py: hold-out split, files, record; a rerun trains nothing."""
+    import json
+
+    import keras
+    import reference_training
+
+    from tf_gamma_prune.data import load_fashion_mnist
+
+    (x, y), (x_test, y_test) = load_fashion_mnist()
+    x, y, x_test, y_test = x[:5600], y[:5600], x_test[:200], y_test[:200]
+    work = tmp_path / "work"
+    record = reference_training.train_reference(x, y, x_test, y_test, out_dir=str(tmp_path),
+                                                work_dir=str(work), epochs=1, verbose=0)
+    assert record["train_examples"] == 600  # 5,000 held out for validation
+    assert [h["epoch"] for h in record["history"]] == [0]
+    assert record["tflite_parity_max_rel"] <= 1e-4
+    saved = json.loads((tmp_path / "fashion_vgg_reference.json").read_text())
+    assert saved["test_accuracy"] == record["test_accuracy"]
+    model = keras.models.load_model(tmp_path / "fashion_vgg_reference.keras", compile=False)
+    predicted = np.argmax(model.predict(x_test, verbose=0), -1)
+    assert np.mean(predicted == y_test) == pytest.approx(record["test_accuracy"])
+    again = reference_training.train_reference(x, y, x_test, y_test, out_dir=str(tmp_path),
+                                               work_dir=str(work), epochs=1, verbose=0)
+    assert again["history"] == record["history"]  # resumed at the end: nothing retrained
+    assert again["test_accuracy"] == record["test_accuracy"]

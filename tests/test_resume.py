@@ -238,6 +238,28 @@ def test_checkpoint_round_trips_gamma_ista_state_in_process(tmp_path):
         np.testing.assert_array_equal(np.asarray(b.numpy()), np.asarray(a.numpy()), err_msg=a.path)
 
 
+def test_a_finished_run_is_restored_not_retrained(tmp_path):
+    """fit_resumable on a checkpoint that is already at the end trains nothing and
+    leaves the model (a fresh process's freshly built one) with the saved state."""
+    import keras
+    import tensorflow as tf
+
+    from tf_gamma_prune.sparsify.resume import StepCheckpoint, fit_resumable
+
+    keras.utils.set_random_seed(1)
+    trained = _compiled_model(keras)
+    path = tmp_path / "run.npz"
+    fit_resumable(trained, lambda e: _epoch_data(tf, e), 2, StepCheckpoint(path, 3), verbose=0)
+    keras.utils.set_random_seed(2)
+    fresh = _compiled_model(keras)  # a new process: other initial weights
+    history = fit_resumable(fresh, lambda e: _epoch_data(tf, e), 2, StepCheckpoint(path, 3),
+                            verbose=0)
+    assert history.epoch == []
+    assert int(fresh.optimizer.iterations) == int(trained.optimizer.iterations)
+    for a, b in zip(trained.variables, fresh.variables):
+        np.testing.assert_array_equal(np.asarray(b.numpy()), np.asarray(a.numpy()), err_msg=a.path)
+
+
 def test_checkpoint_of_another_model_or_corrupt_file_is_refused(tmp_path):
     import keras
 

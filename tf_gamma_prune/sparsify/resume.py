@@ -152,7 +152,8 @@ class StepCheckpoint(keras.callbacks.Callback):
         meta, arrays = loaded
         optimizer = getattr(model, "optimizer", None)
         if optimizer is not None and not optimizer.built:
-            # Called from fit's callbacks, so GammaISTA finds the model on the stack.
+            if hasattr(optimizer, "attach"):  # GammaISTA / NetworkSlimming: γ from this model
+                optimizer.attach(model)
             optimizer.build(model.trainable_variables)
         current = _state_variables(model)
         if len(current) != len(arrays):
@@ -247,7 +248,7 @@ def fit_resumable(
 
     Returns:
         A ``History`` with the epochs run by this call (none when the checkpoint is
-        already at ``epochs``).
+        already at ``epochs``: the model and optimizer are then restored from it).
     """
     import tensorflow as tf
 
@@ -255,6 +256,8 @@ def fit_resumable(
         if key in fit_kwargs:
             raise TypeError(f"fit_resumable sets {key!r} itself.")
     position = checkpoint.position()
+    if position.epoch >= epochs:  # finished before: nothing to train, the state is restored
+        checkpoint.restore(model)
     steps_per_epoch = fit_kwargs.pop("steps_per_epoch", None)
     fit_kwargs.setdefault("shuffle", False)  # the order is epoch_data's business
     history = keras.callbacks.History()
