@@ -1,7 +1,10 @@
 """Convolutions and dense layers: new output channels; removed inputs fold into the bias.
 
 Analysis: each output channel is new. When every input channel is constant, so
-is every output (the layer's response to them, zero padding included).
+is every output (the layer's response to them, zero padding included). A
+grouped convolution (``groups > 1``) keeps its input channels (folding a
+removed input into a grouped kernel is not implemented) and ties output ``j``
+of every group together, so each group keeps the same width.
 
 Rebuild: the kernel is sliced to the kept input and output channels; what the
 removed input channels contributed (constants, calibration means) is computed
@@ -51,12 +54,15 @@ class MixingKind(LayerKind):
 
     # --- analysis ------------------------------------------------------------
     def connect(self, b: Any, call: LayerCall) -> None:
-        ids = b.fresh(b.width(call.outputs[0]))
-        b.raw[call.outputs[0]] = ids
         layer = call.layer
-        if getattr(layer, "groups", 1) != 1:
-            b.pin(b.raw[call.inputs[0]], f"grouped convolution '{call.name}'")
-            b.pin(ids, f"grouped convolution '{call.name}'")
+        groups = getattr(layer, "groups", 1)
+        width = b.width(call.outputs[0])
+        if groups != 1:  # output j of every group is one channel: equal widths per group
+            ids = np.tile(b.fresh(width // groups), groups)
+            b.pin(b.raw[call.inputs[0]], f"read by grouped convolution '{call.name}'")
+        else:
+            ids = b.fresh(width)
+        b.raw[call.outputs[0]] = ids
         if activation_mixes_channels(getattr(layer, "activation", None)):
             b.pin(ids, f"softmax activation of '{call.name}'")
 
@@ -166,6 +172,15 @@ def slice_kernels(layer: Any, old: dict[str, np.ndarray], keep_in: np.ndarray,
             "layers?). Merge/dequantize them into a plain layer first."
         )
     out = {}
+    groups = getattr(layer, "groups", 1)
+    if groups != 1:  # inputs are pinned (kept whole); outputs go in the same places of every group
+        if len(keep_in) != old["kernel"].shape[-2] * groups:
+            raise UnsupportedLayerError(
+                f"Layer '{layer.name}': removing input channels of a grouped convolution "
+                "is not supported; its inputs should have been kept (please report this)."
+            )
+        out["kernel"] = old["kernel"][..., keep_out]
+        return out
     if "kernel" in old and is_transposed_conv(layer):  # (*k, C_out, C_in)
         out["kernel"] = old["kernel"][..., keep_out, :][..., keep_in]
     elif "kernel" in old:
