@@ -336,7 +336,7 @@ def test_pruned_model_computes_the_original_function(build):
     x = random_inputs(model)
     before = relative_error(model, model, x)
     assert before == 0.0
-    pruned, report = prune_model(model, return_report=True)
+    pruned, report = prune_model(model, return_report=True, fold="exact")
     assert report.removed_constant > 0
     assert any(b < a for a, b in report.widths.values())
     assert_same_function(model, pruned, x)
@@ -352,7 +352,7 @@ def test_exact_across_seeds_on_padding_heavy_model(seed):
 def test_bias_fold_is_the_papers_approximation_and_reports_it():
     model = randomize_batchnorms(conv2d_same(), seed=3, positive_beta=True)
     x = random_inputs(model)
-    exact = prune_model(model)
+    exact = prune_model(model, fold="exact")
     approx, report = prune_model(model, fold="bias", return_report=True)
     assert relative_error(model, exact, x) <= 1e-5
     err = relative_error(model, approx, x)
@@ -443,14 +443,14 @@ def test_model_with_dynamic_spatial_shape():
     y = cbr(cbr(x, 6, padding="same"), 4, padding="valid")
     model = randomize_batchnorms(keras.Model(x, head(y)), seed=2, positive_beta=True)
     with pytest.raises(DynamicShapeError, match="fold='bias'"):
-        prune_model(model)
+        prune_model(model, fold="exact")
     pruned = prune_model(model, fold="bias")
     assert pruned.count_params() < model.count_params()
     # valid padding only: exact folding works without static shapes
     x = keras.Input((None, None, 3))
     y = cbr(cbr(x, 6, kernel=1), 4, padding="valid")
     model = randomize_batchnorms(keras.Model(x, L.Conv2D(2, 1)(y)), seed=2)
-    assert_same_function(model, prune_model(model), np.random.rand(2, 9, 7, 3))
+    assert_same_function(model, prune_model(model, fold="exact"), np.random.rand(2, 9, 7, 3))
 
 
 def test_input_model_is_not_modified():

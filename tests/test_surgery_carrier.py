@@ -68,7 +68,7 @@ def test_carrier_is_exact_one_extra_channel_no_border_layer(sequential):
     set_bn(model, "bn2", np.where(zero2, 0.0, 0.8), [0.5, 0.1, 0.9, -0.2, 0.0, 0.3])
     x = random_inputs(model, batch=3)
 
-    exact, rep_exact = prune_model(model, return_report=True)
+    exact, rep_exact = prune_model(model, return_report=True, fold="exact")
     pruned, report = prune_model(model, fold="carrier", return_report=True)
     assert borders(exact) and rep_exact.border_corrections == ["c2", "c3"]
     assert borders(pruned) == [] and report.border_corrections == []
@@ -113,7 +113,7 @@ def test_activation_stays_in_the_reader():
     h = cbr(x, 6, padding="same")
     y = L.Conv2D(4, 3, padding="same", activation="relu", name="reader")(h)
     model = randomize_batchnorms(keras.Model(x, head(y)), seed=3, positive_beta=True)
-    exact = prune_model(model)
+    exact = prune_model(model, fold="exact")
     pruned, report = prune_model(model, fold="carrier", return_report=True)
     assert exact.get_layer("reader").activation.__name__ == "linear"
     assert pruned.get_layer("reader").activation.__name__ == "relu"
@@ -158,7 +158,7 @@ def test_residual_add():
     y = cbr(y, 4, padding="same")
     model = randomize_batchnorms(keras.Model(x, head(y)), seed=2, zero_fraction=0.5,
                                  positive_beta=True)
-    exact, rep_exact = prune_model(model, return_report=True)
+    exact, rep_exact = prune_model(model, return_report=True, fold="exact")
     pruned, report = prune_model(model, fold="carrier", return_report=True)
     assert rep_exact.border_corrections and report.border_corrections == []
     assert report.carriers
@@ -229,7 +229,7 @@ def test_depthwise_between_producer_and_reader_falls_back_to_a_border_map():
     h = L.DepthwiseConv2D(3, padding="same")(h)  # each constant becomes its own map
     y = L.Conv2D(4, 1, name="project")(h)
     model = randomize_batchnorms(keras.Model(x, head(y)), seed=8, positive_beta=True)
-    exact = prune_model(model)
+    exact = prune_model(model, fold="exact")
     pruned, report = prune_model(model, fold="carrier", return_report=True)
     assert "project" not in report.carriers
     assert report.border_corrections == ["project"]
@@ -286,7 +286,7 @@ def test_round_to_reuses_a_constant_channel_kept_back_by_rounding():
     gamma = np.asarray(bn.gamma).copy()
     gamma[:13] = 0.0  # 3 kept -> rounding keeps 5 of the 13 constants back: width 8
     bn.gamma.assign(gamma)
-    exact, rep_exact = prune_model(model, round_to=8, return_report=True)
+    exact, rep_exact = prune_model(model, round_to=8, return_report=True, fold="exact")
     pruned, report = prune_model(model, fold="carrier", round_to=8, return_report=True)
     assert exact.get_layer("c1").filters == 8
     assert rep_exact.border_corrections == ["reader"]  # 8 removed constants to fold
@@ -347,7 +347,7 @@ def test_dynamic_spatial_shape_works_where_exact_cannot():
     y = cbr(cbr(x, 6, padding="same"), 4, padding="same")
     model = randomize_batchnorms(keras.Model(x, head(y)), seed=2, positive_beta=True)
     with pytest.raises(DynamicShapeError):
-        prune_model(model)
+        prune_model(model, fold="exact")
     pruned, report = prune_model(model, fold="carrier", return_report=True)
     assert len(report.carriers) == 2
     for shape in [(2, 9, 7, 3), (1, 16, 5, 3)]:

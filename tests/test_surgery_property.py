@@ -9,7 +9,12 @@ Properties (checked against the ORIGINAL model's outputs, not the analysis):
    tied non-constant members treated as 0), changes the outputs — or cannot be
    removed at all (pinned, or tied to a channel the selection keeps) — so
    keeping it was necessary;
-3. pruning again removes nothing.
+3. pruning again removes nothing;
+4. the default fold (``"auto"``) is exact too and never makes the model
+   larger (parameters, constants included).
+
+Properties 1-3 are checked with ``fold="exact"``, which removes every
+removable constant channel.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_surgery_helpers import random_inputs, randomize_batchnorms, relative_error
 
-from tf_gamma_prune import SelectionError, prune_model
+from tf_gamma_prune import SelectionError, model_cost, prune_model
 from tf_gamma_prune.analysis.batchnorm import batchnorm_layers
 
 L = keras.layers
@@ -126,9 +131,12 @@ def check_recipe(recipe):
     model = build(recipe)
     randomize_batchnorms(model, seed=recipe["seed"], zero_fraction=recipe["zero_fraction"])
     x = random_inputs(model, batch=16, seed=recipe["seed"] + 1)
-    pruned = prune_model(model)
+    default = prune_model(model)
+    assert relative_error(model, default, x) <= 1e-5
+    assert model_cost(default).params <= model_cost(model).params
+    pruned = prune_model(model, fold="exact")
     assert relative_error(model, pruned, x) <= 1e-5
-    _, again = prune_model(pruned, return_report=True, probe=False)
+    _, again = prune_model(pruned, fold="exact", return_report=True, probe=False)
     assert again.removed_constant == 0
     for name, bn in batchnorm_layers(pruned):
         gamma = np.asarray(bn.gamma) if bn.scale else np.ones(bn.moving_mean.shape)
@@ -137,7 +145,7 @@ def check_recipe(recipe):
             if not keep:
                 continue
             try:
-                forced = prune_model(pruned, {name: keep}, remove_constant=False)
+                forced = prune_model(pruned, {name: keep}, remove_constant=False, fold="exact")
             except SelectionError:
                 continue  # pinned: could not have been removed
             if forced.get_layer(name).moving_mean.shape[0] == len(gamma):

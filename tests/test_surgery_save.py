@@ -31,7 +31,7 @@ def model_needing_corrections():
 
 def test_save_and_load_keeps_the_function(tmp_path):
     model = model_needing_corrections()
-    pruned = prune_model(model)
+    pruned = prune_model(model, fold="exact")
     kinds = {type(l) for l in pruned.layers}
     assert BorderCorrection in kinds and ConstantFeature in kinds
     path = tmp_path / "pruned.keras"
@@ -45,7 +45,7 @@ def test_save_and_load_keeps_the_function(tmp_path):
 
 def test_border_correction_goes_before_a_fused_activation():
     model = model_needing_corrections()
-    pruned = prune_model(model)
+    pruned = prune_model(model, fold="exact")
     names = [l.name for l in pruned.layers]
     i = names.index("reader_border")
     assert names[i - 1] == "reader" and names[i + 1] == "reader_activation"
@@ -91,14 +91,14 @@ def test_tflite_sees_plain_adds_of_constants():
 def test_pruning_a_pruned_model_again_keeps_it_exact():
     # iterative pruning: more γ reach zero during fine-tuning, prune again
     model = model_needing_corrections()
-    pruned = prune_model(model)
+    pruned = prune_model(model, fold="exact")
     x = random_inputs(model)
     bn = pruned.get_layer("bn0")
     gamma = np.array(bn.gamma)
     assert gamma.shape[0] > 1
     gamma[0] = 0.0
     bn.gamma.assign(gamma)
-    again, report = prune_model(pruned, return_report=True)
+    again, report = prune_model(pruned, return_report=True, fold="exact")
     assert report.removed_constant > 0
     assert again.get_layer("stem").filters == pruned.get_layer("stem").filters - 1
     assert_same_function(pruned, again, x)

@@ -32,8 +32,8 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("out", None, "prune: where to write the pruned .keras model.")
 flags.DEFINE_string("tflite", None, "export/prune: where to write the .tflite model.")
 flags.DEFINE_enum(
-    "fold", "exact", ["exact", "carrier", "bias"],
-    "prune: how removed constant channels are folded. exact: BorderCorrection maps where zero "
+    "fold", "auto", ["auto", "exact", "carrier", "bias"],
+    "prune: how removed constant channels are folded. auto (default): exact and never larger (carriers, else keeps the constants); exact: BorderCorrection maps where zero "
     "padding needs them; carrier: exact without extra ops (keeps one constant channel per padded "
     "reader; with --carrier_tile 8 for phones); bias: the paper's plain fold (approximate at "
     "borders).",

@@ -55,9 +55,12 @@ from tf_gamma_prune.errors import (
 
 L = keras.layers
 
-FOLD_MODES = ("exact", "bias", "carrier")
-"""``prune_model``'s fold modes. The graph treats ``"carrier"`` like ``"exact"``
-(constants become per-position maps where zero padding makes them vary)."""
+FOLD_MODES = ("auto", "exact", "bias", "carrier")
+"""``prune_model``'s fold modes. The graph treats ``"carrier"`` and ``"auto"``
+like ``"exact"`` (constants become per-position maps where zero padding makes
+them vary); with ``"auto"`` a constant whose map would need a static spatial
+size the tensor lacks is not propagated (its channels count as non-constant:
+kept, exact)."""
 
 
 # --- the channel graph ---------------------------------------------------------
@@ -182,7 +185,8 @@ def coupled_groups(model: keras.Model) -> list[list[tuple[str, int]]]:
     return channel_graph(model).coupled_groups()
 
 
-def channel_graph(model: keras.Model, fold: str = "exact") -> ChannelGraph:
+def channel_graph(model: keras.Model, fold: str = "exact",
+                  unknown_layers: str = "error") -> ChannelGraph:
     """Analyse ``model``: channel groups, pinned groups and constant channels.
 
     Args:
@@ -193,6 +197,9 @@ def channel_graph(model: keras.Model, fold: str = "exact") -> ChannelGraph:
             how :mod:`~tf_gamma_prune.prune.prune_model` folds them); ``"bias"`` treats
             every constant as uniform over space (the paper's plain bias fold;
             approximate at borders).
+        unknown_layers: ``"error"`` (default) or ``"opaque"``: keep layer
+            types the registry does not know (and Lambda layers) whole, all
+            their channels pinned, each named in ``notes``.
 
     Raises:
         UnsupportedModelError: subclassed / unbuilt models.
@@ -214,7 +221,7 @@ def channel_graph(model: keras.Model, fold: str = "exact") -> ChannelGraph:
     if fold not in FOLD_MODES:
         raise ArgumentError(f"fold must be one of {FOLD_MODES}, got {fold!r}.")
     graph = layer_graph(model)
-    return ChannelBuilder(graph, fold).build()
+    return ChannelBuilder(graph, fold, unknown_layers).build()
 
 
 class ChannelBuilder:
@@ -226,9 +233,10 @@ class ChannelBuilder:
     connected components of the ties become the graph's groups.
     """
 
-    def __init__(self, graph: LayerGraph, fold: str) -> None:
+    def __init__(self, graph: LayerGraph, fold: str, unknown_layers: str = "error") -> None:
         self.graph = graph
         self.fold = fold
+        self.unknown_layers = unknown_layers
         self.next_id = 0
         self.raw: dict[TensorId, np.ndarray] = {}
         self.edges: list[tuple[np.ndarray, np.ndarray]] = []
@@ -273,7 +281,7 @@ class ChannelBuilder:
             self.raw[t] = self.fresh(self.width(t))
             self.pin(self.raw[t], "model input")
         for call in graph.calls:
-            kind = layer_kind(call)
+            kind = layer_kind(call, self.unknown_layers)
             self.kinds[call] = kind
             self.check_arity(call, kind)
             kind.connect(self, call)
@@ -324,7 +332,14 @@ class ChannelBuilder:
     # constants ----------------------------------------------------------------
     def propagate_constants(self, call: LayerCall, kind: LayerKind) -> None:
         ins = [self.constants.get(t) for t in call.inputs]
-        out = kind.propagate(self, call, ins)
+        try:
+            out = kind.propagate(self, call, ins)
+        except DynamicShapeError:
+            if self.fold != "auto":
+                raise
+            self.notes.append(f"'{call.name}': constants not followed past it (dynamic "
+                              "spatial size); those channels are kept")
+            return
         if out is not None and out.mask.any():
             out.value = np.where(out.mask, out.value, 0.0)
             self.constants[call.outputs[0]] = out

@@ -216,21 +216,23 @@ def plan_removal(
         removed = _round_widths(graph, removed, round_to, notes)
     carriers: dict[LayerCall, int] = {}
     carrier = np.zeros(graph.num_groups, bool)
-    if graph.fold == "carrier":
+    if graph.fold in ("carrier", "auto"):
         before = removed
         removed, carriers = _choose_carriers(graph, removed, calibrated, notes,
-                                             round_to=round_to, tile=int(carrier_tile))
+                                             round_to=round_to, tile=int(carrier_tile),
+                                             optional=constant & ~selected)
         carrier = before & ~removed
         if round_to > 1 and carrier.any():
             removed = _round_widths(graph, removed, round_to, notes)
     # Keeping channels back never invalidates a carrier: its readers only lose
     # removed channels to carry.
     live = _keep_live_inputs(graph, removed, notes)
-    if graph.fold == "carrier" and not np.array_equal(live, removed):
+    if graph.fold in ("carrier", "auto") and not np.array_equal(live, removed):
         # a kept-back input may need (and be) a carrier
         before = live
         live, carriers = _choose_carriers(graph, live, calibrated, notes, carriers,
-                                          round_to=round_to, tile=int(carrier_tile))
+                                          round_to=round_to, tile=int(carrier_tile),
+                                          optional=constant & ~selected)
         carrier |= before & ~live
     removed = live
     return RemovalPlan(removed=removed, constant=constant & removed,
@@ -245,6 +247,7 @@ constants are at most this many times larger (the carrier's input weights
 grow by that ratio)."""
 
 _FALLBACK = "fold='carrier': "
+_KEPT = "fold='auto': "
 _SEPARABLE = tuple(getattr(keras.layers, n) for n in ("SeparableConv1D", "SeparableConv2D"))
 
 
@@ -387,9 +390,13 @@ def _new_tile(graph: ChannelGraph, group: int, removed: np.ndarray, tile: int) -
 
 def _choose_carriers(graph: ChannelGraph, removed: np.ndarray, calibrated: bool,
                      notes: list[str], carriers: dict[LayerCall, int] | None = None,
-                     round_to: int = 1, tile: int = 1,
+                     round_to: int = 1, tile: int = 1, optional: np.ndarray | None = None,
                      ) -> tuple[np.ndarray, dict[LayerCall, int]]:
     """Keep one carrier channel for each conv reader that needs one.
+
+    With ``fold="auto"``, a reader that no channel can carry for gets back the
+    removed constants it reads that are ``optional`` (removed only for being
+    constant, not selected) instead of a border map.
 
     Keeping a channel only shrinks what other readers must carry, so a choice
     stays valid; readers are revisited until nothing changes (a reader whose
@@ -405,6 +412,13 @@ def _choose_carriers(graph: ChannelGraph, removed: np.ndarray, calibrated: bool,
             if call in carriers:
                 continue
             outcome = carrier_position(graph, call, removed, calibrated, round_to, tile)
+            if isinstance(outcome, str) and graph.fold == "auto" and optional is not None:
+                kept = _keep_constants_read_by(graph, call, removed, calibrated, optional)
+                if kept:
+                    notes.append(f"{_KEPT}'{call.name}' keeps {kept} constant channel(s) "
+                                 f"instead of a BorderCorrection ({outcome})")
+                    changed = True
+                    continue
             if isinstance(outcome, str):
                 reasons[call] = outcome
                 continue
@@ -422,6 +436,18 @@ def _choose_carriers(graph: ChannelGraph, removed: np.ndarray, calibrated: bool,
     for call, why in reasons.items():
         notes.append(f"{_FALLBACK}'{call.name}' keeps a BorderCorrection ({why})")
     return removed, carriers
+
+
+def _keep_constants_read_by(graph: ChannelGraph, call: LayerCall, removed: np.ndarray,
+                            calibrated: bool, optional: np.ndarray) -> int:
+    """``fold="auto"``: put back the removed nonzero constants that ``call`` reads
+    and that are ``optional`` (instead of a border map); returns how many
+    channel positions came back."""
+    t = call.inputs[0]
+    _, const_in, _ = removed_values(graph, t, removed, calibrated)
+    back = const_in & optional[graph.channels[t]]
+    removed[np.unique(graph.channels[t][back])] = False
+    return int(np.count_nonzero(back))
 
 
 def _carrier_usefulness(graph: ChannelGraph) -> np.ndarray:
@@ -442,7 +468,8 @@ def _round_widths(graph: ChannelGraph, removed: np.ndarray, n: int,
                   notes: list[str]) -> np.ndarray:
     removed = removed.copy()
     scores = graph.gamma_scores()
-    useful = _carrier_usefulness(graph) if graph.fold == "carrier" else np.zeros(graph.num_groups)
+    useful = (_carrier_usefulness(graph) if graph.fold in ("carrier", "auto")
+              else np.zeros(graph.num_groups))
     outputs = [c.outputs[0] for c in graph.graph.calls if graph.kinds[c].folds_constants]
     for _ in range(50):
         changed = False
@@ -482,13 +509,21 @@ def _keep_live_inputs(graph: ChannelGraph, removed: np.ndarray,
             outs = graph.channels[call.outputs[0]]
             if not np.all(removed[ins]) or np.all(removed[outs]):
                 continue
-            if all(d is not None for d in graph.graph.shape(call.outputs[0])[1:]):
+            shape = graph.graph.shape(call.outputs[0])[1:]
+            dynamic = any(d is None for d in shape)
+            if not dynamic and not (graph.fold == "auto" and _constant_map_outweighs(call, shape)):
                 continue
             best = int(ins[np.argmax(scores[ins])])
             removed[best] = False
-            notes.append(
-                f"'{call.name}': kept one input channel (its whole input is constant "
-                "but its output shape is dynamic, so it cannot become a constant)"
-            )
+            why = ("its output shape is dynamic, so it cannot become a constant" if dynamic else
+                   "fold='auto': its constant output map would be larger than the layer")
+            notes.append(f"'{call.name}': kept one input channel (its whole input is constant "
+                         f"but {why})")
             changed = True
     return removed
+
+
+def _constant_map_outweighs(call: LayerCall, shape: tuple) -> bool:
+    """Whether a ConstantFeature for ``call``'s output would hold more numbers
+    than the layer's own weights."""
+    return math.prod(int(d) for d in shape) > call.layer.count_params()

@@ -88,13 +88,14 @@ def prune_model(
     model: keras.Model,
     selection: Mapping[str, Any] | None = None,
     *,
-    fold: str = "exact",
+    fold: str = "auto",
     remove_constant: bool = True,
     round_to: int = 1,
     carrier_tile: int = 1,
     calibration_data: Any = None,
     probe: bool = True,
     probe_inputs: Any = None,
+    unknown_layers: str = "error",
     return_report: bool = False,
 ) -> keras.Model | tuple[keras.Model, PruneReport]:
     """Remove channels from a BatchNormalization-based Keras model.
@@ -112,7 +113,13 @@ def prune_model(
             output channels (see :mod:`tf_gamma_prune.prune.plan`). Removed
             non-constant channels are dropped (treated as 0) unless
             ``calibration_data`` is given.
-        fold: ``"exact"`` (default) folds constants exactly, adding fixed
+        fold: ``"auto"`` (default) is exact and never makes the model larger:
+            it folds like ``"carrier"``, and where no channel can carry the
+            removed constants past zero padding it keeps those constant
+            channels instead of adding a border map (nor does it replace a
+            layer by a constant map larger than the layer); works with dynamic
+            spatial shapes (constants whose maps would need a static size are
+            kept). ``"exact"`` folds constants exactly, adding fixed
             border-correction maps where zero padding requires them (needs
             static spatial shapes); ``"carrier"`` is exact too but keeps one
             constant channel per such tensor and routes the removed constants
@@ -142,6 +149,10 @@ def prune_model(
         probe: measure the output deviation from ``model`` on a random batch
             (inference mode) and put it in the report.
         probe_inputs: the batch to probe with instead of random inputs.
+        unknown_layers: ``"error"`` (default) raises on a layer type the
+            channel graph does not know; ``"opaque"`` keeps each such layer
+            (and Lambda layers) whole: all its channels and weights kept, named
+            in the report's notes, the rest of the model pruned.
         return_report: return ``(pruned_model, PruneReport)``.
 
     Returns:
@@ -186,7 +197,7 @@ def prune_model(
             selections removing every channel of a layer or pinned channels,
             an empty selection ``{}`` (use ``None`` for no selection).
     """
-    graph = channel_graph(model, fold=fold)
+    graph = channel_graph(model, fold=fold, unknown_layers=unknown_layers)
     batches = None
     if calibration_data is not None:
         batches = calibration_batches(graph, calibration_data)
