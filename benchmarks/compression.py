@@ -1,25 +1,33 @@
 """GammaISTA against channel-pruning baselines at matched cost, on real Fashion-MNIST.
 
-    .venv/bin/python benchmarks/compression.py                    # cpu preset (≈ 30–40 min, 2 cores)
-    .venv/bin/python benchmarks/compression_report.py --write     # README table + Pareto plot
+    .venv/bin/python benchmarks/compression.py --out benchmarks/results/compression_cpu.json
+    .venv/bin/python benchmarks/compression.py --preset smoke --out /tmp/smoke.json
+    .venv/bin/python benchmarks/compression.py --preset cpu_short   # the committed compression.json
+    .venv/bin/python benchmarks/compression_report.py --write     # docs table + Pareto plot
     .venv/bin/python benchmarks/compression.py --preset gpu \\
         --out benchmarks/results/compression_gpu.json               # the device (GPU) machine
 
-Every method (GammaISTA, Network Slimming, L1-norm filters, random channels,
-training from scratch) gets the same epoch budget, augmentation and schedule;
-the baselines are pruned to GammaISTA's MACs. Measured per run: test accuracy,
+Two protocols. ``from_reference`` (presets ``cpu``, the default, and ``smoke``):
+every method (GammaISTA, Network Slimming, L1-norm filters, random channels)
+starts from a trained reference and gets the same budget after it, scratch
+trains GammaISTA's widths from a fresh initialisation, knobs tuned on a
+validation split. ``from_scratch`` (presets ``gpu``, ``cpu_short``): every
+method trains from a fresh initialisation with the same epoch budget. The
+baselines are pruned to GammaISTA's MACs. Measured per run: test accuracy,
 parameters, MACs, float32/int8 ``.tflite`` sizes, int8 accuracy, TFLite
-latency against the seed's reference; summarised as mean ± std over seeds and
-four targets. Resumable (a rerun skips finished runs and cached models).
+latency against the reference; summarised as mean ± std over seeds and four
+targets. Resumable (a rerun skips finished runs and cached models).
 
 This file is the command line (absl flags, which override ``--preset``). The
-protocol in full: ``compression_protocol.py`` (settings, presets, targets,
-summary); the runs: ``compression_runs.py``; commands, durations and the GPU
-machine's steps: ``benchmarks/README.md``.
+protocols in full: ``compression_reference_protocol.py`` and
+``compression_protocol.py``; presets: ``compression_presets.py``; the runs:
+``compression_reference.py`` and ``compression_runs.py``; commands, durations
+and the GPU machine's steps: ``benchmarks/README.md``.
 """
 
 from __future__ import annotations
 
+import json
 import pathlib
 import sys
 
@@ -46,46 +54,79 @@ def stratified_subset(y, n: int, seed: int = 0):
     return stratified_indices(y, n, seed=seed)
 
 
+HELP = {
+    "reference": "from_reference: the trained reference .keras ('' with --reference_epochs: "
+                 "train one here).",
+    "reference_epochs": "from_reference: epochs of a reference trained here (no --reference).",
+    "train_examples": "Stratified training subset size (0: all).",
+    "validation_examples": "from_reference: training images held out for tuning.",
+    "validation_seed": "from_reference: seed of the validation hold-out.",
+    "test_examples": "Test images used (0: all).",
+    "widths": "Reference fashion_vgg widths (6 values).",
+    "epochs": "from_scratch: total epoch budget E of every model.",
+    "sparsify_epochs": "Sparsify epochs S (from_scratch: phase 1).",
+    "finetune_epochs": "from_reference: fine-tune epochs F after the sparsify phase.",
+    "scratch_epochs": "from_reference: scratch training epochs (0: the reference's count).",
+    "stage_epochs": "from_scratch: cumulative epochs s_k ending each stage (default: even split).",
+    "rho_stages": "from_scratch: GammaISTA rho per stage (K values).",
+    "mac_targets": "from_reference: MAC reductions aimed at (e.g. 3,6).",
+    "seeds": "Seeds (every run is repeated per seed).",
+    "batch_size": "Batch size.",
+    "learning_rate": "from_scratch: phase-1 constant learning rate.",
+    "sparsify_learning_rate": "from_reference: SGD learning rate of the sparsify phase.",
+    "finetune_learning_rate": "Fine-tune initial learning rate (cosine to 0).",
+    "momentum": "SGD momentum.",
+    "penalties": "from_scratch: GammaISTA per-layer lambda ('paper' or 'uniform').",
+    "alpha": "from_reference: gamma-W rescaling factor before ISTA (1: none).",
+    "min_channels": "from_reference: GammaISTA keeps at least this many channels per layer.",
+    "cost_target_every": "from_reference: CostTarget measures every this many steps.",
+    "cost_target_reach_at": "from_reference: fraction of the sparsify phase at which CostTarget "
+                            "reaches the budget.",
+    "slimming_l1": "Network Slimming L1 strength.",
+    "tuning": "from_reference: JSON {method: [overrides, ...]} tried on the validation split.",
+    "augment": "make_dataset augmentation (every method).",
+    "match_tolerance": "Relative MAC tolerance when matching the baselines to gamma_ista.",
+    "fold": "prune_model fold: 'auto' (carrier when available, else exact) or a mode.",
+    "carrier_tile": "prune_model carrier_tile with fold='carrier' (XNNPACK output tile).",
+    "latency_runs": "Timed TFLite runs per model.",
+    "latency_warmup": "Untimed TFLite runs first.",
+    "latency_timing": "compare_latency timing: 'steady' (warm caches) or 'interleaved' (cold).",
+    "tflite_eval_examples": "Test images for the int8 accuracy / agreement.",
+    "calibration_examples": "Training images for int8 calibration.",
+}
+LIST_CASTS = {"widths": int, "stage_epochs": int, "seeds": int, "rho_stages": float,
+              "mac_targets": float}
+
+
+def setting_names() -> list[str]:
+    """Every setting of any preset (each one a flag), in the presets' order."""
+    return list(dict.fromkeys(name for preset in PRESETS.values() for name in preset
+                              if name != "protocol"))
+
+
 def define_flags() -> None:
-    """Register the flags (only when run as a script, so tests can import this module)."""
+    """Register the flags (only when run as a script, so tests can import this module).
+
+    One flag per setting of any preset, without a default: a flag given on the
+    command line overrides the preset's value (a setting the preset does not
+    have is refused).
+    """
     from absl import flags
 
-    cpu = PRESETS["cpu"]
     flags.DEFINE_enum("preset", "cpu", sorted(PRESETS), "Settings preset; flags override it.")
-    flags.DEFINE_integer("train_examples", cpu["train_examples"],
-                         "Stratified training subset size (0: all 60,000).")
-    flags.DEFINE_integer("test_examples", cpu["test_examples"], "Test images used (0: all).")
-    flags.DEFINE_list("widths", cpu["widths"], "Reference fashion_vgg widths (6 values).")
-    flags.DEFINE_integer("epochs", cpu["epochs"], "Total epoch budget E of every model.")
-    flags.DEFINE_integer("sparsify_epochs", cpu["sparsify_epochs"], "Phase-1 epochs S.")
-    flags.DEFINE_list("stage_epochs", cpu["stage_epochs"],
-                      "Cumulative epochs s_k at the end of each stage (default: even split of S).")
-    flags.DEFINE_list("rho_stages", cpu["rho_stages"], "GammaISTA ρ per stage (K values).")
-    flags.DEFINE_list("seeds", cpu["seeds"], "Seeds (every run is repeated per seed).")
-    flags.DEFINE_integer("batch_size", cpu["batch_size"], "Batch size.")
-    flags.DEFINE_float("learning_rate", cpu["learning_rate"], "Phase-1 constant learning rate.")
-    flags.DEFINE_float("finetune_learning_rate", cpu["finetune_learning_rate"],
-                       "Phase-2 initial learning rate (cosine to 0).")
-    flags.DEFINE_float("momentum", cpu["momentum"], "SGD momentum.")
-    flags.DEFINE_enum("penalties", cpu["penalties"], ["paper", "uniform"], "GammaISTA per-layer λ.")
-    flags.DEFINE_float("slimming_l1", cpu["slimming_l1"], "Network Slimming L1 strength.")
-    flags.DEFINE_string("augment", cpu["augment"], "make_dataset augmentation (every method).")
-    flags.DEFINE_float("match_tolerance", cpu["match_tolerance"],
-                       "Relative MAC tolerance when matching slimming / l1_norm to gamma_ista.")
-    flags.DEFINE_string("fold", cpu["fold"],
-                        "prune_model fold: 'auto' (carrier when available, else exact) or a mode.")
-    flags.DEFINE_integer("carrier_tile", cpu["carrier_tile"],
-                         "prune_model carrier_tile with fold='carrier': a carrier channel only where "
-                         "it does not start a new XNNPACK output tile of this many channels.")
-    flags.DEFINE_integer("latency_runs", cpu["latency_runs"], "Timed TFLite runs per model.")
-    flags.DEFINE_integer("latency_warmup", cpu["latency_warmup"], "Untimed TFLite runs first.")
-    flags.DEFINE_enum("latency_timing", cpu["latency_timing"], ["steady", "interleaved"],
-                      "compare_latency timing: 'steady' (turns of back-to-back runs, warm caches) or "
-                      "'interleaved' (single runs alternate, cold caches).")
-    flags.DEFINE_integer("tflite_eval_examples", cpu["tflite_eval_examples"],
-                         "Test images for the int8 accuracy / agreement.")
-    flags.DEFINE_integer("calibration_examples", cpu["calibration_examples"],
-                         "Training images for int8 calibration.")
+    for name in setting_names():
+        example = next(p[name] for p in PRESETS.values() if p.get(name) is not None)
+        doc = HELP.get(name, name)
+        if isinstance(example, bool):
+            flags.DEFINE_boolean(name, None, doc)
+        elif isinstance(example, int):
+            flags.DEFINE_integer(name, None, doc)
+        elif isinstance(example, float):
+            flags.DEFINE_float(name, None, doc)
+        elif isinstance(example, list):
+            flags.DEFINE_list(name, None, doc)
+        else:  # str, and dicts given as JSON
+            flags.DEFINE_string(name, None, doc)
     flags.DEFINE_string("out", str(DEFAULT_OUT), "Results JSON (appended to, resumable).")
     flags.DEFINE_string("png", None, "Pareto plot (default: --out with .png).")
     flags.DEFINE_string("work_dir", str(DEFAULT_WORK_DIR), "Cache of shared models (git-ignored).")
@@ -99,12 +140,18 @@ def settings_from_flags() -> dict:
     from absl import flags
 
     FLAGS = flags.FLAGS
-    casts = {"widths": int, "stage_epochs": int, "seeds": int, "rho_stages": float}
     overrides = {}
-    for name in PRESETS["cpu"]:
-        if FLAGS[name].present:
-            value = FLAGS[name].value
-            overrides[name] = [casts[name](v) for v in value] if name in casts else value
+    for name in setting_names():
+        if not FLAGS[name].present:
+            continue
+        value = FLAGS[name].value
+        if name in LIST_CASTS:
+            value = [LIST_CASTS[name](v) for v in value]
+        elif name == "tuning":
+            value = json.loads(value)
+        elif name == "reference" and value in ("", "none", "None"):
+            value = None
+        overrides[name] = value
     return make_settings(FLAGS.preset, **overrides)
 
 

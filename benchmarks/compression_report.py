@@ -20,6 +20,10 @@ import os
 import pathlib
 import sys
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))  # for importers by file path
+
+from compression_presets import FROM_REFERENCE, migrate_settings, protocol_of  # noqa: E402
+
 HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parent
 DEFAULT_JSON = HERE / "results" / "compression.json"
@@ -40,11 +44,25 @@ TARGET_LABELS = {
     "latency_follows_macs": "(3) TFLite speed-up / MAC reduction, 1 thread",
     "small_and_accurate": "(4) best accuracy of a pruned model with ≤ 100k params",
 }
+REFERENCE_TARGET_LABELS = {
+    **TARGET_LABELS,
+    "beats_baselines": "(2) GammaISTA's binding lead at matched MACs, every target (points; "
+                       "≥ 0.3 over Slimming, L1-norm; ≥ 0 over scratch)",
+    "latency_follows_macs": "(3) TFLite speed-up / MAC reduction, 1 thread, steady: smallest over "
+                            "every GammaISTA model",
+}
 
 
 def load(path: str | pathlib.Path = DEFAULT_JSON) -> dict:
-    """The benchmark document written by ``benchmarks/compression.py``."""
-    return json.loads(pathlib.Path(path).read_text())
+    """The benchmark document written by ``benchmarks/compression.py``.
+
+    Settings written before presets had a protocol are read in today's names
+    (``compression_presets.migrate_settings``: from_scratch; preset ``cpu`` →
+    ``cpu_short``), so the command shown is the one that reproduces the file.
+    """
+    doc = json.loads(pathlib.Path(path).read_text())
+    doc["settings"] = migrate_settings(doc.get("settings"))
+    return doc
 
 
 def _si(value: float | None, digits: int = 2) -> str:
@@ -71,6 +89,22 @@ def _accuracy(row: dict) -> str:
     return text + f" ({row['n']})"
 
 
+def _short(reason: str, length: int = 70) -> str:
+    """A table cell's version of a long reason (the JSON keeps it whole)."""
+    return reason if len(reason) <= length else reason[: length - 1] + "…"
+
+
+def _epochs(row: dict) -> str:
+    """The epochs column: phase 1 + phase 2, or the epochs of a model trained on its own."""
+    if "sparsify_epochs" in row:
+        return f"{row['sparsify_epochs']} + {row['finetune_epochs']}"
+    if row.get("scratch_epochs"):
+        return f"{row['scratch_epochs']} (fresh init.)"
+    if row.get("reference_epochs"):
+        return f"{row['reference_epochs']} (reference)"
+    return "–"
+
+
 def results_table(doc: dict) -> str:
     """One line per (method, target): cost, accuracy mean ± std (n seeds), size, speed."""
     lines = [
@@ -81,10 +115,11 @@ def results_table(doc: dict) -> str:
     ]
     for row in doc["summary"]["groups"]:
         target = "–" if row["target"] is None else str(row["target"] + 1)
-        epochs = (f"{row['sparsify_epochs']} + {row['finetune_epochs']}"
-                  if "sparsify_epochs" in row else "–")
+        if row.get("mac_target"):
+            target += f" ({row['mac_target']:g}× fewer MACs)"
+        epochs = _epochs(row)
         if not row["n"]:
-            reasons = "; ".join(row.get("unreachable_reasons", []))
+            reasons = "; ".join(_short(r) for r in row.get("unreachable_reasons", []))
             lines.append(f"| {METHOD_LABELS.get(row['method'], row['method'])} | {target} | "
                          f"{epochs} | – | – | unreachable ({row['unreachable']}): {reasons} "
                          "| – | – | – | – |")
@@ -108,9 +143,11 @@ def results_table(doc: dict) -> str:
 
 def targets_table(doc: dict) -> str:
     """The issue's four targets: value, threshold, met / not met with the margin."""
+    labels = (REFERENCE_TARGET_LABELS if protocol_of(doc["settings"]) == FROM_REFERENCE
+              else TARGET_LABELS)
     lines = ["| target | value | threshold | verdict |", "|---|---|---|---|"]
     for t in doc["summary"]["targets"]:
-        label = TARGET_LABELS.get(t["name"], t["name"])
+        label = labels.get(t["name"], t["name"])
         percent = t["name"] == "small_and_accurate"
         scale, unit = (100, " %") if percent else (1, "")
 
@@ -157,6 +194,8 @@ def _fold_args(s: dict) -> str:
 
 def markdown(doc: dict, png: str = "benchmarks/results/compression.png") -> str:
     """The README block's content (between the markers), deterministic for one JSON."""
+    if protocol_of(doc["settings"]) == FROM_REFERENCE:
+        return markdown_reference(doc, png)
     s, net = doc["settings"], doc["network"]
     train = f"{s['train_examples']:,}" if s["train_examples"] else "60,000"
     parts = [
@@ -197,6 +236,71 @@ def markdown(doc: dict, png: str = "benchmarks/results/compression.png") -> str:
     return "\n".join(parts)
 
 
+def tuning_table(doc: dict) -> str:
+    """Every tuning trial (first seed, validation accuracy); the chosen ones in bold."""
+    chosen = {(c["method"], c["target"], c["trial"]) for c in doc["summary"].get("tuning", [])}
+    lines = ["| method | target | trial | overrides | validation accuracy % | seconds |",
+             "|---|---|---|---|---|---|"]
+    for t in doc.get("tuning", {}).get("trials", []):
+        acc = ("unreachable" if t.get("validation_accuracy") is None
+               else f"{100 * t['validation_accuracy']:.2f}")
+        if (t["method"], t["target"], t["trial"]) in chosen:
+            acc = f"**{acc}** (chosen)"
+        overrides = ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}"
+                              for k, v in t["overrides"].items()) or "–"
+        lines.append(f"| {METHOD_LABELS.get(t['method'], t['method'])} | {t['target'] + 1} | "
+                     f"{t['trial'] + 1} | {overrides} | {acc} | {t['seconds']:.0f} |")
+    return "\n".join(lines)
+
+
+def markdown_reference(doc: dict, png: str) -> str:
+    """The block for a from_reference run: protocol, results, targets, tuning, public rows."""
+    s, net, ref = doc["settings"], doc["network"], doc.get("reference", {})
+    budget = doc["summary"].get("budget", {})
+    train = f"{s['train_examples']:,} (stratified subset)" if s["train_examples"] else "55,000"
+    within = ("all within" if budget.get("all_within") else "**not all within**")
+    parts = [
+        "(rendered from the compression JSON by `benchmarks/compression_report.py --write`)",
+        "",
+        f"`benchmarks/compression.py --preset {s['preset']}`: every method starts from the trained "
+        f"reference `fashion_vgg` (widths {'-'.join(map(str, net['widths']))}, "
+        f"{net['params']:,} parameters, {net['macs']:,} MACs; {ref.get('source', '?')}, seed "
+        f"{ref.get('seed')}, {ref.get('epochs')} epochs). Fashion-MNIST: {train} training "
+        f"images, {s['validation_examples']:,} held out for tuning, test accuracy on "
+        f"{s['test_examples'] or 10000:,} test images. After the reference every method gets "
+        f"{s['sparsify_epochs']} + {s['finetune_epochs']} epochs: GammaISTA (α {s['alpha']:g}, "
+        f"ρ steered by `CostTarget` to the MAC budget, then `prune_model({_fold_args(s)})`) and "
+        f"Network Slimming sparsify for {s['sparsify_epochs']} and fine-tune for "
+        f"{s['finetune_epochs']}; L1-norm and random fine-tune for "
+        f"{s['sparsify_epochs'] + s['finetune_epochs']}; fine-tuning is SGD (momentum "
+        f"{s['momentum']}) with a cosine decay to 0, augmentation `{s['augment']}`. Slimming and "
+        f"L1-norm are matched to GammaISTA's MACs (±{s['match_tolerance']:.0%}); random and "
+        "scratch use its widths; scratch trains from a fresh initialisation with the "
+        f"reference's recipe for {ref.get('scratch_epochs')} epochs. GammaISTA's MACs against "
+        f"the budget: {within} ±{s['match_tolerance']:.0%}. Seeds {s['seeds']}; latency: LiteRT "
+        f"at 1 thread, batch 1, {s['latency_timing']} timing, against the reference "
+        f"(machine: {doc['machine']['cpu_count']} CPUs, shared).",
+        "",
+        results_table(doc),
+        "",
+        targets_table(doc),
+        "",
+        f"Tuning (seed {doc['tuning']['seed']}, on the validation split; the chosen trial of each "
+        "method and target is used for every seed):",
+        "",
+        tuning_table(doc),
+        "",
+        f"Public results ({doc['public_benchmarks']['source']}):",
+        "",
+        public_table(doc),
+        "",
+        f"![Accuracy vs MACs per method, mean ± std over seeds]({png})",
+    ]
+    if s["train_examples"]:
+        parts += ["", "A training subset: the accuracy targets are not expected to be met."]
+    return "\n".join(parts)
+
+
 def plot(doc: dict, path: str | pathlib.Path) -> None:
     """Pareto plot: test accuracy vs MACs, one series per method, error bars = std."""
     import matplotlib
@@ -218,8 +322,6 @@ def plot(doc: dict, path: str | pathlib.Path) -> None:
                     yerr=[100 * (g["accuracy_std"] or 0.0) for g in rows],
                     marker=markers[method], markersize=11 if method == "reference" else 6,
                     capsize=3, linewidth=1.8 if method == "gamma_ista" else 1.0, label=label)
-    s = doc["settings"]
-    train = f"{s['train_examples']:,}" if s["train_examples"] else "60,000"
     ax.set_xscale("log")
     from matplotlib.ticker import FuncFormatter
 
@@ -229,8 +331,7 @@ def plot(doc: dict, path: str | pathlib.Path) -> None:
     ax.tick_params(axis="x", which="minor", labelsize=7)
     ax.set_xlabel("multiply-adds per image (millions, log scale)")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title(f"Fashion-MNIST, fashion_vgg: {train} training images, E = {s['epochs']} "
-                 f"epochs, {len(s['seeds'])} seeds", fontsize=10)
+    ax.set_title(plot_title(doc["settings"]), fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
@@ -240,6 +341,18 @@ def plot(doc: dict, path: str | pathlib.Path) -> None:
     fig.savefig(buffer, format="png", dpi=110, metadata={"Software": None})
     plt.close(fig)
     write_atomic(path, buffer.getvalue())
+
+
+def plot_title(s: dict) -> str:
+    """The Pareto plot's title: data, budget, seeds."""
+    if protocol_of(s) == FROM_REFERENCE:
+        train = f"{s['train_examples']:,}" if s["train_examples"] else "55,000"
+        return (f"Fashion-MNIST, fashion_vgg from a trained reference: {train} training images, "
+                f"{s['sparsify_epochs']} + {s['finetune_epochs']} epochs after it, "
+                f"{len(s['seeds'])} seeds")
+    train = f"{s['train_examples']:,}" if s["train_examples"] else "60,000"
+    return (f"Fashion-MNIST, fashion_vgg: {train} training images, E = {s['epochs']} "
+            f"epochs, {len(s['seeds'])} seeds")
 
 
 def replace_block(readme_text: str, block: str) -> str:

@@ -1,7 +1,10 @@
-"""The compression benchmark's runs: data, training, pruning, measuring, the driver.
+"""The compression benchmark's from_scratch runs: data, training, pruning, the driver.
 
-:func:`run_benchmark` runs (or resumes) every run of the protocol described in
-``compression_protocol.py``, one :class:`SeedRun` per seed. Shared
+:func:`run_benchmark` runs (or resumes) every run of the from_scratch protocol
+described in ``compression_protocol.py``, one :class:`SeedRun` per seed (and
+hands from_reference settings to ``compression_reference.run_reference``).
+Training primitives and measurements are shared with the other protocol:
+``compression_measure.py``. Shared
 intermediate models (phase-1 snapshots, the final reference) are cached as
 ``.keras`` under ``--work_dir/<settings hash>/`` (git-ignored); a rerun never
 retrains a cached model (a sparsify run interrupted between snapshots restarts
@@ -23,7 +26,6 @@ device machine's time limit. The device machine's steps: ``benchmarks/README.md`
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import pathlib
@@ -33,31 +35,15 @@ from typing import Any, Callable
 
 import numpy as np
 
-from common import RESULTS, machine_info, tensorflow_available
+from common import RESULTS, tensorflow_available
+from compression_measure import (  # noqa: F401  (DeadlineReached, Outcome: re-exported)
+    Data, DeadlineReached, Outcome, RunBase, loss,
+)
+from compression_presets import FROM_REFERENCE
 from compression_protocol import REFERENCE, Results, planned_runs, settings_hash
 
 DEFAULT_OUT = RESULTS / "compression.json"
 DEFAULT_WORK_DIR = RESULTS / "compression_work"
-
-
-class DeadlineReached(Exception):
-    """``--deadline_minutes`` passed: no new training started (everything so far is saved)."""
-
-
-# ----------------------------------------------------------------------------
-# data and predictions
-# ----------------------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class Data:
-    """Training and test images of the settings, and the int8 calibration images."""
-
-    x: np.ndarray
-    y: np.ndarray
-    x_test: np.ndarray
-    y_test: np.ndarray
-    calibration: list[np.ndarray]
 
 
 def load_data(settings: dict) -> Data:
@@ -75,90 +61,14 @@ def load_data(settings: dict) -> Data:
     return Data(x, y, x_test, y_test, [x[i:i + 1] for i in order])
 
 
-def _loss():
-    """The training loss of every model: cross-entropy on logits."""
-    import keras
+class SeedRun(RunBase):
+    """Every from_scratch run of one seed; shared models are trained lazily and cached."""
 
-    return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-
-
-def keras_predictions(model, x: np.ndarray) -> np.ndarray:
-    """Top-1 predictions of a Keras classifier."""
-    return np.argmax(model.predict(x, batch_size=512, verbose=0), axis=-1)
-
-
-def tflite_predictions(flatbuffer: bytes, x: np.ndarray) -> np.ndarray:
-    """Top-1 predictions of a float-I/O ``.tflite`` classifier, one image at a time."""
-    from tf_gamma_prune.export import make_interpreter
-
-    interpreter = make_interpreter(flatbuffer, num_threads=1)
-    interpreter.allocate_tensors()
-    inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
-    preds = np.empty(len(x), dtype=np.int64)
-    for i in range(len(x)):
-        interpreter.set_tensor(inp["index"], x[i:i + 1].astype(inp["dtype"]))
-        interpreter.invoke()
-        preds[i] = int(np.argmax(interpreter.get_tensor(out["index"])[0]))
-    return preds
-
-
-def bn_widths(model) -> dict[str, int]:
-    """``{bn_name: width}`` of a fashion_vgg-like model (via ``criteria.layer_widths``)."""
-    from tf_gamma_prune import layer_widths
-
-    return {name: int(w) for name, w in layer_widths(model).items()}
-
-
-class SeedRun:
-    """Every run of one seed; shared models are trained lazily and cached."""
-
-    def __init__(self, settings: dict, seed: int, data: Data, work: pathlib.Path,
-                 results: Results, log: Callable[[str], None], stats: dict,
-                 deadline: float | None = None):
-        self.s, self.seed, self.data, self.work = settings, seed, data, work
-        self.results, self.log, self.stats = results, log, stats
-        self.deadline = deadline  # time.perf_counter() after which no training starts
-        self.tflite = tensorflow_available()
-        self.work.mkdir(parents=True, exist_ok=True)
-        self.steps_per_epoch = -(-len(data.x) // settings["batch_size"])
-        self._ref_tflite: dict[str, bytes] | None = None
-
-    # --- training primitives ---------------------------------------------------
-    def dataset(self):
-        """tf.data where TensorFlow is; the same augmentation in numpy elsewhere."""
-        from tf_gamma_prune.data import array_batches, make_dataset
-
-        make = make_dataset if self.tflite else array_batches
-        return make(self.data.x, self.data.y, self.s["batch_size"], shuffle=True,
-                    augment=self.s["augment"], seed=self.seed)
-
-    def fit(self, model, initial_epoch: int, epochs: int) -> float:
-        """Train from ``initial_epoch`` to ``epochs``; seconds taken (none after the deadline)."""
-        start = time.perf_counter()
-        if self.deadline is not None and start > self.deadline:
-            raise DeadlineReached()
-        model.fit(self.dataset(), initial_epoch=initial_epoch, epochs=epochs, verbose=0)
-        self.stats["epochs_trained"] += epochs - initial_epoch
-        return time.perf_counter() - start
-
-    def phase2(self, model, epochs: int) -> float:
-        """Fine-tune / finish: fresh SGD, cosine from the fine-tune rate to 0."""
-        import keras
-
-        schedule = keras.optimizers.schedules.CosineDecay(
-            self.s["finetune_learning_rate"], epochs * self.steps_per_epoch)
-        model.compile(keras.optimizers.SGD(schedule, momentum=self.s["momentum"]),
-                      loss=_loss(), metrics=["accuracy"])
-        return self.fit(model, 0, epochs)
-
-    def build(self, widths) -> Any:
-        """``fashion_vgg(widths)``, initialised from this seed."""
-        import keras
-
-        from tf_gamma_prune.reference_models import fashion_vgg
-
-        keras.utils.set_random_seed(self.seed)
-        return fashion_vgg(widths=list(widths))
+    def epoch_fields(self, method: str, target: int | None) -> dict[str, Any]:
+        """Target k: s_k phase-1 epochs, E − s_k fine-tune (the reference: S and E − S)."""
+        s = self.s
+        sparsify = s["stage_epochs"][target] if target is not None else s["sparsify_epochs"]
+        return {"sparsify_epochs": sparsify, "finetune_epochs": s["epochs"] - sparsify}
 
     def phase1_optimizer(self, kind: str, model):
         """Phase 1's SGD: plain (reference), in GammaISTA, or in NetworkSlimming."""
@@ -212,7 +122,7 @@ class SeedRun:
             seconds = self._meta(path).get("seconds", 0.0)
         else:
             model = self.build(self.s["widths"])
-            model.compile(self.phase1_optimizer(kind, model), loss=_loss(), metrics=["accuracy"])
+            model.compile(self.phase1_optimizer(kind, model), loss=loss(), metrics=["accuracy"])
             seconds = 0.0
         for k in range(start_stage, upto + 1):
             first = stages[k - 1] if k else 0
@@ -240,141 +150,6 @@ class SeedRun:
             save_keras_atomic(model, path)
             write_json_atomic(path.with_suffix(".json"), {"seconds": seconds})
         return keras.models.load_model(path, compile=False), self._meta(path)["seconds"]
-
-    def reference_tflite(self) -> dict[str, bytes]:
-        """The final reference's float32 and int8 ``.tflite`` (cached next to it)."""
-        from tf_gamma_prune import to_tflite
-
-        if self._ref_tflite is None:
-            paths = {"float": self.work / "reference.tflite",
-                     "int8": self.work / "reference_int8.tflite"}
-            if not all(p.exists() for p in paths.values()):
-                model, _ = self.reference_final()
-                to_tflite(model, paths["float"])
-                to_tflite(model, paths["int8"], quantization="int8",
-                          representative_data=self.data.calibration)
-            self._ref_tflite = {k: p.read_bytes() for k, p in paths.items()}
-        return self._ref_tflite
-
-    # --- measurements --------------------------------------------------------
-    def final_path(self, method: str, target: int | None) -> pathlib.Path:
-        """Where a run's final model waits for its TFLite measurements."""
-        return self.work / "final" / f"{method}_target{target}.keras"
-
-    def measure(self, model, method: str, target: int | None, train_seconds: float,
-                shared_seconds: float, extra: dict | None = None) -> dict[str, Any]:
-        """The run's record: Keras measurements, then TFLite ones (or pending without TF)."""
-        import keras
-
-        from tf_gamma_prune import model_cost
-
-        s, d = self.s, self.data
-        preds = keras_predictions(model, d.x_test)
-        cost = model_cost(model)
-        ref_cost = model_cost(self.build(s["widths"]))
-        if not cost.macs:
-            raise RuntimeError(f"{method} target {target}: the pruned model has no multiply-adds "
-                               "left (every channel of some layer was removed); lower --rho_stages.")
-        widths = bn_widths(model)
-        widths = {**{name: widths.get(name, 0) for name in bn_widths(self.build(s["widths"]))},
-                  **widths}  # a BN whose channels all went is reported with width 0
-        stages = s["stage_epochs"]
-        record = {
-            "method": method, "target": target, "seed": self.seed,
-            "sparsify_epochs": stages[target] if target is not None else s["sparsify_epochs"],
-            "finetune_epochs": s["epochs"] - (stages[target] if target is not None
-                                              else s["sparsify_epochs"]),
-            "accuracy": float(np.mean(preds == d.y_test)),
-            "params": int(cost.params), "macs": int(cost.macs),
-            "param_reduction": ref_cost.params / cost.params,
-            "mac_reduction": ref_cost.macs / cost.macs,
-            "widths": widths,
-            "train_seconds": round(train_seconds, 1), "shared_seconds": round(shared_seconds, 1),
-            "trained_with": machine_info("keras_backend", "machine", "cpu_count"),
-        }
-        record.update(extra or {})
-        if not self.tflite:
-            from tf_gamma_prune.atomic_io import save_keras_atomic
-
-            weights_only = keras.models.clone_model(model)  # uncompiled: no optimizer slots saved
-            weights_only.set_weights(model.get_weights())
-            save_keras_atomic(weights_only, self.final_path(method, target))
-            record["tflite_pending"] = True
-            return record
-        record.update(self.measure_tflite(model, method, preds))
-        return record
-
-    def complete_pending(self) -> None:
-        """TFLite measurements of this seed's records trained where TF was missing."""
-        import keras
-
-        for record in self.results.pending(self.seed):
-            path = self.final_path(record["method"], record["target"])
-            if not path.exists():
-                raise FileNotFoundError(
-                    f"{record['method']} target {record['target']} seed {self.seed} waits for its "
-                    f"TFLite measurements but {path} is missing: copy the work folder back from the "
-                    "machine that trained it, or --restart.")
-            self.log(f"seed {self.seed}: {record['method']} target {record['target']}: "
-                     "TFLite measurements (trained elsewhere)")
-            model = keras.models.load_model(path, compile=False)
-            done = {k: v for k, v in record.items() if k != "tflite_pending"}
-            done.update(self.measure_tflite(model, record["method"],
-                                            keras_predictions(model, self.data.x_test)))
-            self.results.replace(done)
-
-    def measure_tflite(self, model, method: str, preds: np.ndarray) -> dict[str, Any]:
-        """float32 / int8 ``.tflite`` sizes, int8 accuracy, latency against the reference."""
-        from tf_gamma_prune import benchmark_latency, compare_latency, model_cost, to_tflite
-
-        s, d = self.s, self.data
-        mac_reduction = model_cost(self.build(s["widths"])).macs / model_cost(model).macs
-        flt = to_tflite(model)
-        int8 = to_tflite(model, quantization="int8", representative_data=d.calibration)
-        self.stats["tflite_conversions"] += 2
-        n_eval = min(s["tflite_eval_examples"], len(d.x_test))
-        int8_preds = tflite_predictions(int8, d.x_test[:n_eval])
-        timing = dict(threads=(1,), runs=s["latency_runs"], warmup=s["latency_warmup"],
-                      timing=s["latency_timing"])
-        if method == REFERENCE:
-            lat = benchmark_latency(flt, 1, s["latency_warmup"], s["latency_runs"]).median_ms
-            lat8 = benchmark_latency(int8, 1, s["latency_warmup"], s["latency_runs"]).median_ms
-            ref_lat, ref_lat8, speedup, speedup8 = lat, lat8, 1.0, 1.0
-        else:
-            ref = self.reference_tflite()
-            (c,) = compare_latency(ref["float"], flt, **timing)
-            (c8,) = compare_latency(ref["int8"], int8, **timing)
-            lat, ref_lat, speedup = c.b.median_ms, c.a.median_ms, c.speedup
-            lat8, ref_lat8, speedup8 = c8.b.median_ms, c8.a.median_ms, c8.speedup
-        return {
-            "tflite_float_bytes": len(flt), "tflite_int8_bytes": len(int8),
-            "int8_accuracy": float(np.mean(int8_preds == d.y_test[:n_eval])),
-            "int8_agreement": float(np.mean(int8_preds == preds[:n_eval])),
-            "int8_eval_examples": n_eval,
-            "latency_ms": lat, "reference_latency_ms": ref_lat, "speedup": speedup,
-            "speedup_over_mac_reduction": speedup / mac_reduction if mac_reduction else None,
-            "int8_latency_ms": lat8, "int8_reference_latency_ms": ref_lat8,
-            "int8_speedup": speedup8,
-        }
-
-    def add(self, record: dict) -> None:
-        """Save a finished run's record and log it."""
-        self.results.add(record)
-        self.stats["records_added"] += 1
-        if record.get("accuracy") is None:
-            self.log(f"seed {self.seed}: {record['method']} target {record['target']}: "
-                     f"unreachable ({record['unreachable']})")
-        else:
-            speed = ("TFLite pending" if record.get("tflite_pending")
-                     else f"{record['speedup']:.2f}x faster")
-            self.log(f"seed {self.seed}: {record['method']} target {record['target']}: accuracy "
-                     f"{record['accuracy']:.4f}, {record['params']:,} params, "
-                     f"{record['macs']:,} MACs, {speed}")
-
-    def unreachable(self, method: str, k: int, reason: str, extra: dict | None = None) -> dict:
-        """The record of a run that cannot be made (e.g. no selection matches the MACs)."""
-        return {"method": method, "target": k, "seed": self.seed, "accuracy": None,
-                "unreachable": reason, **(extra or {})}
 
     # --- the runs ------------------------------------------------------------
     def run(self) -> None:
@@ -462,7 +237,7 @@ class SeedRun:
         """A fresh ``fashion_vgg(widths)`` trained for the whole budget (s_k + E - s_k)."""
         s = self.s
         model = self.build([widths[f"bn{i + 1}"] for i in range(6)])
-        model.compile(self.phase1_optimizer(REFERENCE, model), loss=_loss(), metrics=["accuracy"])
+        model.compile(self.phase1_optimizer(REFERENCE, model), loss=loss(), metrics=["accuracy"])
         self.log(f"seed {self.seed}: scratch target {k}: {s['stage_epochs'][k]} + "
                  f"{s['epochs'] - s['stage_epochs'][k]} epochs")
         seconds = self.fit(model, 0, s["stage_epochs"][k])
@@ -475,25 +250,16 @@ class SeedRun:
 # ----------------------------------------------------------------------------
 
 
-@dataclasses.dataclass
-class Outcome:
-    """What one call of :func:`run_benchmark` did."""
-
-    doc: dict
-    epochs_trained: int
-    records_added: int
-    tflite_conversions: int
-    work_dir: pathlib.Path
-    finished: bool = True  # False: stopped at the deadline, or TFLite measurements pending
-
-
 def run_benchmark(settings: dict, out: str | os.PathLike = DEFAULT_OUT,
                   work_dir: str | os.PathLike = DEFAULT_WORK_DIR, restart: bool = False,
                   log: Callable[[str], None] = print, png: str | os.PathLike | None = None,
                   deadline_minutes: float | None = None) -> Outcome:
     """Run (or resume) the whole benchmark; returns the JSON document and counters.
 
-        outcome = run_benchmark(make_settings("cpu"), "benchmarks/results/compression.json")
+        outcome = run_benchmark(make_settings("cpu_short"), "benchmarks/results/compression.json")
+
+    from_reference settings (presets ``cpu``, ``smoke``) are run by
+    ``compression_reference.run_reference`` (same arguments, same outcome).
 
     Without TensorFlow (Keras on JAX, e.g. the GPU machine) every run is trained
     and measured in Keras, its final model saved under the cache and its
@@ -502,6 +268,11 @@ def run_benchmark(settings: dict, out: str | os.PathLike = DEFAULT_OUT,
     anything is left). ``deadline_minutes``: start no training after this
     long (what is done stays saved; call again to go on).
     """
+    if settings.get("protocol") == FROM_REFERENCE:
+        from compression_reference import run_reference
+
+        return run_reference(settings, out, work_dir, restart=restart, log=log, png=png,
+                             deadline_minutes=deadline_minutes)
     results = Results(pathlib.Path(out), settings, restart=restart)
     work = pathlib.Path(work_dir) / settings_hash(settings)
     if restart and work.exists():

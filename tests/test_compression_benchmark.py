@@ -56,7 +56,7 @@ def tiny_run(tmp_path_factory):
     pytest.importorskip("ai_edge_litert", reason="LiteRT interpreter needed for latency")
     require_real_fashion_mnist()
     tmp = tmp_path_factory.mktemp("compression")
-    settings = compression.make_settings("cpu", **TINY)
+    settings = compression.make_settings("cpu_short", **TINY)
     out, work_dir = tmp / "results.json", tmp / "work"
     first = compression.run_benchmark(settings, out, work_dir, log=lambda line: None,
                                       png=tmp / "results.png")
@@ -156,7 +156,7 @@ def test_rerun_trains_nothing_and_changes_nothing(tiny_run):
 
 def test_other_settings_are_refused(tiny_run):
     before = tiny_run["out"].read_text()
-    other = compression.make_settings("cpu", **{**TINY, "epochs": 3})
+    other = compression.make_settings("cpu_short", **{**TINY, "epochs": 3})
     with pytest.raises(compression.SettingsMismatchError, match=r"--out.*--restart|epochs"):
         compression.run_benchmark(other, tiny_run["out"], tiny_run["work_dir"],
                                   log=lambda line: None)
@@ -182,15 +182,15 @@ def test_a_lost_record_is_redone_from_the_cache(tiny_run, tmp_path):
 
 
 def test_settings_validation():
-    s = compression.make_settings("cpu")
+    s = compression.make_settings("cpu_short")
     assert s["stage_epochs"] == [2, 3] and s["fold"] in ("carrier", "exact")
     assert compression.make_settings("gpu")["stage_epochs"] == [8, 16, 24]
     with pytest.raises(compression.SettingsError, match="sparsify_epochs"):
-        compression.make_settings("cpu", epochs=3, sparsify_epochs=3)
+        compression.make_settings("cpu_short", epochs=3, sparsify_epochs=3)
     with pytest.raises(compression.SettingsError, match="stage_epochs"):
-        compression.make_settings("cpu", stage_epochs=[2, 2])
+        compression.make_settings("cpu_short", stage_epochs=[2, 2])
     with pytest.raises(compression.SettingsError, match="Unknown settings"):
-        compression.make_settings("cpu", epoch=3)
+        compression.make_settings("cpu_short", epoch=3)
     assert compression.settings_hash(s) == compression.settings_hash(json.loads(json.dumps(s)))
     assert compression.settings_hash(s) != compression.settings_hash({**s, "seeds": [0]})
 

@@ -54,8 +54,8 @@ def test_committed_results_are_complete_and_consistent():
 
 
 def _synthetic_doc() -> dict:
-    settings = dict(compression.PRESETS["cpu"], preset="cpu", stage_epochs=[2, 3], fold="carrier",
-                    seeds=[0, 1])
+    settings = dict(compression.PRESETS["cpu_short"], preset="cpu_short", stage_epochs=[2, 3],
+                    fold="carrier", seeds=[0, 1])
     rng = np.random.default_rng(0)
     records = []
     for seed in (0, 1):

@@ -46,7 +46,7 @@ RUNNER = textwrap.dedent("""
     from test_compression_benchmark import TINY, compression
 
     out, work = pathlib.Path(sys.argv[2]), pathlib.Path(sys.argv[3])
-    settings = compression.make_settings("cpu", **TINY)
+    settings = compression.make_settings("cpu_short", **TINY)
     outcome = compression.run_benchmark(settings, out, work, log=print)
     loaded = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
     print("RESULT " + json.dumps({"finished": outcome.finished, "loaded": loaded,
@@ -72,7 +72,7 @@ def jax_then_tf(tmp_path_factory):
     jax_run = json.loads(line[len("RESULT "):])
     jax_doc = json.loads(out.read_text())
 
-    settings = compression.make_settings("cpu", **TINY)
+    settings = compression.make_settings("cpu_short", **TINY)
     completed = compression.run_benchmark(settings, out, work, log=lambda line: None)
     return dict(jax_run=jax_run, jax_doc=jax_doc, completed=completed, settings=settings)
 
@@ -126,7 +126,7 @@ def test_models_trained_on_jax_give_the_same_accuracy_under_tensorflow(jax_then_
 
 def test_deadline_stops_before_training_and_a_rerun_goes_on(tmp_path):
     require_real_fashion_mnist()
-    settings = compression.make_settings("cpu", **TINY)
+    settings = compression.make_settings("cpu_short", **TINY)
     outcome = compression.run_benchmark(settings, tmp_path / "r.json", tmp_path / "w",
                                         log=lambda line: None, deadline_minutes=0)
     assert outcome.finished is False

@@ -1,0 +1,283 @@
+"""The from_reference compression protocol: the smoke preset end to end, verdicts, settings.
+
+The end-to-end run (``--preset smoke``: a reference trained here for 3 epochs
+on 1,000 images, 1 + 1 epochs after it, two MAC targets, two seeds, two tuning
+trials per pruning method; ≈ 2.5 minutes on 2 cores) checks the JSON's
+invariants against independent computations; a second call must train nothing.
+The verdict code is checked on hand-made records.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import pytest
+
+from test_compression_benchmark import _cache_files, compression, require_real_fashion_mnist
+
+import compression_reference_protocol as protocol  # noqa: E402  (benchmarks/ is on sys.path)
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    pytest.importorskip("ai_edge_litert", reason="LiteRT interpreter needed for latency")
+    require_real_fashion_mnist()
+    tmp = tmp_path_factory.mktemp("smoke")
+    settings = compression.make_settings("smoke")
+    out, work_dir = tmp / "smoke.json", tmp / "work"
+    first = compression.run_benchmark(settings, out, work_dir, log=lambda line: None,
+                                      png=tmp / "smoke.png")
+    text, files = out.read_text(), _cache_files(first.work_dir)
+    second = compression.run_benchmark(settings, out, work_dir, log=lambda line: None)
+    return dict(settings=settings, out=out, first=first, second=second, text=text, files=files,
+                png=tmp / "smoke.png", work_dir=work_dir)
+
+
+def _by_key(doc) -> dict[tuple, dict]:
+    return {(r["method"], r["target"], r["seed"]): r for r in doc["records"]}
+
+
+def test_every_method_target_and_seed_has_a_record(smoke):
+    doc, s = json.loads(smoke["out"].read_text()), smoke["settings"]
+    records = _by_key(doc)
+    expected = {(m, k, seed) for seed in s["seeds"] for k in range(len(s["mac_targets"]))
+                for m in compression.METHODS}
+    references = [key for key in records if key[0] == "reference"]
+    assert references == [("reference", None, 0)]  # one shared reference, its own seed
+    assert set(records) - set(references) == expected and len(doc["records"]) == len(records)
+    assert smoke["first"].finished and smoke["first"].records_added == len(expected) + 1
+    for r in doc["records"]:
+        if r.get("accuracy") is None:  # only what depends on a match may be unreachable
+            assert r["method"] in ("slimming", "l1_norm", "random", "scratch") and r["unreachable"]
+            continue
+        assert 0.0 <= r["accuracy"] <= 1.0 and 0.0 <= r["validation_accuracy"] <= 1.0
+        assert 0 < r["tflite_int8_bytes"] < r["tflite_float_bytes"] and r["speedup"] > 0
+        assert r["measure_seconds"] > 0 and r["train_seconds"] > 0
+    assert records[("reference", None, 0)]["accuracy"] > 0.2  # the reference learnt something
+    assert doc["reference"]["source"].startswith("trained here")
+
+
+def test_budgets_epochs_and_matching(smoke):
+    from tf_gamma_prune import model_cost
+    from tf_gamma_prune.reference_models import fashion_vgg
+
+    doc, s = json.loads(smoke["out"].read_text()), smoke["settings"]
+    ref_macs = model_cost(fashion_vgg(widths=s["widths"])).macs
+    budget = s["sparsify_epochs"] + s["finetune_epochs"]
+    for (method, k, seed), r in _by_key(doc).items():
+        if method == "reference" or r.get("accuracy") is None:
+            continue
+        gamma = _by_key(doc)[("gamma_ista", k, seed)]
+        assert r["mac_target"] == s["mac_targets"][k]
+        if method == "gamma_ista":
+            assert r["macs_budget"] == round(ref_macs / s["mac_targets"][k])
+            assert r["macs_relative_difference"] == pytest.approx(
+                (r["macs"] - r["macs_budget"]) / r["macs_budget"])
+            assert len(r["cost_target"]["history"]) <= 50
+        elif method in ("slimming", "l1_norm"):  # matched within the tolerance
+            assert r["macs_target"] == gamma["macs"]
+            assert abs(r["macs"] - gamma["macs"]) <= s["match_tolerance"] * gamma["macs"]
+        else:  # random and scratch: exactly gamma_ista's widths
+            assert r["widths"] == gamma["widths"] and r["macs"] == gamma["macs"]
+        if method == "scratch":
+            assert r["scratch_epochs"] == s["reference_epochs"]  # the reference's epoch count
+        else:
+            assert r["sparsify_epochs"] + r["finetune_epochs"] == budget
+
+
+def test_tuning_uses_validation_only_and_equal_effort(smoke):
+    doc, s = json.loads(smoke["out"].read_text()), smoke["settings"]
+    trials = doc["tuning"]["trials"]
+    counts = {}
+    for t in trials:
+        assert t["seed"] == s["seeds"][0]
+        assert "accuracy" not in t and "test_accuracy" not in t  # never the test set
+        assert t["validation_accuracy"] is None or 0.0 <= t["validation_accuracy"] <= 1.0
+        assert t["seconds"] >= 0 and t["overrides"] == s["tuning"][t["method"]][t["trial"]]
+        counts.setdefault(t["method"], set()).add((t["target"], t["trial"]))
+    n_targets = len(s["mac_targets"])
+    assert {m: len(v) for m, v in counts.items()} == {
+        m: n_targets * len(s["tuning"][m]) for m in protocol.PRUNING_METHODS}
+    # the first seed's record is the best trial's model; later seeds use its overrides
+    for (method, k, seed), r in _by_key(doc).items():
+        if method not in protocol.PRUNING_METHODS or r.get("accuracy") is None:
+            continue
+        best = protocol.chosen_trial(doc, method, k)
+        reachable = [t["validation_accuracy"] for t in trials if (t["method"], t["target"]) ==
+                     (method, k) and t["validation_accuracy"] is not None]
+        assert best["validation_accuracy"] == max(reachable)
+        assert r["overrides"] == best["overrides"] and r["tuning_trial"] == best["trial"]
+        if seed == s["seeds"][0]:
+            assert r["from_trial"] == best["trial"]
+            assert r["validation_accuracy"] == pytest.approx(best["validation_accuracy"])
+            assert r["macs"] == best["macs"]
+    assert {(c["method"], c["target"]) for c in doc["summary"]["tuning"]} <= {
+        (t["method"], t["target"]) for t in trials}
+
+
+def test_rerun_trains_nothing_and_changes_nothing(smoke):
+    second = smoke["second"]
+    assert smoke["first"].epochs_trained > 0 and smoke["first"].trials_added > 0
+    assert second.epochs_trained == 0 and second.records_added == 0
+    assert second.trials_added == 0 and second.tflite_conversions == 0 and second.finished
+    before, after = json.loads(smoke["text"]), json.loads(smoke["out"].read_text())
+    assert after["records"] == before["records"] and after["tuning"] == before["tuning"]
+    assert _cache_files(second.work_dir) == smoke["files"]
+
+
+def _without_last_record(smoke, path: pathlib.Path, **changes) -> dict:
+    doc = json.loads(smoke["text"])
+    lost = doc["records"].pop()
+    doc.update(changes)
+    path.write_text(json.dumps(doc))
+    return lost
+
+
+def test_a_lost_record_is_measured_again_from_the_cache(smoke, tmp_path):
+    out = tmp_path / "partial.json"
+    lost = _without_last_record(smoke, out)
+    outcome = compression.run_benchmark(smoke["settings"], out, smoke["work_dir"],
+                                        log=lambda line: None)
+    assert outcome.records_added == 1 and outcome.epochs_trained == 0 and outcome.finished
+    again = _by_key(outcome.doc)[(lost["method"], lost["target"], lost["seed"])]
+    assert again["accuracy"] == lost["accuracy"] and again["macs"] == lost["macs"]
+
+
+def test_results_of_another_reference_are_refused(smoke, tmp_path):
+    out = tmp_path / "other.json"
+    doc = json.loads(smoke["text"])
+    _without_last_record(smoke, out, reference={**doc["reference"], "sha256": "0" * 64})
+    before = out.read_text()
+    with pytest.raises(compression.SettingsMismatchError, match="another reference"):
+        compression.run_benchmark(smoke["settings"], out, smoke["work_dir"],
+                                  log=lambda line: None)
+    assert out.read_text() == before
+
+
+def test_summary_report_and_plot(smoke):
+    import compression_report as report
+
+    doc = json.loads(smoke["out"].read_text())
+    assert compression.summarize(doc) == doc["summary"]
+    assert [t["name"] for t in doc["summary"]["targets"]] == [
+        "compression_accuracy", "beats_baselines", "latency_follows_macs", "small_and_accurate"]
+    text = report.markdown(doc)
+    assert "--preset smoke" in text and "(chosen)" in text and "validation accuracy" in text
+    assert smoke["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_deadline_stops_before_training(tmp_path):
+    require_real_fashion_mnist()
+    settings = compression.make_settings("smoke")
+    outcome = compression.run_benchmark(settings, tmp_path / "r.json", tmp_path / "w",
+                                        log=lambda line: None, deadline_minutes=0)
+    assert outcome.finished is False and outcome.epochs_trained == 0
+    assert outcome.doc["records"] == [] and not list((tmp_path / "w").rglob("*.keras"))
+
+
+# --- settings and verdicts, no training ---------------------------------------------
+
+
+def test_presets_and_settings_checks():
+    cpu = compression.make_settings("cpu")
+    assert cpu["protocol"] == "from_reference" and cpu["train_examples"] == 0
+    assert cpu["mac_targets"] == [3.0, 6.0] and cpu["seeds"] == [0, 1]
+    assert (cpu["sparsify_epochs"], cpu["finetune_epochs"]) == (2, 3)
+    assert cpu["reference"] == "saved_models/fashion_vgg_reference.keras"
+    assert compression.make_settings("smoke")["reference"] is None
+    assert compression.make_settings("cpu_short")["protocol"] == "from_scratch"
+    assert compression.settings_hash(compression.make_settings("gpu")) == "e58b4d0dc110"
+    with pytest.raises(compression.SettingsError, match="same number of trials"):
+        compression.make_settings("cpu", tuning={"gamma_ista": [{}, {}], "slimming": [{}]})
+    with pytest.raises(compression.SettingsError, match="tunable"):
+        compression.make_settings("cpu", tuning={m: [{"seeds": [3]}] for m in
+                                                 protocol.PRUNING_METHODS})
+    with pytest.raises(compression.SettingsError, match="exactly one reference"):
+        compression.make_settings("cpu", reference_epochs=3)
+    with pytest.raises(compression.SettingsError, match="mac_targets"):
+        compression.make_settings("cpu", mac_targets=[0.5])
+    with pytest.raises(compression.SettingsError, match="Unknown settings"):
+        compression.make_settings("cpu", rho_stages=[0.1])
+
+
+def test_old_results_read_as_cpu_short():
+    from compression_presets import migrate_settings
+
+    committed = json.loads((ROOT / "benchmarks/results/compression.json").read_text())
+    assert "protocol" not in committed["settings"] and committed["settings"]["preset"] == "cpu"
+    migrated = migrate_settings(committed["settings"])
+    assert migrated == compression.make_settings("cpu_short")
+    assert migrate_settings(migrated) == migrated
+
+
+def _rec(method, target, seed, accuracy, macs, params, speedup=3.0, ref_macs=1200, ref_params=600):
+    return {"method": method, "target": target, "seed": seed, "accuracy": accuracy,
+            "macs": macs, "params": params, "mac_reduction": ref_macs / macs,
+            "param_reduction": ref_params / params, "speedup": speedup,
+            "speedup_over_mac_reduction": speedup / (ref_macs / macs)}
+
+
+def _verdicts(records, mac_targets=(3.0, 6.0)):
+    settings = {"mac_targets": list(mac_targets), "match_tolerance": 0.05,
+                "latency_timing": "steady"}
+    doc = {"settings": settings, "records": records, "tuning": {"trials": []}}
+    return {t["name"]: t for t in protocol.summarize_reference(doc)["targets"]}
+
+
+def _family(gamma=(0.916, 0.905), slim=(0.910, 0.900), l1=(0.911, 0.901), scratch=(0.914, 0.903)):
+    records = [_rec("reference", None, 0, 0.920, 1200, 600, speedup=1.0)]
+    for seed in (0, 1):
+        for k, macs, params in ((0, 400, 110), (1, 200, 60)):
+            for method, accs in (("gamma_ista", gamma), ("slimming", slim), ("l1_norm", l1),
+                                 ("scratch", scratch), ("random", (0.8, 0.8))):
+                records.append(_rec(method, k, seed, accs[k], macs + (8 if method == "slimming"
+                                                                      else 0), params,
+                                    speedup=3.0 if k == 0 else 4.5))
+    return records
+
+
+def test_verdicts_met_with_their_margins():
+    v = _verdicts(_family())
+    # (1) target 1: 3x fewer MACs, 5.45x fewer params, drop 92.0 - 91.6 = 0.4 point: met by 0.1
+    assert v["compression_accuracy"]["value"] == pytest.approx(0.4)
+    assert v["compression_accuracy"]["met"]
+    assert v["compression_accuracy"]["margin"] == pytest.approx(0.1)
+    # (2) leads at target 2: slimming +0.5, l1_norm +0.4, scratch +0.2 (target 1: more);
+    # binding: l1_norm at target 2, 0.1 point beyond the 0.3 it needs
+    lead = v["beats_baselines"]
+    assert lead["met"] and lead["value"] == pytest.approx(0.4) and lead["threshold"] == 0.3
+    assert lead["margin"] == pytest.approx(0.1) and len(lead["comparisons"]) == 6
+    assert "binding: target 2 vs l1_norm" in lead["detail"]
+    # (3) every model: 3.0 / 3 = 1.0 and 4.5 / 6 = 0.75 < 0.8: not met by 0.05
+    fast = v["latency_follows_macs"]
+    assert not fast["met"] and fast["value"] == pytest.approx(0.75)
+    assert fast["margin"] == pytest.approx(-0.05) and fast["target"] == 1
+    # (4) <= 100k params (every pruned model here): best is gamma_ista target 1, 91.6%
+    small = v["small_and_accurate"]
+    assert small["value"] == pytest.approx(0.916) and small["margin"] == pytest.approx(-0.014)
+    assert not small["met"]
+
+
+def test_verdict_two_binds_on_scratch_and_on_missing_comparisons():
+    behind = _verdicts(_family(scratch=(0.918, 0.903)))["beats_baselines"]
+    # gamma 91.6 vs scratch 91.8 at target 1: -0.2 where >= 0 is needed
+    assert not behind["met"] and behind["value"] == pytest.approx(-0.2)
+    assert behind["threshold"] == 0.0 and behind["margin"] == pytest.approx(-0.2)
+    assert "target 1 vs scratch" in behind["detail"]
+    records = [r for r in _family() if not (r["method"] == "l1_norm" and r["target"] == 1)]
+    missing = _verdicts(records)["beats_baselines"]
+    assert not missing["met"] and missing["missing"] == ["target 2 l1_norm"]
+    assert missing["margin"] == pytest.approx(0.2)  # the margin of what was compared
+
+
+def test_verdict_one_reports_the_compression_shortfall():
+    records = [r for r in _family() if r["params"] != 110]  # only target 2 models left
+    for r in records:
+        if r["method"] == "gamma_ista":
+            r["param_reduction"] = 4.0  # not 5x fewer parameters
+    first = _verdicts(records)["compression_accuracy"]
+    assert first["value"] is None and not first["met"]
+    assert first["compression_shortfall"]["param_reduction"] == 4.0
