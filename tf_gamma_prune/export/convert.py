@@ -5,6 +5,13 @@ the Flex delegate adds megabytes to an app and no accelerator runs it),
 optionally quantized (``"float16"``, ``"dynamic"``, ``"int8"`` with
 representative data), and writes the file atomically.
 
+A mixed-precision model (layers with the ``"mixed_float16"`` /
+``"mixed_bfloat16"`` policy, or ``"float16"`` / ``"bfloat16"``) has no TFLite
+builtin kernels for its half-precision convs and matmuls, so :func:`to_tflite`
+converts a float32 copy instead (:func:`float32_copy`: the model re-created from
+its config with every such policy set to ``"float32"``, the weights copied as
+float32). The global dtype policy is never touched.
+
 Example:
 
 >>> import keras
@@ -30,6 +37,110 @@ from tf_gamma_prune.export.flatbuffer import assert_builtin_only
 from tf_gamma_prune.inputs import InputSpec, model_input_batches, pack_inputs
 
 QUANTIZATIONS = (None, "float16", "dynamic", "int8")
+
+_HALF_POLICIES = ("mixed_float16", "mixed_bfloat16", "float16", "bfloat16")
+_HALF = ("float16", "bfloat16")
+
+
+def half_precision_layers(model: Any) -> list[str]:
+    """Names of the layers of ``model`` (nested ones included) that compute in
+    float16 or bfloat16 (a mixed-precision policy).
+
+    >>> import keras
+    >>> x = keras.Input((4,))
+    >>> y = keras.layers.Dense(2, dtype="mixed_float16", name="d")(x)
+    >>> half_precision_layers(keras.Model(x, y))
+    ['d']
+    """
+    flatten = getattr(model, "_flatten_layers", None)
+    if flatten is None:
+        return []
+    names = []
+    for layer in flatten(include_self=True, recursive=True):
+        policy = getattr(layer, "dtype_policy", None)
+        if getattr(policy, "compute_dtype", None) in _HALF:
+            names.append(layer.name)
+    return names
+
+
+def _float32_policies(config: Any) -> Any:
+    """``config`` with every float16/bfloat16 dtype policy replaced by float32."""
+    if isinstance(config, dict):
+        if (config.get("class_name") in ("DTypePolicy", "FloatDTypePolicy")
+                and isinstance(config.get("config"), dict)
+                and config["config"].get("name") in _HALF_POLICIES):
+            return {**config, "config": {**config["config"], "name": "float32"}}
+        return {k: ("float32" if k == "dtype" and v in _HALF_POLICIES else _float32_policies(v))
+                for k, v in config.items()}
+    if isinstance(config, (list, tuple)):
+        return type(config)(_float32_policies(v) for v in config)
+    return config
+
+
+def float32_copy(model: Any) -> Any:
+    """A float32 copy of a mixed-precision Keras model (``model`` is not changed).
+
+    The model is re-created from its config with every float16 / bfloat16
+    dtype policy (``"mixed_float16"``, ``"mixed_bfloat16"``, ``"float16"``,
+    ``"bfloat16"``) replaced by ``"float32"``, and its weights are copied in
+    order, cast to float32. The global dtype policy is not used or changed.
+
+    Raises:
+        ExportError: the model cannot be re-created from its config (a
+            subclassed model, a custom layer without a working ``get_config``),
+            its copy has other weights, or a layer of the copy still computes in
+            half precision (e.g. a custom layer that hard-codes its sublayers'
+            dtype). The message names mixed precision as the cause.
+
+    Example:
+
+    >>> import keras
+    >>> x = keras.Input((4,))
+    >>> y = keras.layers.Dense(2, dtype="mixed_float16")(x)
+    >>> copy = float32_copy(keras.Model(x, y))
+    >>> copy.layers[-1].dtype_policy.name, half_precision_layers(copy)
+    ('float32', [])
+    """
+    import keras
+
+    half = half_precision_layers(model)
+    cause = (f"The model computes in half precision (a mixed_float16 / float16 dtype policy, "
+             f"layers {half[:5]}{' ...' if len(half) > 5 else ''}), which TFLite's builtin "
+             "kernels do not run, and to_tflite could not make a float32 copy of it")
+    fix = ("Rebuild the model under float32 (layers created with dtype='float32', or "
+           "keras.mixed_precision.set_global_policy('float32') before building it), load the "
+           "trained weights into it and export that; quantization='float16' still gives "
+           "float16 weights.")
+    from keras.src.saving.serialization_lib import SafeModeScope
+
+    # The model's own classes (a custom layer need not be registered) and its own
+    # Lambda functions (already loaded: no new code) may be re-created.
+    own = {type(layer).__name__: type(layer)
+           for layer in model._flatten_layers(include_self=False, recursive=True)
+           if not type(layer).__module__.startswith("keras.")}
+    try:
+        config = _float32_policies(model.get_config())
+        with keras.saving.CustomObjectScope(own), SafeModeScope(False):
+            copy = type(model).from_config(config)
+    except Exception as e:  # noqa: BLE001 - anything that stops the copy
+        raise ExportError(f"{cause}: re-creating it from its config failed "
+                          f"({type(e).__name__}: {e}). {fix}") from e
+    old, new = model.weights, copy.weights
+    old_shapes = [tuple(w.shape) for w in old]
+    new_shapes = [tuple(w.shape) for w in new]
+    if old_shapes != new_shapes:
+        raise ExportError(f"{cause}: the copy from its config has other weights "
+                          f"({len(new)} instead of {len(old)}, or other shapes). {fix}")
+    for dst, src in zip(new, old):
+        value = np.asarray(keras.ops.convert_to_numpy(src))
+        if np.issubdtype(value.dtype, np.floating) or str(value.dtype) == "bfloat16":
+            value = value.astype(np.float32)
+        dst.assign(value.astype(keras.backend.standardize_dtype(dst.dtype)))
+    left = half_precision_layers(copy)
+    if left:
+        raise ExportError(f"{cause}: layers {left[:5]} still compute in half precision after "
+                          f"setting every dtype policy in the config to float32. {fix}")
+    return copy
 
 
 
@@ -144,6 +255,9 @@ def to_tflite(
     Args:
         model: a built Keras 3 model (functional or Sequential; a subclassed one
             needs ``input_signature``). It is traced with ``training=False``.
+            A mixed-precision model is converted as a float32 copy
+            (:func:`float32_copy`), so the file is float32 (float16 weights
+            with ``quantization="float16"``).
         path: where to write the ``.tflite`` file (atomically); ``None`` writes nothing.
         quantization: ``None`` (float32), ``"float16"`` (float16 weights),
             ``"dynamic"`` (int8 weights, float activations) or ``"int8"``
@@ -167,7 +281,8 @@ def to_tflite(
     Raises:
         CalibrationDataError: ``"int8"`` without (usable) ``representative_data``.
         ExportError: the conversion failed (e.g. an op without a TFLite builtin
-            kernel); nothing is written to ``path``.
+            kernel), or a mixed-precision model could not be copied to float32
+            (the message says so); nothing is written to ``path``.
 
     Example:
 
@@ -189,6 +304,8 @@ def to_tflite(
             "numpy batches of real, preprocessed model inputs (a few hundred examples), e.g. "
             "representative_data=[x_train[i:i + 32] for i in range(0, 320, 32)]."
         )
+    if half_precision_layers(model):
+        model = float32_copy(model)
     signature = list(input_signature) if input_signature is not None else signature_of(model, batch_size)
     representative = None
     if quantization == "int8":

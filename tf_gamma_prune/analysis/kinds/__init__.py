@@ -15,6 +15,13 @@ opaque     Softmax, LayerNormalization, GroupNormalization ...  :mod:`.opaque`
 constant   ConstantFeature                                      :mod:`.constant`
 ========== ==================================================== ==================
 
+``keras.ops`` nodes in functional models (``keras.ops.pad``, ``mean``,
+``concatenate``, ``reshape``, ``clip`` ...) get one of these kinds too, by the
+op and its arguments (the table in :mod:`.registry`); arguments a kind's rule
+does not cover make the node opaque. With ``unknown="opaque"``
+(``prune_model(..., unknown_layers="opaque")``) a layer class the registry does
+not know is kept whole (:class:`~.opaque.KeptWholeKind`) instead of raising.
+
 To support a new layer: register its class as a named kind, or subclass
 :class:`LayerKind` (its three jobs are described in :mod:`.base`) and register
 an instance: ``register_layer_kind(MyLayer, MyKind())``.
@@ -34,6 +41,7 @@ from tf_gamma_prune.analysis.kinds.registry import (
     CONSTANT_KIND,
     DEPTHWISE,
     DEPTHWISE_KIND,
+    KEPT_WHOLE_KIND,
     MERGE,
     MERGE_KIND,
     MIXING,
@@ -46,6 +54,7 @@ from tf_gamma_prune.analysis.kinds.registry import (
     RESHAPE_KIND,
     SPATIAL,
     SPATIAL_KIND,
+    UNKNOWN_LAYERS,
     kind_of_layer,
     layer_kind,
     register_layer_kind,
@@ -53,8 +62,8 @@ from tf_gamma_prune.analysis.kinds.registry import (
 
 __all__ = [
     "BATCHNORM", "BATCHNORM_KIND", "CONCAT", "CONCAT_KIND", "CONSTANT", "CONSTANT_KIND",
-    "ChannelwiseKind", "DEPTHWISE", "DEPTHWISE_KIND", "LayerKind", "MERGE", "MERGE_KIND",
-    "MIXING", "MIXING_KIND", "OPAQUE", "OPAQUE_KIND", "POINTWISE", "POINTWISE_KIND", "RESHAPE",
-    "RESHAPE_KIND", "SPATIAL", "SPATIAL_KIND", "kind_of_layer", "layer_kind",
-    "register_layer_kind",
+    "ChannelwiseKind", "DEPTHWISE", "DEPTHWISE_KIND", "KEPT_WHOLE_KIND", "LayerKind", "MERGE",
+    "MERGE_KIND", "MIXING", "MIXING_KIND", "OPAQUE", "OPAQUE_KIND", "POINTWISE", "POINTWISE_KIND",
+    "RESHAPE", "RESHAPE_KIND", "SPATIAL", "SPATIAL_KIND", "UNKNOWN_LAYERS", "kind_of_layer",
+    "layer_kind", "register_layer_kind",
 ]

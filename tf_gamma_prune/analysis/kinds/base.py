@@ -31,12 +31,38 @@ subclass.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
+import keras
 import numpy as np
 
-from tf_gamma_prune.analysis.constants import Constants
+from tf_gamma_prune.analysis.constants import Constants, run_layer
 from tf_gamma_prune.analysis.layer_graph import LayerCall
+
+_HALF = ("float16", "bfloat16")
+
+
+def run_exact(call: LayerCall, values: list[np.ndarray]) -> np.ndarray:
+    """:func:`~tf_gamma_prune.analysis.constants.run_layer`, in float32 also for a
+    mixed-precision layer.
+
+    A layer with a ``"mixed_float16"`` (or bfloat16) policy would compute the
+    constants in half precision; the constants folded downstream must be the
+    model's float32 function, so such a layer runs as a float32 copy (same
+    config and weights). The layer itself is not changed.
+    """
+    layer = call.layer
+    compute = getattr(getattr(layer, "dtype_policy", None), "compute_dtype", None)
+    if compute not in _HALF or not isinstance(layer, keras.layers.Layer):
+        return run_layer(call, values)
+    config = layer.get_config()
+    config["dtype"] = "float32"
+    copy = dataclasses.replace(call, layer=type(layer).from_config(config))
+    run_layer(copy, values)  # builds it
+    for dst, src in zip(copy.layer.weights, layer.weights):
+        dst.assign(np.asarray(keras.ops.convert_to_numpy(src), np.float32))
+    return run_layer(copy, values)
 
 
 class LayerKind:

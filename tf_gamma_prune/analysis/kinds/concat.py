@@ -1,8 +1,10 @@
 """Concatenation along the channel axis: each input's channels at their offset.
 
 Concatenation along another axis is a merge (channel ``k`` of every input is
-one channel). An input whose every channel was removed is left out of the
-rebuilt concatenation.
+one channel); along the batch axis (or ``axis=None``) it is opaque. The same
+rules hold for ``keras.ops.concatenate`` nodes (the op has the same ``axis``).
+An input whose every channel was removed is left out of the rebuilt
+concatenation.
 
 >>> import keras
 >>> from tf_gamma_prune.analysis.kinds import kind_of_layer
@@ -28,10 +30,13 @@ class ConcatKind(LayerKind):
     single_io = False
 
     def refine(self, call: LayerCall) -> LayerKind:
-        from tf_gamma_prune.analysis.kinds.registry import MERGE_KIND
+        from tf_gamma_prune.analysis.kinds.registry import MERGE_KIND, OPAQUE_KIND
 
         rank = len(call.node.outputs[0].shape)
-        if call.layer.axis not in (-1, rank - 1):
+        axis = getattr(call.layer, "axis", None)
+        if axis is None or axis in (0, -rank):
+            return OPAQUE_KIND  # flattening, or stacking examples: kept as is
+        if axis not in (-1, rank - 1):
             return MERGE_KIND  # concatenation over space: channels tie elementwise
         return self
 

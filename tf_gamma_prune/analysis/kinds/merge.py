@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from tf_gamma_prune.analysis.constants import Constants, as_rank, no_constants, run_layer
-from tf_gamma_prune.analysis.kinds.base import LayerKind
+from tf_gamma_prune.analysis.constants import Constants, as_rank, no_constants
+from tf_gamma_prune.analysis.kinds.base import LayerKind, run_exact
 from tf_gamma_prune.analysis.layer_graph import LayerCall
 
 
@@ -59,5 +59,5 @@ class MergeKind(LayerKind):
                 mask = mask | np.broadcast_to(c.mask & all_zero, (width,))
         if not mask.any():
             return None
-        value = run_layer(call, [as_rank(c.value, rank) for c in filled])
+        value = run_exact(call, [as_rank(c.value, rank) for c in filled])
         return Constants(mask, as_rank(value, rank))

@@ -19,9 +19,9 @@ import keras
 import numpy as np
 
 from tf_gamma_prune.analysis.activations import activation_mixes_channels
-from tf_gamma_prune.analysis.constants import Constants, as_rank, no_constants, run_layer
+from tf_gamma_prune.analysis.constants import Constants, as_rank, no_constants
 from tf_gamma_prune.analysis.conv_response import batchnorm_inference
-from tf_gamma_prune.analysis.kinds.base import ChannelwiseKind, LayerKind
+from tf_gamma_prune.analysis.kinds.base import ChannelwiseKind, LayerKind, run_exact
 from tf_gamma_prune.analysis.layer_graph import LayerCall
 from tf_gamma_prune.errors import UnsupportedLayerError
 from tf_gamma_prune.layers import BorderCorrection
@@ -51,7 +51,7 @@ class PointwiseKind(ChannelwiseKind):
         src = ins[0]
         if src is None or self.changes_width(b, call):
             return None
-        value = run_layer(call, [src.value])
+        value = run_exact(call, [src.value])
         return Constants(src.mask.copy(), as_rank(value, b.rank(call.outputs[0])))
 
     def adjust_config(self, r: Any, call: LayerCall, config: dict) -> None:

@@ -2,9 +2,36 @@
 
 :func:`layer_kind` resolves one call: a class registered with
 :func:`register_layer_kind` first, then the built-in table, then the
-``keras.ops`` operations that appear as nodes in functional models
-(``keras.ops.add(a, b)``, ``keras.ops.relu(x)`` ...), then the kind's own
-per-call refinement (:meth:`LayerKind.refine`).
+``keras.ops`` operations that appear as nodes in functional models, then the
+kind's own per-call refinement (:meth:`LayerKind.refine`).
+
+``keras.ops`` nodes (:func:`_op_kind`). Each rule holds only for the
+arguments stated; other arguments make the node ``opaque`` (every channel it
+reads or writes is kept, so it is rebuilt unchanged and stays exact):
+
+* ``add``, ``subtract``, ``multiply``, ``divide``, ``maximum``, ``minimum``,
+  ``power``: ``merge`` with two tensors (channel ``k`` of both is one channel);
+  ``pointwise`` with one tensor and scalar operands (``maximum(x, 0.5)``);
+* unary elementwise ops (``relu``, ``sigmoid``, ``abs``, ``exp`` ...):
+  ``pointwise``;
+* ``clip``: ``pointwise`` with scalar bounds (per-channel arrays: opaque);
+* ``pad``: ``spatial`` when neither the batch nor the channel axis is padded
+  and the mode is ``"constant"`` (a scalar; 0 is treated exactly like
+  ``ZeroPadding``, i.e. exact border maps, another value gives maps too),
+  ``"reflect"`` or ``"symmetric"``;
+* ``mean``, ``max``, ``min``: ``spatial`` when they reduce spatial axes only
+  (not the batch or channel axis, not ``axis=None``), with or without
+  ``keepdims``;
+* ``concatenate``: ``concat`` over the last axis, ``merge`` over another
+  non-batch axis (like the ``Concatenate`` layer), opaque over the batch axis;
+* ``reshape``, ``transpose``, ``expand_dims``, ``squeeze``: ``reshape``, which
+  follows the channels only where the batch axis provably stays first and the
+  channel axis last and intact (:mod:`.reshape`) and pins them otherwise.
+
+Unknown layer classes (and unknown ops) raise :class:`UnsupportedLayerError`
+unless ``unknown="opaque"`` (``prune_model(..., unknown_layers="opaque")``):
+they are then kept whole (:class:`~.opaque.KeptWholeKind`: all their channels
+kept, their weights copied unchanged) and named in the report's notes.
 
 >>> import keras
 >>> class Swish2(keras.layers.Layer):
@@ -28,10 +55,10 @@ from tf_gamma_prune.analysis.kinds.constant import ConstantKind
 from tf_gamma_prune.analysis.kinds.depthwise import DepthwiseKind
 from tf_gamma_prune.analysis.kinds.merge import MergeKind
 from tf_gamma_prune.analysis.kinds.mixing import MixingKind
-from tf_gamma_prune.analysis.kinds.opaque import OpaqueKind
+from tf_gamma_prune.analysis.kinds.opaque import KeptWholeKind, OpaqueKind
 from tf_gamma_prune.analysis.kinds.pointwise import BatchNormKind, PointwiseKind
 from tf_gamma_prune.analysis.kinds.reshape import ReshapeKind
-from tf_gamma_prune.analysis.kinds.spatial import SpatialKind
+from tf_gamma_prune.analysis.kinds.spatial import SpatialKind, pad_argument
 from tf_gamma_prune.analysis.layer_graph import LayerCall
 from tf_gamma_prune.errors import ArgumentError, UnsupportedLayerError
 from tf_gamma_prune.layers import BorderCorrection, ConstantFeature
@@ -46,6 +73,10 @@ MIXING_KIND, DEPTHWISE_KIND = MixingKind(), DepthwiseKind()
 POINTWISE_KIND, BATCHNORM_KIND, SPATIAL_KIND = PointwiseKind(), BatchNormKind(), SpatialKind()
 MERGE_KIND, CONCAT_KIND, RESHAPE_KIND = MergeKind(), ConcatKind(), ReshapeKind()
 OPAQUE_KIND, CONSTANT_KIND = OpaqueKind(), ConstantKind()
+KEPT_WHOLE_KIND = KeptWholeKind()
+
+UNKNOWN_LAYERS = ("error", "opaque")
+"""What :func:`layer_kind` does with a layer class it does not know: raise, or keep it whole."""
 
 REGISTRABLE = {POINTWISE: POINTWISE_KIND, SPATIAL: SPATIAL_KIND, OPAQUE: OPAQUE_KIND}
 """The named kinds a user may register a layer class as."""
@@ -71,11 +102,17 @@ _BUILTIN_LAYERS = {
     OPAQUE_KIND: ("Softmax", "LayerNormalization", "GroupNormalization", "UnitNormalization"),
 }
 
-# keras.ops operations that appear as nodes in functional models.
-_OP_BINARY = {"Add", "Subtract", "Multiply", "Divide", "TrueDivide", "Maximum", "Minimum"}
+# keras.ops operations that appear as nodes in functional models (see the module docstring).
+_OP_BINARY = {"Add", "Subtract", "Multiply", "Divide", "TrueDivide", "Maximum", "Minimum",
+              "Power"}
 _OP_UNARY = {"Relu", "Relu6", "Sigmoid", "HardSigmoid", "Silu", "Swish", "HardSilu", "HardSwish",
              "Gelu", "Tanh", "Elu", "Selu", "LeakyRelu", "Softplus", "Softsign", "Exp",
-             "Negative", "Abs", "Square", "Sqrt", "Mish", "Celu"}
+             "Negative", "Abs", "Absolute", "Square", "Sqrt", "Mish", "Celu", "LogSigmoid",
+             "Log", "Log1p", "Expm1", "Reciprocal", "Rsqrt", "Erf", "Floor", "Ceil", "Round",
+             "Sign"}
+_OP_REDUCE = {"Mean", "Max", "Min"}
+_OP_RESHAPE = {"Reshape", "Transpose", "ExpandDims", "Squeeze"}
+_PAD_MODES = ("constant", "reflect", "symmetric")
 
 _REGISTERED: dict[type, LayerKind] = {}
 
@@ -134,32 +171,52 @@ def kind_of_layer(layer: Any) -> LayerKind | None:
     return _REGISTERED.get(cls) or _BUILTIN.get(cls)
 
 
-def layer_kind(call: LayerCall) -> LayerKind:
+def layer_kind(call: LayerCall, unknown: str = "error") -> LayerKind:
     """The channel behaviour of one call.
 
+    Args:
+        call: the call.
+        unknown: what to do with a layer class (or ``keras.ops`` operation) the
+            registry does not know, and with a Lambda layer: ``"error"``
+            (default) raises; ``"opaque"`` keeps it whole
+            (:data:`KEPT_WHOLE_KIND`: every channel it reads or writes is
+            kept, its weights are copied unchanged, the report's notes name it).
+
     Raises:
-        UnsupportedLayerError: Lambda layers, unknown layer types, channels_first
-            layouts, BatchNormalization over another axis.
+        UnsupportedLayerError: Lambda layers and unknown layer types (with
+            ``unknown="error"``), channels_first layouts, BatchNormalization
+            over another axis.
+        ArgumentError: ``unknown`` is not ``"error"`` or ``"opaque"``.
     """
+    if unknown not in UNKNOWN_LAYERS:
+        raise ArgumentError(f"unknown_layers must be one of {UNKNOWN_LAYERS}, got {unknown!r}.")
     layer = call.layer
     cls = type(layer)
     if isinstance(layer, L.Lambda):
+        if unknown == "opaque":
+            return KEPT_WHOLE_KIND
         raise UnsupportedLayerError(
             f"Layer '{call.name}' is a Lambda layer: its Python function cannot be "
             "analysed, so its channels cannot be traced. Replace it with built-in "
             "layers or a custom layer class (declare it with "
-            "tf_gamma_prune.register_layer_kind(cls, 'pointwise'|'spatial'|'opaque'))."
+            "tf_gamma_prune.register_layer_kind(cls, 'pointwise'|'spatial'|'opaque')), "
+            "or pass unknown_layers=\"opaque\" to prune_model to keep it whole (all its "
+            "channels kept, the rest of the model pruned)."
         )
     kind = kind_of_layer(layer)
     if kind is None and cls.__module__.startswith("keras.src.ops"):
         kind = _op_kind(call)
     if kind is None:
+        if unknown == "opaque":
+            return KEPT_WHOLE_KIND
         raise UnsupportedLayerError(
             f"Layer '{call.name}' has type {cls.__module__}.{cls.__name__}, which "
             "the channel graph does not know. Use built-in Keras layers, or declare "
             "the class with tf_gamma_prune.register_layer_kind(cls, kind) if it is "
             "elementwise ('pointwise'), per-channel spatial ('spatial') or should "
-            "keep all its channels ('opaque')."
+            "keep all its channels ('opaque'); or pass unknown_layers=\"opaque\" to "
+            "prune_model to keep every unknown layer whole (all its channels and "
+            "weights kept, named in the report's notes) and prune the rest."
         )
     if getattr(layer, "data_format", "channels_last") == "channels_first":
         raise UnsupportedLayerError(
@@ -171,7 +228,10 @@ def layer_kind(call: LayerCall) -> LayerKind:
 
 
 def _op_kind(call: LayerCall) -> LayerKind | None:
-    name = type(call.layer).__name__
+    """The kind of a ``keras.ops`` node (the table in the module docstring);
+    ``None`` for an operation this module does not know."""
+    op = call.layer
+    name = type(op).__name__
     tensors = call.node.arguments.keras_tensors
     if name in _OP_BINARY:
         if len(tensors) == 2:
@@ -179,9 +239,56 @@ def _op_kind(call: LayerCall) -> LayerKind | None:
         if len(tensors) == 1 and _scalar_operands(call):
             return POINTWISE_KIND
         return OPAQUE_KIND
-    if name in _OP_UNARY and len(tensors) == 1:
+    if name not in _OP_UNARY | _OP_REDUCE | _OP_RESHAPE | {"Clip", "Pad", "Concatenate"}:
+        return None
+    if name == "Concatenate":
+        return CONCAT_KIND  # ConcatKind.refine reads op.axis like the layer's
+    if len(tensors) != 1 or len(call.outputs) != 1:
+        return OPAQUE_KIND
+    if name in _OP_UNARY:
         return POINTWISE_KIND
-    return None
+    if name == "Clip":
+        scalar = all(np.size(v) == 1 for v in (op.x_min, op.x_max))
+        return POINTWISE_KIND if scalar else OPAQUE_KIND
+    rank = len(call.node.input_tensors[0].shape)
+    if name == "Pad":
+        return SPATIAL_KIND if _pads_space_only(call, rank) else OPAQUE_KIND
+    if name in _OP_REDUCE:
+        axes = _axes(op.axis, rank)
+        spatial = axes is not None and all(0 < a < rank - 1 for a in axes)
+        if name != "Mean" and getattr(op, "initial", None) is not None:
+            spatial = False
+        return SPATIAL_KIND if spatial else OPAQUE_KIND
+    return RESHAPE_KIND  # ReshapeKind pins what it cannot follow
+
+
+def _axes(axis: Any, rank: int) -> tuple[int, ...] | None:
+    """``axis`` (an int, a sequence or ``None``) as non-negative axes; ``None`` for all."""
+    if axis is None:
+        return None
+    values = [axis] if np.ndim(axis) == 0 else list(axis)
+    return tuple(int(a) % rank for a in values)
+
+
+def _pads_space_only(call: LayerCall, rank: int) -> bool:
+    """A ``keras.ops.pad`` that pads spatial axes only, in a mode that acts per channel."""
+    op = call.layer
+    if op.mode not in _PAD_MODES:
+        return False
+    try:
+        widths = np.asarray(op.pad_width, dtype=np.int64).reshape(-1, 2)
+    except (TypeError, ValueError):
+        return False
+    if len(widths) == 1:
+        widths = np.repeat(widths, rank, axis=0)
+    if len(widths) != rank:
+        return False
+    values = pad_argument(call)
+    if op.mode != "constant" and values is not None:
+        return False
+    if values is not None and np.size(values) != 1:
+        return False  # per-position constants: not a spatial rule
+    return not widths[0].any() and not widths[-1].any()
 
 
 def _scalar_operands(call: LayerCall) -> bool:

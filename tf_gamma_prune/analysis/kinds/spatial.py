@@ -4,6 +4,16 @@ Channel ``k`` stays channel ``k``. A spatially uniform constant stays uniform
 through pooling, cropping and upsampling; zero padding turns it into a map
 (exactly, with static spatial shapes) unless ``fold="bias"``.
 
+The same kind serves the ``keras.ops`` nodes the registry declares spatial
+(only for the arguments stated there, :mod:`.registry`):
+
+* ``keras.ops.pad`` of spatial axes: with ``mode="constant"`` and value 0 it is
+  treated exactly like ``ZeroPadding``; another constant value makes a map
+  (computed by running the op, exact); ``"reflect"`` / ``"symmetric"`` keep a
+  uniform constant uniform;
+* ``keras.ops.mean`` / ``max`` / ``min`` over spatial axes keep a uniform
+  constant uniform (like global pooling), with or without ``keepdims``.
+
 >>> import keras
 >>> from tf_gamma_prune.analysis.kinds import kind_of_layer
 >>> kind_of_layer(keras.layers.MaxPooling2D()).name
@@ -21,10 +31,45 @@ from tf_gamma_prune.analysis.constants import (
     as_rank,
     is_zero_padding,
     keeps_uniform,
-    run_layer,
 )
-from tf_gamma_prune.analysis.kinds.base import ChannelwiseKind
+from tf_gamma_prune.analysis.kinds.base import ChannelwiseKind, run_exact
 from tf_gamma_prune.analysis.layer_graph import LayerCall
+
+
+def op_name(layer: Any) -> str | None:
+    """The class name of a ``keras.ops`` operation node (``None`` for a layer)."""
+    cls = type(layer)
+    return cls.__name__ if cls.__module__.startswith("keras.src.ops") else None
+
+
+def pad_argument(call: LayerCall) -> Any:
+    """The ``constant_values`` argument of a ``keras.ops.pad`` node (``None`` when unset)."""
+    args, kwargs = list(call.node.arguments.args), dict(call.node.arguments.kwargs)
+    if "constant_values" in kwargs:
+        return kwargs["constant_values"]
+    return args[1] if len(args) > 1 else None
+
+
+def _zero_pads(call: LayerCall) -> bool:
+    """A ZeroPadding layer or a ``keras.ops.pad`` node padding with zeros."""
+    layer = call.layer
+    if is_zero_padding(layer):
+        return True
+    if op_name(layer) != "Pad" or layer.mode != "constant":
+        return False
+    value = pad_argument(call)
+    return value is None or not np.any(np.asarray(value) != 0)
+
+
+def _keeps_uniform(call: LayerCall) -> bool:
+    """The layer maps a spatially uniform input to itself (per channel)."""
+    layer = call.layer
+    name = op_name(layer)
+    if name is None:
+        return keeps_uniform(layer)
+    if name == "Pad":
+        return layer.mode in ("reflect", "symmetric")
+    return name in ("Mean", "Max", "Min")
 
 
 class SpatialKind(ChannelwiseKind):
@@ -37,18 +82,17 @@ class SpatialKind(ChannelwiseKind):
         src = ins[0]
         if src is None or self.changes_width(b, call):
             return None
-        layer = call.layer
         rank_out = b.rank(call.outputs[0])
         if not src.uniform:
-            return Constants(src.mask.copy(), as_rank(run_layer(call, [src.value]), rank_out))
-        if is_zero_padding(layer):
+            return Constants(src.mask.copy(), as_rank(run_exact(call, [src.value]), rank_out))
+        if _zero_pads(call):
             if not np.any(src.value != 0):
                 return Constants(src.mask.copy(), src.value.copy())
             if b.fold == "bias":
                 b.notes.append(f"'{call.name}': zero padding of a constant ignored (bias fold)")
                 return Constants(src.mask.copy(), src.value.copy())
-        elif keeps_uniform(layer):
+        elif _keeps_uniform(call):
             # Keras' 'same' average pooling excludes the padding, max pooling pads -inf.
             return Constants(src.mask.copy(), as_rank(src.value, rank_out))
         x = b.as_map(src, call.inputs[0], f"Layer '{call.name}'")
-        return Constants(src.mask.copy(), as_rank(run_layer(call, [x]), rank_out))
+        return Constants(src.mask.copy(), as_rank(run_exact(call, [x]), rank_out))
