@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import math
-
 import keras
 import numpy as np
 import pytest
 
 from tf_gamma_prune import ArgumentError, CostTarget, GammaISTA, channel_graph, prune_model
 from tf_gamma_prune.analysis.flops import planned_macs
+from tf_gamma_prune.sparsify.cost_target import group_scores
 from tf_gamma_prune.reference_models import fashion_vgg
 
 L = keras.layers
@@ -35,21 +34,43 @@ def test_schedule_is_linear_then_flat():
     assert [target.scheduled_macs(s) for s in (0, 25, 50, 80)] == [1000, 625, 250, 250]
 
 
-def test_controller_raises_rho_above_the_schedule_and_lowers_it_below():
+def test_controller_sets_rho_to_zero_exactly_the_channels_the_schedule_needs():
     model = small_vgg()
-    model.compile(GammaISTA(keras.optimizers.SGD(0.01), rho=1.0), loss="mse")
-    target = CostTarget(macs=0.5, gain=4.0, max_step=1.5, total_steps=100, reach_at=1.0)
+    rng = np.random.default_rng(1)
+    for layer in model.layers:
+        if isinstance(layer, L.BatchNormalization):
+            layer.gamma.assign(rng.uniform(0.05, 1.5, layer.gamma.shape))
+    model.compile(GammaISTA(keras.optimizers.SGD(0.01), min_channels=1), loss="mse")
+    model.optimizer.attach(model).build(model.trainable_variables)
+    target = CostTarget(macs=0.5, every=10, total_steps=100, reach_at=0.5)
     target.set_model(model)
-    target.start_macs, target.budget = 1000, 500
-    costs = iter([1000, 700, 400])
-    target.pruned_macs = lambda: next(costs)
-    target._step = 50  # scheduled: 750
-    assert target.adapt() == pytest.approx(1.5)  # error +0.25: factor capped at 1.5
-    assert target.adapt() == pytest.approx(1.5 * math.exp(4.0 * (700 - 750) / 1000))
-    before = float(model.optimizer.rho)
-    assert target.adapt() == pytest.approx(before / 1.5)  # far below: capped at 1/1.5
-    assert [h["macs"] for h in target.history] == [1000, 700, 400]
-    assert float(model.optimizer.rho) == pytest.approx(target.history[-1]["rho"])
+    graph = channel_graph(model, fold="bias")
+    target.start_macs = planned_macs(graph, graph.removable_constant_groups())
+    target.budget = target.start_macs // 2
+    rho = target.adapt()  # step 0: the schedule one window ahead is 90% of the start
+    wanted = target.start_macs - 0.2 * (target.start_macs - target.budget)  # 10 of 50 steps
+    assert target.history[-1]["target"] == pytest.approx(wanted)
+    learning_rate = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
+    threshold = rho * target.every * learning_rate  # the shrink of the next window
+    scores = group_scores(graph, model.optimizer)
+    assert planned_macs(graph, scores <= threshold * (1 + 1e-9)) <= wanted
+    smaller = scores[scores < threshold * (1 - 1e-9)]
+    assert planned_macs(graph, scores <= smaller.max()) > wanted
+    target.budget = target.start_macs  # nothing left to remove: hold
+    assert target.adapt() == target.rho_min
+    assert float(model.optimizer.rho) == pytest.approx(target.rho_min)
+
+
+def test_group_scores_spare_the_largest_and_the_pinned():
+    model = small_vgg()
+    model.get_layer("bn6").gamma.assign(np.linspace(0.1, 0.8, 8))
+    model.compile(GammaISTA(keras.optimizers.SGD(0.01), min_channels=2,
+                            penalties={"bn6": 2.0}), loss="mse")
+    model.optimizer.attach(model).build(model.trainable_variables)
+    graph = channel_graph(model, fold="bias")
+    scores = group_scores(graph, model.optimizer)[graph.layer_channels("bn6")]
+    np.testing.assert_allclose(scores[:6], np.linspace(0.1, 0.8, 8)[:6] / 2.0)
+    assert np.isinf(scores[6:]).all()
 
 
 def test_needs_gamma_ista():

@@ -68,12 +68,14 @@ def test_a_custom_kind_makes_a_new_layer_prunable_exactly():
     assert graph.kinds[tile_call].name == "tile"
     np.testing.assert_array_equal(graph.constant_mask(tile_call.outputs[0]),
                                   [False, True, False, True, False] * 2)
-    pruned, report = prune_model(model, return_report=True)
+    pruned, report = prune_model(model, fold="exact", return_report=True)
     assert pruned.get_layer("conv").filters == 3
     assert pruned.get_layer("reader").kernel.shape[-2] == 6  # 3 kept, tiled twice
     x = np.random.default_rng(0).standard_normal((4, 6, 6, 3)).astype("float32")
     np.testing.assert_allclose(outputs64(pruned, x)[0], outputs64(model, x)[0], rtol=1e-5, atol=1e-5)
     assert report.max_rel_deviation < 1e-5
+    default, report = prune_model(model, return_report=True)  # exact too, never larger
+    assert report.max_rel_deviation < 1e-5 and report.params_after <= report.params_before
 
 
 def test_named_kinds_and_their_flags():

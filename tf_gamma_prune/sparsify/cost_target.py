@@ -7,19 +7,18 @@ learning rate and the number of epochs, and the pruned size is a cliff in ρ
 (the removal plan of its zero-γ channels, counted without rebuilding) and
 steers ρ so that the cost follows a schedule down to the budget:
 
-* **start**: ρ starts where the shrink would bring an average |γ| to zero in
-  about ``reach_at`` of training (``ρ₀ = mean|γ| / (steps · η · mean λ)``,
-  times ``start_fraction``), whatever ρ the optimizer was built with;
 * **schedule**: the target cost falls linearly from the starting cost to the
   budget over the first ``reach_at`` of training, then stays at the budget;
-* **controller**: multiplicative, so ρ can move over orders of magnitude:
-  ``ρ ← ρ · exp(gain · (cost − target) / start_cost)``, the factor limited to
-  ``[1/max_step, max_step]`` per update (γ takes a while to reach zero after ρ
-  rises, so larger steps overshoot) and ρ to ``[rho_min, rho_max]``; above the
-  schedule ρ grows, below it ρ shrinks;
-* **hold**: once the budget is reached the same loop holds the cost at the
-  budget (ρ falls while the cost is below it, so removal stops, and rises again
-  if channels come back).
+* **controller** (feed-forward from the γ themselves, so it does not wind up
+  while γ are on their way to zero): every ``every`` steps it finds the
+  smallest threshold ``s`` on the penalty-normalised magnitudes ``|γ|/λ`` whose
+  removal would bring the cost to the schedule's value one window ahead (a
+  bisection over the channel groups, the ``min_channels`` largest of each layer
+  excluded), and sets ``ρ = s / (every · η)``: in the next window the shrink
+  ``η·ρ·λ`` per step then carries exactly those channels to zero, if the
+  gradients did not push back; the next measurement corrects for what they did;
+* **hold**: once the cost is at the budget the threshold is 0, so ρ falls to
+  ``rho_min`` and removal stops; channels that come back are removed again.
 
 Its state (ρ, the measured cost) is logged every epoch (``logs["rho"]``,
 ``logs["pruned_macs_fraction"]``, so it lands in ``History`` and
@@ -43,10 +42,10 @@ True
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import keras
+import numpy as np
 
 from tf_gamma_prune.analysis.channel_graph import channel_graph
 from tf_gamma_prune.analysis.flops import planned_macs
@@ -63,12 +62,8 @@ class CostTarget(keras.callbacks.Callback):
         every: measure and adapt every this many training steps.
         reach_at: fraction of the training steps by which the schedule reaches
             the budget (the rest of training holds it and recovers accuracy).
-        gain: controller gain (see the module docstring).
-        max_step: largest factor by which one update may change ρ.
         rho_min / rho_max: bounds of ρ.
         tolerance: relative budget error accepted by :meth:`within_budget`.
-        start_fraction: ρ₀ as a fraction of the estimate above (``None``:
-            keep the optimizer's ρ).
 
     Use with :class:`~tf_gamma_prune.GammaISTA` (its ``rho`` must be a number,
     not a schedule). ``fit`` must know its number of steps (``epochs`` and a
@@ -76,9 +71,8 @@ class CostTarget(keras.callbacks.Callback):
     """
 
     def __init__(self, macs: float | int, *, every: int = 50, reach_at: float = 0.75,
-                 gain: float = 4.0, max_step: float = 1.5, rho_min: float = 1e-6, rho_max: float = 1e4,
-                 tolerance: float = 0.05, total_steps: int | None = None,
-                 start_fraction: float | None = 0.3):
+                 rho_min: float = 1e-6, rho_max: float = 1e4,
+                 tolerance: float = 0.05, total_steps: int | None = None):
         super().__init__()
         if isinstance(macs, bool) or not isinstance(macs, (int, float)) or macs <= 0:
             raise ArgumentError(f"macs must be a fraction in (0, 1) or a positive MAC count, got {macs!r}.")
@@ -88,11 +82,9 @@ class CostTarget(keras.callbacks.Callback):
             raise ArgumentError(f"reach_at must be in (0, 1], got {reach_at}.")
         if every < 1:
             raise ArgumentError(f"every must be >= 1 step, got {every}.")
-        self.macs, self.every, self.reach_at, self.gain = macs, int(every), float(reach_at), float(gain)
-        self.max_step = float(max_step)
+        self.macs, self.every, self.reach_at = macs, int(every), float(reach_at)
         self.rho_min, self.rho_max, self.tolerance = float(rho_min), float(rho_max), float(tolerance)
         self.total_steps = total_steps
-        self.start_fraction = start_fraction
         self.history: list[dict[str, float]] = []
         self.start_macs: int | None = None
         self.budget: int | None = None
@@ -139,23 +131,7 @@ class CostTarget(keras.callbacks.Callback):
             if self.budget >= self.start_macs:
                 raise ArgumentError(f"The budget ({self.budget:,} MACs) is not below the model's "
                                     f"cost when training starts ({self.start_macs:,}).")
-            if self.start_fraction is not None:
-                optimizer.rho = self.start_fraction * self.starting_rho(optimizer)
-
-    def starting_rho(self, optimizer: Any) -> float:
-        """ρ at which the shrink alone would zero an average |γ| over ``reach_at`` of training."""
-        import numpy as np
-
-        from tf_gamma_prune.analysis.batchnorm import batchnorm_layers
-
-        gammas = [np.abs(keras.ops.convert_to_numpy(layer.gamma)) for _, layer in
-                  batchnorm_layers(self.model)]
-        mean_gamma = float(np.mean(np.concatenate([g.ravel() for g in gammas])))
-        penalties = list(optimizer.penalties.values()) or [optimizer.default_penalty]
-        learning_rate = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
-        steps = max(1.0, self.reach_at * self.total_steps)
-        rho = mean_gamma / (steps * learning_rate * float(np.mean(penalties)))
-        return min(self.rho_max, max(self.rho_min, rho))
+            optimizer.rho = self.rho_min  # nothing to remove before the first window
 
     def on_train_batch_end(self, batch, logs=None):
         self._step += 1
@@ -163,19 +139,35 @@ class CostTarget(keras.callbacks.Callback):
             self.adapt()
 
     def adapt(self) -> float:
-        """Measure the cost, update ρ; returns the new ρ."""
+        """Measure the cost, set ρ for the next window; returns the new ρ."""
         optimizer = self.model.optimizer
-        macs = self.pruned_macs()
-        target = self.scheduled_macs(self._step)
-        rho = float(optimizer.rho)
-        error = (macs - target) / self.start_macs
-        step = math.log(self.max_step)
-        factor = math.exp(min(step, max(-step, self.gain * error)))
-        new = min(self.rho_max, max(self.rho_min, rho * factor))
-        optimizer.rho = new
+        graph = channel_graph(self.model, fold="bias")
+        macs = planned_macs(graph, graph.removable_constant_groups())
+        target = self.scheduled_macs(self._step + self.every)
+        threshold = 0.0 if macs <= target else self.threshold_for(graph, optimizer, target)
+        learning_rate = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+        rho = threshold / (self.every * learning_rate) if learning_rate > 0 else self.rho_max
+        rho = min(self.rho_max, max(self.rho_min, rho))
+        optimizer.rho = rho
         self.history.append({"step": self._step, "macs": macs, "target": target,
-                             "macs_fraction": macs / self.start_macs, "rho": new})
-        return new
+                             "macs_fraction": macs / self.start_macs, "rho": rho})
+        return rho
+
+    def threshold_for(self, graph: Any, optimizer: Any, target: float) -> float:
+        """The smallest threshold on ``|γ|/λ`` whose channel groups, removed, leave
+        at most ``target`` MACs (the largest reachable one when none does)."""
+        scores = group_scores(graph, optimizer)
+        candidates = np.unique(scores[np.isfinite(scores)])
+        if candidates.size == 0:
+            return 0.0
+        low, high = 0, len(candidates) - 1
+        while low < high:
+            mid = (low + high) // 2
+            if planned_macs(graph, scores <= candidates[mid]) <= target:
+                high = mid
+            else:
+                low = mid + 1
+        return float(candidates[low])
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None and self.history:
@@ -183,7 +175,25 @@ class CostTarget(keras.callbacks.Callback):
             logs["pruned_macs_fraction"] = self.history[-1]["macs_fraction"]
 
     def get_config(self) -> dict[str, Any]:
-        return {"macs": self.macs, "every": self.every, "reach_at": self.reach_at,
-                "gain": self.gain, "max_step": self.max_step, "rho_min": self.rho_min, "rho_max": self.rho_max,
-                "tolerance": self.tolerance, "total_steps": self.total_steps,
-                "start_fraction": self.start_fraction}
+        return {"macs": self.macs, "every": self.every, "reach_at": self.reach_at, "rho_min": self.rho_min, "rho_max": self.rho_max,
+                "tolerance": self.tolerance, "total_steps": self.total_steps}
+
+
+def group_scores(graph: Any, optimizer: Any) -> np.ndarray:
+    """Per channel group, the largest ``|γ|/λ`` of its penalised BatchNormalization
+    channels; ``inf`` for groups that cannot go (pinned, unpenalised, or among
+    the ``min_channels`` largest of a layer)."""
+    scores = np.full(graph.num_groups, -np.inf)
+    spared = np.zeros(graph.num_groups, bool)
+    keep = int(getattr(optimizer, "min_channels", 0))
+    for name, variable, penalty in optimizer.targets:
+        try:
+            groups = graph.layer_channels(name)
+        except KeyError:
+            continue
+        magnitude = np.abs(keras.ops.convert_to_numpy(variable)).astype(float) / penalty
+        np.maximum.at(scores, groups, magnitude)
+        if keep:
+            spared[groups[np.argsort(-magnitude, kind="stable")[:keep]]] = True
+    scores[np.isneginf(scores) | graph.pinned | spared] = np.inf
+    return scores
