@@ -370,8 +370,14 @@ def test_cli_prune_non_finite_weights(files, out_dir, capsys):
 
 
 def test_cli_prune_dynamic_shape_exact_fold(files, out_dir, capsys):
-    result = run_cli(capsys, "prune", files / "dynamic.keras", "--out", out_dir / "m.keras")
+    result = run_cli(capsys, "prune", files / "dynamic.keras", "--out", out_dir / "m.keras",
+                     "--fold", "exact")
     _assert_failed_cleanly(result, out_dir, "no static spatial size")
+
+
+def test_cli_prune_dynamic_shape_default_fold_works(files, out_dir, capsys):
+    result = run_cli(capsys, "prune", files / "dynamic.keras", "--out", out_dir / "m.keras")
+    assert result[0] == 0 and (out_dir / "m.keras").exists()
 
 
 def test_cli_prune_writes_nothing_when_the_export_step_fails(files, out_dir, capsys):

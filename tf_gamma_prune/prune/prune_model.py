@@ -69,13 +69,14 @@ Example:
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Mapping
 
 import keras
 import numpy as np
 
 from tf_gamma_prune.analysis.channel_graph import ChannelGraph, channel_graph
-from tf_gamma_prune.errors import NonFiniteWeightError
+from tf_gamma_prune.errors import NoBatchNormError, NonFiniteWeightError
 from tf_gamma_prune.prune.calibration import calibration_batches, mean_activations
 from tf_gamma_prune.prune.plan import plan_removal
 from tf_gamma_prune.prune.rebuild import Rebuilder
@@ -196,8 +197,18 @@ def prune_model(
         SelectionError: unknown layer names, masks of the wrong size,
             selections removing every channel of a layer or pinned channels,
             an empty selection ``{}`` (use ``None`` for no selection).
+        NoBatchNormError: no selection and a model normalised only by
+            LayerNormalization/GroupNormalization (their γ mix channels and never
+            make one constant, so nothing would be removed).
+
+    Warns:
+        UserWarning: a BatchNormalization whose every γ is 0 (the model's
+            output then no longer depends on its input along that path).
     """
     graph = channel_graph(model, fold=fold, unknown_layers=unknown_layers)
+    if selection is None and remove_constant:
+        _check_has_gammas(graph)
+    _warn_collapsed_layers(graph)
     batches = None
     if calibration_data is not None:
         batches = calibration_batches(graph, calibration_data)
@@ -216,6 +227,36 @@ def prune_model(
     if probe:
         probe_deviation(model, pruned, report, probe_inputs)
     return pruned, report
+
+
+_OTHER_NORMS = (L.LayerNormalization, L.GroupNormalization)
+
+
+def _check_has_gammas(graph: ChannelGraph) -> None:
+    """A model normalised only by LayerNormalization/GroupNormalization would come
+    back unchanged: their γ mix channels and never make one constant."""
+    layers = [call.layer for call in graph.graph.calls]
+    others = sorted({type(layer).__name__ for layer in layers if isinstance(layer, _OTHER_NORMS)})
+    if others and not any(isinstance(layer, L.BatchNormalization) and layer.scale
+                          for layer in layers):
+        raise NoBatchNormError(
+            f"The model is normalised by {others} only: their γ normalise across channels, so "
+            "no channel becomes constant and prune_model would remove nothing. Pass a "
+            "selection (e.g. tf_gamma_prune.l1_norm_selection(model, 0.5)), or use "
+            "BatchNormalization and train with GammaISTA."
+        )
+
+
+def _warn_collapsed_layers(graph: ChannelGraph) -> None:
+    collapsed = [call.name for call in graph.graph.calls
+                 if isinstance(call.layer, L.BatchNormalization) and call.layer.scale
+                 and not np.any(keras.ops.convert_to_numpy(call.layer.gamma))]
+    if collapsed:
+        warnings.warn(
+            f"BatchNormalization {collapsed}: every γ is 0, so these layers output constants "
+            "and everything that only reads them is constant too (the pruned model may ignore "
+            "its input). Train with GammaISTA(min_channels=1) or a smaller ρ to keep every "
+            "layer alive.", UserWarning, stacklevel=3)
 
 
 # --- weights -------------------------------------------------------------------
