@@ -268,7 +268,7 @@ def test_each_op_is_a_kind_decision():
         pad_zero_valid: ("Pad", "spatial"), pad_reflect: ("Pad", "spatial"),
         pad_channels: ("Pad", "opaque"), pad_batch: ("Pad", "opaque"),
         concatenate_channels: ("Concatenate", "concat"),
-        concatenate_space: ("Concatenate", "merge"), reshape_rows: ("Reshape", "reshape"),
+        concatenate_space: ("Concatenate", "concat_space"), reshape_rows: ("Reshape", "reshape"),
         transpose_space: ("Transpose", "reshape"), mean_pooled_dense: ("Mean", "spatial"),
         mean_channels: ("Mean", "opaque"), mean_everything: ("Mean", "opaque"),
         max_min_pooled: ("Max", "spatial"), clip_maximum_minimum: ("Clip", "pointwise"),

@@ -18,8 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from tf_gamma_prune.analysis.constants import Constants, as_rank, no_constants
+from tf_gamma_prune.analysis.constants import Constants, as_rank, no_constants, run_layer
 from tf_gamma_prune.analysis.kinds.base import LayerKind
+from tf_gamma_prune.analysis.kinds.merge import MergeKind
 from tf_gamma_prune.analysis.layer_graph import LayerCall
 
 
@@ -30,14 +31,14 @@ class ConcatKind(LayerKind):
     single_io = False
 
     def refine(self, call: LayerCall) -> LayerKind:
-        from tf_gamma_prune.analysis.kinds.registry import MERGE_KIND, OPAQUE_KIND
+        from tf_gamma_prune.analysis.kinds.registry import OPAQUE_KIND
 
         rank = len(call.node.outputs[0].shape)
         axis = getattr(call.layer, "axis", None)
         if axis is None or axis in (0, -rank):
             return OPAQUE_KIND  # flattening, or stacking examples: kept as is
         if axis not in (-1, rank - 1):
-            return MERGE_KIND  # concatenation over space: channels tie elementwise
+            return SPATIAL_CONCAT_KIND  # over space: channel k of every input is one channel
         return self
 
     def connect(self, b: Any, call: LayerCall) -> None:
@@ -62,3 +63,27 @@ class ConcatKind(LayerKind):
             r.values[call.outputs[0]] = parts[0]
             return
         r.rebuild_generic(call, [parts] + list(args[1:]), kwargs)
+
+
+class SpatialConcatKind(MergeKind):
+    """Concatenation along a spatial axis: channel ``k`` of every input is one
+    channel (tied, like a merge); a channel constant in every input is constant
+    at the output, as the per-position map of the inputs' values put side by
+    side (static spatial sizes needed, else ``DynamicShapeError``; the default
+    fold then keeps those channels)."""
+
+    name = "concat_space"
+
+    def propagate(self, b: Any, call: LayerCall,
+                  ins: list[Constants | None]) -> Constants | None:
+        if any(c is None for c in ins):
+            return None  # not constant in every input: not constant at the output
+        width = b.width(call.outputs[0])
+        mask = np.logical_and.reduce([np.broadcast_to(c.mask, (width,)) for c in ins])
+        if not mask.any():
+            return None
+        maps = [b.as_map(c, t, f"Layer '{call.name}'") for c, t in zip(ins, call.inputs)]
+        return Constants(mask, run_layer(call, maps))
+
+
+SPATIAL_CONCAT_KIND = SpatialConcatKind()
