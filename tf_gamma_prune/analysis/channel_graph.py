@@ -346,15 +346,7 @@ class ChannelBuilder:
 
     def full_shape(self, t: TensorId, why: str) -> tuple[int, ...]:
         """``(1, *spatial, C)`` of a tensor with a static shape (else DynamicShapeError)."""
-        shape = self.graph.shape(t)
-        if any(d is None for d in shape[1:]):
-            raise DynamicShapeError(
-                f"{why}: tensor of shape {shape} has no static spatial size, so the "
-                "exact per-position fold cannot be computed. Build the model with a "
-                "static input shape (e.g. keras.Input((224, 224, 3))) or pass "
-                "fold='bias' to accept the paper's approximate bias fold."
-            )
-        return (1,) + tuple(int(d) for d in shape[1:])
+        return (1,) + static_shape(self.graph, t, why)
 
     def as_map(self, c: Constants, t: TensorId, why: str) -> np.ndarray:
         """The constants of tensor ``t`` as a full per-position map."""
@@ -375,6 +367,23 @@ class ChannelBuilder:
         if include_bias and getattr(call.layer, "use_bias", False):
             out = out + keras.ops.convert_to_numpy(call.layer.bias).astype(np.float64)
         return out
+
+
+def static_shape(graph: LayerGraph, t: TensorId, why: str) -> tuple[int, ...]:
+    """The shape of tensor ``t`` without the batch axis, all static.
+
+    Raises:
+        DynamicShapeError: a spatial size is not static (``why`` says where).
+    """
+    shape = graph.shape(t)
+    if any(d is None for d in shape[1:]):
+        raise DynamicShapeError(
+            f"{why}: tensor of shape {shape} has no static spatial size, so the exact "
+            "per-position fold cannot be computed. Use the default fold='auto' (it keeps "
+            "such constants), build the model with a static input shape (e.g. "
+            "keras.Input((224, 224, 3))), or pass fold='bias' for the paper's approximate fold."
+        )
+    return tuple(int(d) for d in shape[1:])
 
 
 def _connected_components(n: int, edges: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, int]:

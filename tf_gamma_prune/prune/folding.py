@@ -19,10 +19,9 @@ import keras
 import numpy as np
 
 from tf_gamma_prune.analysis.activations import layer_activation_name
-from tf_gamma_prune.analysis.channel_graph import ChannelGraph
+from tf_gamma_prune.analysis.channel_graph import ChannelGraph, static_shape
 from tf_gamma_prune.analysis.conv_response import has_padding_effect, linear_response
 from tf_gamma_prune.analysis.layer_graph import LayerCall, TensorId
-from tf_gamma_prune.errors import DynamicShapeError
 from tf_gamma_prune.prune.plan import RemovalPlan, removed_values, same_shape
 
 L = keras.layers
@@ -98,13 +97,5 @@ def removed_response(graph: ChannelGraph, plan: RemovalPlan, means: dict[TensorI
         if graph.fold == "bias":
             notes.append(f"'{call.name}': bias fold ignores the zero padding at its borders")
         else:
-            shape = graph.graph.shape(in_t)
-            if any(d is None for d in shape[1:]):
-                raise DynamicShapeError(
-                    f"Zero padding in '{call.name}': its input {shape} has no static "
-                    "spatial size, so the exact fold of the removed constant "
-                    "channels cannot be computed. Build the model with a static "
-                    "input shape or pass fold='bias'."
-                )
-            spatial = tuple(shape[1:-1])
+            spatial = static_shape(graph.graph, in_t, f"Zero padding in '{call.name}'")[:-1]
     return linear_response(call.layer, value, spatial)
