@@ -254,7 +254,7 @@ def test_op_is_followed_exactly(builder, fold):
 def test_op_with_unfollowable_arguments_pins_its_channels(builder):
     model = prepared(builder)
     graph = channel_graph(model)
-    op_calls = [c for c in graph.graph.calls if not isinstance(c.layer, L.Layer)]
+    op_calls = [c for c in graph.layer_graph.calls if not isinstance(c.layer, L.Layer)]
     p_groups = graph.layer_channels("p_bn")
     assert graph.pinned[p_groups].all(), [graph.pin_reasons.get(int(g)) for g in p_groups]
     assert op_calls
@@ -276,7 +276,7 @@ def test_each_op_is_a_kind_decision():
     }
     for builder, (op, kind) in expected.items():
         graph = channel_graph(builder())
-        kinds = {type(c.layer).__name__: graph.kinds[c].name for c in graph.graph.calls
+        kinds = {type(c.layer).__name__: graph.kinds[c].name for c in graph.layer_graph.calls
                  if not isinstance(c.layer, L.Layer)}
         assert kinds[op] == kind, (builder.__name__, kinds)
 
@@ -287,7 +287,7 @@ def test_concatenate_over_the_batch_axis_is_opaque():
     y = ops.concatenate([a, a], axis=0)
     model = keras.Model(x, head(y))
     graph = channel_graph(model)
-    assert [graph.kinds[c].name for c in graph.graph.calls if c.name.startswith("concat")] == [
+    assert [graph.kinds[c].name for c in graph.layer_graph.calls if c.name.startswith("concat")] == [
         "opaque"]
 
 

@@ -64,7 +64,7 @@ def test_a_custom_kind_makes_a_new_layer_prunable_exactly():
     randomize_batchnorms(model, seed=3, zero_fraction=0.0)
     model.get_layer("bn").gamma.assign([1.0, 0.0, -0.7, 0.0, 0.4])  # channels 1 and 3 constant
     graph = channel_graph(model)
-    tile_call = next(c for c in graph.graph.calls if c.name == "tile")
+    tile_call = next(c for c in graph.layer_graph.calls if c.name == "tile")
     assert graph.kinds[tile_call].name == "tile"
     np.testing.assert_array_equal(graph.constant_mask(tile_call.outputs[0]),
                                   [False, True, False, True, False] * 2)

@@ -69,7 +69,7 @@ class ChannelGraph:
     """Channel groups and constants of a model. Build it with :func:`channel_graph`.
 
     Attributes:
-        graph: the flattened :class:`LayerGraph`.
+        layer_graph: the flattened :class:`LayerGraph` (the calls and tensors).
         kinds: the :class:`~tf_gamma_prune.analysis.kinds.LayerKind` of each
             call (``kinds[call].name``: ``"mixing"``, ``"pointwise"``...).
         channels: for each tensor, the group of each channel position (ints).
@@ -83,7 +83,7 @@ class ChannelGraph:
         notes: approximations made while propagating constants (``"bias"``).
     """
 
-    graph: LayerGraph
+    layer_graph: LayerGraph
     kinds: dict[LayerCall, LayerKind]
     channels: dict[TensorId, np.ndarray]
     num_groups: int
@@ -92,6 +92,11 @@ class ChannelGraph:
     constants: dict[TensorId, Constants]
     fold: str
     notes: list[str]
+
+    @property
+    def graph(self) -> LayerGraph:
+        """Old name of :attr:`layer_graph` (until 0.3)."""
+        return self.layer_graph
 
     def width(self, tensor: TensorId) -> int:
         """Number of channels of ``tensor``."""
@@ -106,7 +111,7 @@ class ChannelGraph:
 
         Removed channels of ``tensor`` are folded into that call's bias.
         """
-        return [(c, c.inputs[0]) for c in self.graph.calls
+        return [(c, c.inputs[0]) for c in self.layer_graph.calls
                 if self.kinds[c].folds_constants]
 
     def removable_constant_groups(self) -> np.ndarray:
@@ -121,7 +126,7 @@ class ChannelGraph:
 
     def layer_outputs(self, name: str) -> list[TensorId]:
         """Output tensors of every call of the layer with qualified ``name``."""
-        outs = [t for c in self.graph.calls if c.name == name for t in c.outputs]
+        outs = [t for c in self.layer_graph.calls if c.name == name for t in c.outputs]
         if not outs:
             raise KeyError(name)
         return outs
@@ -133,7 +138,7 @@ class ChannelGraph:
     def channel_layer_names(self) -> list[str]:
         """Qualified names of the calls whose output has a channel axis."""
         names = []
-        for call in self.graph.calls:
+        for call in self.layer_graph.calls:
             if call.outputs and call.outputs[0] in self.channels:
                 if call.name not in names:
                     names.append(call.name)
@@ -142,7 +147,7 @@ class ChannelGraph:
     def gamma_scores(self) -> np.ndarray:
         """``(num_groups,)``: the largest |γ| of a BatchNormalization in each group."""
         scores = np.zeros(self.num_groups)
-        for call in self.graph.calls:
+        for call in self.layer_graph.calls:
             layer = call.layer
             if isinstance(layer, L.BatchNormalization) and layer.scale:
                 g = np.abs(keras.ops.convert_to_numpy(layer.gamma)).astype(float)
@@ -158,7 +163,7 @@ class ChannelGraph:
         layer's output are listed once each).
         """
         members: dict[int, list[tuple[str, int]]] = {}
-        for call in self.graph.calls:
+        for call in self.layer_graph.calls:
             for t in call.outputs:
                 if t not in self.channels:
                     continue
@@ -299,7 +304,7 @@ class ChannelBuilder:
                 reasons[int(g)] = reason
             pinned[groups] = True
         return ChannelGraph(
-            graph=graph, kinds=self.kinds, channels=channels, num_groups=n,
+            layer_graph=graph, kinds=self.kinds, channels=channels, num_groups=n,
             pinned=pinned, pin_reasons=reasons, constants=self.constants,
             fold=self.fold, notes=self.notes,
         )

@@ -168,7 +168,7 @@ def planned_macs(graph: ChannelGraph, removed: np.ndarray) -> int | None:
     loses every input or output channel costs nothing (it becomes a constant or
     disappears). ``None`` when a spatial size is not static.
     """
-    lg = graph.graph
+    lg = graph.layer_graph
     total = 0
     for call in lg.calls:
         full = call_macs(call, lg)

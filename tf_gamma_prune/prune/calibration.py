@@ -33,7 +33,7 @@ def calibration_batches(graph: ChannelGraph, data: Any) -> list[list[np.ndarray]
     Raises:
         CalibrationDataError: wrong structure or shape, no example, NaN/Inf.
     """
-    lg = graph.graph
+    lg = graph.layer_graph
     specs = [InputSpec(input_name(lg.specs[t], i), tuple(lg.shape(t)))
              for i, t in enumerate(lg.inputs)]
     batches = list(model_input_batches(data, specs, what="calibration_data",
@@ -65,7 +65,7 @@ def mean_activations(graph: ChannelGraph,
 def _activations(graph: ChannelGraph,
                  inputs: list[np.ndarray]) -> Iterator[tuple[TensorId, np.ndarray]]:
     """``(tensor, float64 value)`` of every fold-site tensor on one batch."""
-    lg = graph.graph
+    lg = graph.layer_graph
     wanted = {t for _, t in graph.fold_sites()}
     values: dict[TensorId, Any] = {
         t: keras.ops.convert_to_tensor(v) for t, v in zip(lg.inputs, inputs)

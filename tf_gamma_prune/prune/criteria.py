@@ -451,7 +451,7 @@ def _gamma_layers(model: keras.Model, graph: ChannelGraph,
                   layers: Sequence[str] | None) -> list[str]:
     """Names of the BatchNormalization calls with a γ to pool (graph names)."""
     with_gamma = []
-    for call in graph.graph.calls:
+    for call in graph.layer_graph.calls:
         if is_batchnorm(call.layer) and call.layer.scale and call.name not in with_gamma:
             with_gamma.append(call.name)
     if not with_gamma:
@@ -480,11 +480,11 @@ def _gamma_layers(model: keras.Model, graph: ChannelGraph,
 def _filter_layers(graph: ChannelGraph, layers: Sequence[str] | None) -> list[str]:
     """Names of the conv (or Dense) calls to prune by kernel norm."""
     calls = {}
-    for call in graph.graph.calls:
+    for call in graph.layer_graph.calls:
         calls.setdefault(call.name, []).append(call)
     if layers is None:
         owners: dict[int, set[str]] = {}
-        for call in graph.graph.calls:
+        for call in graph.layer_graph.calls:
             if graph.kinds[call].name in (MIXING, CONSTANT):
                 for g in np.unique(graph.channels[call.outputs[0]]):
                     owners.setdefault(int(g), set()).add(call.name)
@@ -525,7 +525,7 @@ def _filter_layers(graph: ChannelGraph, layers: Sequence[str] | None) -> list[st
 
 
 def _filter_norms(graph: ChannelGraph, name: str) -> np.ndarray:
-    layer = next(c.layer for c in graph.graph.calls if c.name == name)
+    layer = next(c.layer for c in graph.layer_graph.calls if c.name == name)
     kernel = np.asarray(keras.ops.convert_to_numpy(layer.kernel), np.float64)
     return np.abs(kernel).reshape(-1, kernel.shape[-1]).sum(axis=0)
 

@@ -29,7 +29,7 @@ L = keras.layers
 
 def batchnorm_after(graph: ChannelGraph, call: LayerCall) -> LayerCall | None:
     """The BatchNormalization that alone reads this (linear) layer's output, if any."""
-    lg = graph.graph
+    lg = graph.layer_graph
     out_t = call.outputs[0]
     if out_t in lg.outputs or layer_activation_name(call.layer) != "linear":
         return None
@@ -80,7 +80,7 @@ def removed_response(graph: ChannelGraph, plan: RemovalPlan, means: dict[TensorI
     if not removed.any():
         return None
     const = graph.constants.get(in_t)
-    rank = len(graph.graph.shape(in_t))
+    rank = len(graph.layer_graph.shape(in_t))
     if const is not None:
         value = np.where(removed & const.mask, const.value, 0.0)
         fold_mask = removed & const.mask
@@ -97,5 +97,5 @@ def removed_response(graph: ChannelGraph, plan: RemovalPlan, means: dict[TensorI
         if graph.fold == "bias":
             notes.append(f"'{call.name}': bias fold ignores the zero padding at its borders")
         else:
-            spatial = static_shape(graph.graph, in_t, f"Zero padding in '{call.name}'")[:-1]
+            spatial = static_shape(graph.layer_graph, in_t, f"Zero padding in '{call.name}'")[:-1]
     return linear_response(call.layer, value, spatial)

@@ -322,7 +322,7 @@ def carrier_position(graph: ChannelGraph, call: LayerCall, removed: np.ndarray,
     if isinstance(layer, _SEPARABLE):
         return ("separable convolution: its depthwise step filters each input "
                 "channel differently")
-    if len(graph.graph.calls_of(layer)) > 1:
+    if len(graph.layer_graph.calls_of(layer)) > 1:
         return "shared layer: its uses would need one carrier each"
     if not const_in.any():
         return ("only calibration-mean channels are removed here; a carrier must be "
@@ -365,7 +365,7 @@ def _mixing_members(graph: ChannelGraph) -> dict[int, list[tuple[str, np.ndarray
     if cached is not None:
         return cached
     members: dict[int, list[tuple[str, np.ndarray, int]]] = {}
-    for call in graph.graph.calls:
+    for call in graph.layer_graph.calls:
         if not graph.kinds[call].folds_constants:
             continue
         groups = graph.channels[call.outputs[0]]
@@ -470,7 +470,7 @@ def _round_widths(graph: ChannelGraph, removed: np.ndarray, n: int,
     scores = graph.gamma_scores()
     useful = (_carrier_usefulness(graph) if graph.fold in ("carrier", "auto")
               else np.zeros(graph.num_groups))
-    outputs = [c.outputs[0] for c in graph.graph.calls if graph.kinds[c].folds_constants]
+    outputs = [c.outputs[0] for c in graph.layer_graph.calls if graph.kinds[c].folds_constants]
     for _ in range(50):
         changed = False
         for t in outputs:
@@ -502,14 +502,14 @@ def _keep_live_inputs(graph: ChannelGraph, removed: np.ndarray,
     changed = True
     while changed:
         changed = False
-        for call in graph.graph.calls:
+        for call in graph.layer_graph.calls:
             if not graph.kinds[call].folds_constants:
                 continue
             ins = graph.channels[call.inputs[0]]
             outs = graph.channels[call.outputs[0]]
             if not np.all(removed[ins]) or np.all(removed[outs]):
                 continue
-            shape = graph.graph.shape(call.outputs[0])[1:]
+            shape = graph.layer_graph.shape(call.outputs[0])[1:]
             dynamic = any(d is None for d in shape)
             if not dynamic and not (graph.fold == "auto" and _constant_map_outweighs(call, shape)):
                 continue

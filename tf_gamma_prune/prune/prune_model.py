@@ -235,7 +235,7 @@ _OTHER_NORMS = (L.LayerNormalization, L.GroupNormalization)
 def _check_has_gammas(graph: ChannelGraph) -> None:
     """A model normalised only by LayerNormalization/GroupNormalization would come
     back unchanged: their γ mix channels and never make one constant."""
-    layers = [call.layer for call in graph.graph.calls]
+    layers = [call.layer for call in graph.layer_graph.calls]
     others = sorted({type(layer).__name__ for layer in layers if isinstance(layer, _OTHER_NORMS)})
     if others and not any(isinstance(layer, L.BatchNormalization) and layer.scale
                           for layer in layers):
@@ -248,7 +248,7 @@ def _check_has_gammas(graph: ChannelGraph) -> None:
 
 
 def _warn_collapsed_layers(graph: ChannelGraph) -> None:
-    collapsed = [call.name for call in graph.graph.calls
+    collapsed = [call.name for call in graph.layer_graph.calls
                  if isinstance(call.layer, L.BatchNormalization) and call.layer.scale
                  and not np.any(keras.ops.convert_to_numpy(call.layer.gamma))]
     if collapsed:
@@ -263,7 +263,7 @@ def _warn_collapsed_layers(graph: ChannelGraph) -> None:
 def _numpy_weights(graph: ChannelGraph) -> dict[int, dict[str, np.ndarray]]:
     """Every layer's weights as numpy arrays by name; checks they are finite."""
     out: dict[int, dict[str, np.ndarray]] = {}
-    for call in graph.graph.calls:
+    for call in graph.layer_graph.calls:
         layer = call.layer
         if id(layer) in out or not isinstance(layer, L.Layer):
             continue

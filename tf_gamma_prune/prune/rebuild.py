@@ -60,7 +60,7 @@ class Rebuilder:
         self.first_input = None
 
     def build(self, model: keras.Model) -> keras.Model:
-        lg = self.graph.graph
+        lg = self.graph.layer_graph
         core = functional_core(model)
         new_inputs = []
         for t, kt in zip(lg.inputs, core.inputs):
@@ -146,7 +146,7 @@ class Rebuilder:
         """A conv/dense whose every input channel was removed outputs a constant."""
         layer = call.layer
         out_t = call.outputs[0]
-        shape = self.graph.graph.shape(out_t)
+        shape = self.graph.layer_graph.shape(out_t)
         value = np.zeros((1,) * (len(shape) - 1) + (self.graph.width(out_t),))
         if response is not None:
             value = value + response
@@ -225,7 +225,7 @@ class LayerNames:
     def __init__(self, graph: ChannelGraph) -> None:
         self.by_layer: dict[int, str] = {}
         self.used: set[str] = set()
-        for call in graph.graph.calls:
+        for call in graph.layer_graph.calls:
             if id(call.layer) in self.by_layer:
                 continue
             name = call.layer.name

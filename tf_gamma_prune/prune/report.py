@@ -112,7 +112,7 @@ def build_report(model: keras.Model, pruned: keras.Model, graph: ChannelGraph,
             plan: RemovalPlan, rebuilder: Rebuilder) -> PruneReport:
     widths: dict[str, tuple[int, int]] = {}
     carrier_channels: dict[str, list[int]] = {}
-    for call in graph.graph.calls:
+    for call in graph.layer_graph.calls:
         layer = call.layer
         if graph.kinds[call].name in (MIXING, DEPTHWISE) or isinstance(layer, L.BatchNormalization):
             t = call.outputs[0]

@@ -127,7 +127,7 @@ class MixingKind(LayerKind):
             old = dict(old, kernel=carry(layer, old["kernel"], *carried))
         bias = old.get("bias")
         fold_needed = bool(np.any(u_out != 0))
-        shared = len(r.graph.graph.calls_of(layer)) > 1
+        shared = len(r.graph.layer_graph.calls_of(layer)) > 1
         bn = None if (bias is not None or not fold_needed or shared) else r.batchnorm_after(call)
         if fold_needed and bias is None and bn is None:
             config["use_bias"] = True

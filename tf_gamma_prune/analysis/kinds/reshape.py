@@ -139,7 +139,7 @@ class ReshapeKind(LayerKind):
                     shape[-1] = len(r.keep[call.outputs[0]])
                 r.new_layers[id(op)] = type(op)(tuple(shape), name=op.name)
             elif name == "Squeeze" and op.axis is None:
-                axes = _squeezed_axes(call, r.graph.graph.shape(call.inputs[0]))
+                axes = _squeezed_axes(call, r.graph.layer_graph.shape(call.inputs[0]))
                 r.new_layers[id(op)] = type(op)(axis=axes, name=op.name)
         r.rebuild_generic(call)
 
