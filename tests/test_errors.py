@@ -51,3 +51,10 @@ def test_old_module_paths_still_import():
     from tf_gamma_prune.surgery import prune_model as old_prune
 
     assert old is tf_gamma_prune.channel_graph and old_prune is tf_gamma_prune.prune_model
+
+
+PUBLIC_API_0_1 = """AtomicWriteError BorderCorrection CalibrationDataError ChannelGraph ConstantFeature CriterionError DynamicShapeError ExportError GammaISTA InexactRescaleError InputShapeError LayerCost ModelCost ModelFileError NetworkSlimming NoBatchNormError NonBuiltinOpError NonFiniteGammaError NonFiniteWeightError ParityError PruneReport RecalibrationDataError RemovalPlan ResumeError SelectionError SharedLayerError SparsityMonitor StepCheckpoint TargetUnreachableError UnsafeModelError UnsupportedLayerError UnsupportedModelError batchnorm_layers benchmark_latency builtin_op_names channel_graph check_parity compare_latency count_macs coupled_groups fit_resumable gamma_penalties gamma_sparsity gamma_threshold_selection gpu_compatibility l1_norm_selection layer_graph layer_widths load_keras_model model_cost plan_removal prune_model random_selection recalibrate_batchnorm register_layer_kind rescale_gamma save_keras_atomic selection_for_macs sparsity_summary to_tflite write_atomic""".split()
+
+
+def test_the_public_api_of_0_1_is_still_there():
+    assert set(PUBLIC_API_0_1) <= set(tf_gamma_prune.__all__)
