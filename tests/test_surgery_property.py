@@ -1,5 +1,6 @@
 """Property-based: random DAGs of conv/BN/activation/pool/add/concat/depthwise/
-separable/dense/squeeze-excitation blocks (global-pooling or Flatten→Dense
+separable/dense/squeeze-excitation/grouped conv/transposed conv/keras.ops
+(add, pad, clip, mean)/spatial-concatenation blocks (global-pooling or Flatten→Dense
 heads) with random γ zero patterns.
 
 Properties (checked against the ORIGINAL model's outputs, not the analysis):
@@ -52,6 +53,13 @@ block = st.one_of(
     st.tuples(st.just("dense"), st.integers(0, 99), st.integers(1, 5), st.sampled_from(ACTS)),
     st.tuples(st.just("sep"), st.integers(0, 99), st.integers(1, 5),
               st.sampled_from(["same", "valid"]), st.sampled_from(ACTS)),
+    st.tuples(st.just("grouped"), st.integers(0, 99), st.integers(1, 3),
+              st.sampled_from(["same", "valid"]), st.sampled_from(ACTS)),
+    st.tuples(st.just("transpose"), st.integers(0, 99), st.integers(1, 5),
+              st.sampled_from([1, 2]), st.sampled_from(ACTS)),
+    st.tuples(st.just("ops"), st.integers(0, 99), st.integers(0, 99),
+              st.sampled_from(["add", "pad", "clip", "mean"])),
+    st.tuples(st.just("stack"), st.integers(0, 99), st.integers(0, 99)),
 )
 
 recipes = st.fixed_dictionaries({
@@ -111,6 +119,30 @@ def build(recipe):
         elif kind == "concat":
             same = [u for u in tensors if tuple(u.shape[1:3]) == tuple(t.shape[1:3])]
             y = L.Concatenate()([t, same[spec[2] % len(same)]])
+        elif kind == "grouped":  # groups = the input's channel count's largest divisor <= 3
+            _, _, per_group, padding, act = spec
+            groups = max(g for g in (1, 2, 3) if t.shape[-1] % g == 0)
+            padding = "same" if size < 3 else padding
+            y = L.Conv2D(groups * per_group, 3, padding=padding, groups=groups)(t)
+            y = activation(act)(L.BatchNormalization()(y))
+        elif kind == "transpose":
+            _, _, width, stride, act = spec
+            y = L.Conv2DTranspose(width, 3, strides=stride, padding="same")(t)
+            y = activation(act)(L.BatchNormalization()(y))
+        elif kind == "ops":
+            op = spec[3]
+            if op == "add":
+                same = [u for u in tensors if tuple(u.shape) == tuple(t.shape)]
+                y = keras.ops.add(t, same[spec[2] % len(same)])
+            elif op == "pad":
+                y = keras.ops.pad(t, [[0, 0], [1, 1], [1, 1], [0, 0]])
+            elif op == "clip":
+                y = keras.ops.clip(t, -1.0, 1.5)
+            else:
+                y = keras.ops.mean(t, axis=(1, 2), keepdims=True)
+        elif kind == "stack":  # concatenation along a spatial axis
+            same = [u for u in tensors if tuple(u.shape[2:]) == tuple(t.shape[2:])]
+            y = L.Concatenate(axis=1)([t, same[spec[2] % len(same)]])
         else:  # squeeze-and-excitation
             s = L.GlobalAveragePooling2D(keepdims=True)(t)
             s = L.Activation("swish")(L.BatchNormalization()(L.Conv2D(2, 1)(s)))
