@@ -94,7 +94,7 @@ _CPU: dict[str, Any] = {
     "alpha": 1.0,                    # γ–W rescaling before ISTA (1.0: none)
     "min_channels": 4,
     "cost_target_every": 50,
-    "cost_target_reach_at": 0.6,     # a pilot with 0.75 ended at 2.83x for 3x (gradients lag)
+    "cost_target_reach_at": 0.6,     # a pilot with 0.75, one window ahead, ended at 2.83x for 3x
     "slimming_l1": 0.004,
     "tuning": _CPU_TUNING,
     "augment": "pad_crop_flip",

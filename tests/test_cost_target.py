@@ -42,7 +42,7 @@ def test_controller_sets_rho_to_zero_exactly_the_channels_the_schedule_needs():
             layer.gamma.assign(rng.uniform(0.05, 1.5, layer.gamma.shape))
     model.compile(GammaISTA(keras.optimizers.SGD(0.01), min_channels=1), loss="mse")
     model.optimizer.attach(model).build(model.trainable_variables)
-    target = CostTarget(macs=0.5, every=10, total_steps=100, reach_at=0.5, gain=1.0)
+    target = CostTarget(macs=0.5, every=10, total_steps=100, reach_at=0.5, lookahead=1)
     target.set_model(model)
     graph = channel_graph(model, fold="bias")
     target.start_macs = planned_macs(graph, graph.removable_constant_groups())
