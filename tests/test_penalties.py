@@ -144,3 +144,28 @@ def test_rescale_refuses_scaled_model_output_but_allows_excluding_that_layer():
     np.testing.assert_allclose(keras.ops.convert_to_numpy(model(np.ones((1, 4)), training=False)), before, rtol=1e-5)
     with pytest.raises(ValueError, match="alpha"):
         rescale_gamma(model, -1.0)
+
+
+def test_rescaling_a_model_with_border_corrections_is_exact():
+    """rescale_gamma scales BorderCorrection maps too (exact-fold pruned models)."""
+    from test_surgery_helpers import outputs64, randomize_batchnorms
+
+    from tf_gamma_prune import BorderCorrection, prune_model
+
+    x = keras.Input((8, 8, 3))
+    h = keras.layers.ReLU()(keras.layers.BatchNormalization(name="bn1")(
+        keras.layers.Conv2D(6, 3, padding="same", use_bias=False, name="c1")(x)))
+    h = keras.layers.BatchNormalization(name="bn2")(
+        keras.layers.Conv2D(4, 3, padding="same", use_bias=False, name="c2")(h))
+    model = keras.Model(x, keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(
+        keras.layers.ReLU()(h))))
+    randomize_batchnorms(model, seed=2, zero_fraction=0.0)
+    model.get_layer("bn1").gamma.assign(np.array([1.0, 0.0, 0.5, 0.0, -0.7, 1.2], "float32"))
+    pruned = prune_model(model, fold="exact")
+    assert any(isinstance(layer, BorderCorrection) for layer in pruned.layers)
+    inputs = np.random.default_rng(0).standard_normal((2, 8, 8, 3)).astype("float32")
+    before = outputs64(pruned, inputs)[0]
+    rescale_gamma(pruned, 0.1)
+    np.testing.assert_allclose(outputs64(pruned, inputs)[0], before, rtol=1e-5, atol=1e-5)
+    rescale_gamma(pruned, 10.0)
+    np.testing.assert_allclose(outputs64(pruned, inputs)[0], before, rtol=1e-5, atol=1e-5)
