@@ -178,11 +178,29 @@ class ReferenceResults(Results):
 
 
 def chosen_trial(doc: dict, method: str, target: int) -> dict | None:
-    """The trial of (method, target) with the best validation accuracy (first on ties)."""
+    """The trial of (method, target) with the best validation accuracy (first on ties).
+
+    For gamma_ista only trials that met the MAC budget (within ``match_tolerance``)
+    compete — a less pruned model is easily more accurate; when none met it, the
+    trials closest to the budget do.
+    """
     trials = [t for t in doc.get("tuning", {}).get("trials", [])
               if t["method"] == method and t["target"] == target
               and t.get("validation_accuracy") is not None]
+    budget = _budget_macs(doc, target) if method == "gamma_ista" else None
+    if budget and trials:
+        errors = [abs(t["macs"] - budget) / budget for t in trials]
+        limit = max(doc["settings"]["match_tolerance"], min(errors))
+        trials = [t for t, e in zip(trials, errors) if e <= limit]
     return max(trials, key=lambda t: (t["validation_accuracy"], -t["trial"]), default=None)
+
+
+def _budget_macs(doc: dict, target: int) -> float | None:
+    """The reference's MACs divided by the target's reduction (None before the reference record)."""
+    ref = next((r for r in doc.get("records", []) if r["method"] == "reference"), None)
+    if ref is None or not ref.get("macs"):
+        return None
+    return ref["macs"] / doc["settings"]["mac_targets"][target]
 
 
 def reference_notes(doc: dict) -> list[str]:

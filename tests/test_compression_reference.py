@@ -106,9 +106,14 @@ def test_tuning_uses_validation_only_and_equal_effort(smoke):
         if method not in protocol.PRUNING_METHODS or r.get("accuracy") is None:
             continue
         best = protocol.chosen_trial(doc, method, k)
-        reachable = [t["validation_accuracy"] for t in trials if (t["method"], t["target"]) ==
-                     (method, k) and t["validation_accuracy"] is not None]
-        assert best["validation_accuracy"] == max(reachable)
+        reachable = [t for t in trials if (t["method"], t["target"]) == (method, k)
+                     and t["validation_accuracy"] is not None]
+        if method == "gamma_ista":  # only trials closest to / within the MAC budget compete
+            budget = doc["records"][0]["macs"] / s["mac_targets"][k]
+            errors = [abs(t["macs"] - budget) / budget for t in reachable]
+            limit = max(s["match_tolerance"], min(errors))
+            reachable = [t for t, e in zip(reachable, errors) if e <= limit]
+        assert best["validation_accuracy"] == max(t["validation_accuracy"] for t in reachable)
         assert r["overrides"] == best["overrides"] and r["tuning_trial"] == best["trial"]
         if seed == s["seeds"][0]:
             assert r["from_trial"] == best["trial"]
@@ -237,6 +242,21 @@ def _family(gamma=(0.916, 0.905), slim=(0.910, 0.900), l1=(0.911, 0.901), scratc
                                                                       else 0), params,
                                     speedup=3.0 if k == 0 else 4.5))
     return records
+
+
+def test_gamma_ista_trials_compete_only_within_the_mac_budget():
+    doc = {"settings": {"mac_targets": [3.0], "match_tolerance": 0.05},
+           "records": [{"method": "reference", "macs": 300}],
+           "tuning": {"trials": [
+               {"method": "gamma_ista", "target": 0, "trial": 0, "validation_accuracy": 0.92, "macs": 101},
+               {"method": "gamma_ista", "target": 0, "trial": 1, "validation_accuracy": 0.95, "macs": 140},
+               {"method": "slimming", "target": 0, "trial": 0, "validation_accuracy": 0.9, "macs": 140},
+               {"method": "slimming", "target": 0, "trial": 1, "validation_accuracy": 0.91, "macs": 150},
+           ]}}
+    assert protocol.chosen_trial(doc, "gamma_ista", 0)["trial"] == 0  # 0.95 missed the budget
+    assert protocol.chosen_trial(doc, "slimming", 0)["trial"] == 1  # matched methods: accuracy only
+    doc["tuning"]["trials"][0]["macs"] = 30  # none within 5%: the closest (70 % off vs 40 %)
+    assert protocol.chosen_trial(doc, "gamma_ista", 0)["trial"] == 1
 
 
 def test_verdicts_met_with_their_margins():
