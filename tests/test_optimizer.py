@@ -367,3 +367,35 @@ def test_wrapped_adaptive_optimizers_reach_zeros_and_reset_their_moments(inner):
     assert slots, "the inner optimizer should keep slots for γ in inner mode"
     for slot in slots:
         assert np.all(slot.numpy()[gamma == 0] == 0), slot.path
+
+
+def test_scale_beta_scales_beta_by_the_gamma_shrink_factor():
+    model = six_channel_model()
+    beta0 = np.array([0.4, -0.3, 0.2, 0.1, 0.7, -0.6], np.float32)
+    model.get_layer("bn").beta.assign(beta0)
+    lr, rho, lam = 0.1, 0.05, 2.0
+    opt = GammaISTA(keras.optimizers.SGD(lr), rho=rho, penalties={"bn": lam},
+                    scale_beta=True).attach(model)
+    step_with_gradients(model, opt, {"bn/gamma": GRAD})
+    before = GAMMA0 - lr * GRAD  # γ after the gradient step, before the shrink
+    gamma = soft_threshold(before, lr * rho * lam)
+    factor = np.where(before != 0, gamma / np.where(before != 0, before, 1), 1.0)
+    got = model.get_layer("bn")
+    np.testing.assert_allclose(got.gamma.numpy(), gamma, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(got.beta.numpy(), beta0 * factor, rtol=1e-5, atol=1e-7)
+    # the ReLU threshold -β/γ of a surviving channel is unchanged (β had no gradient)
+    alive = gamma != 0
+    np.testing.assert_allclose((got.beta.numpy() / got.gamma.numpy())[alive],
+                               (beta0 / before)[alive], rtol=1e-5)
+    assert np.all(got.beta.numpy()[~alive & (before != 0)] == 0)
+
+
+def test_scale_beta_off_leaves_beta_and_is_in_the_config():
+    model = six_channel_model()
+    opt = GammaISTA(keras.optimizers.SGD(0.1), rho=0.05).attach(model)
+    step_with_gradients(model, opt, {"bn/gamma": GRAD})
+    np.testing.assert_array_equal(model.get_layer("bn").beta.numpy(), np.zeros(6))
+    config = GammaISTA(keras.optimizers.SGD(0.1), scale_beta=True).get_config()
+    assert GammaISTA.from_config(config).scale_beta is True
+    with pytest.raises(ValueError, match="scale_beta"):
+        GammaISTA(keras.optimizers.SGD(0.1), scale_beta=True, gamma_variables=["bn/gamma"])

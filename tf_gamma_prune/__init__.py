@@ -85,6 +85,7 @@ from tf_gamma_prune.prune.report import PruneReport
 # --- sparsify (train) ---
 from tf_gamma_prune.sparsify.callbacks import SparsityMonitor, gamma_sparsity, sparsity_summary
 from tf_gamma_prune.sparsify.cost_target import CostTarget
+from tf_gamma_prune.sparsify.distillation import Distiller
 from tf_gamma_prune.sparsify.gamma_ista import GammaISTA
 from tf_gamma_prune.sparsify.penalties import gamma_penalties, rescale_gamma
 from tf_gamma_prune.sparsify.recalibration import recalibrate_batchnorm

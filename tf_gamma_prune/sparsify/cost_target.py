@@ -55,6 +55,7 @@ import numpy as np
 from tf_gamma_prune.analysis.channel_graph import channel_graph
 from tf_gamma_prune.analysis.flops import planned_macs
 from tf_gamma_prune.errors import ArgumentError
+from tf_gamma_prune.sparsify.distillation import model_being_trained
 
 
 @keras.saving.register_keras_serializable(package="tf_gamma_prune")
@@ -101,7 +102,7 @@ class CostTarget(keras.callbacks.Callback):
     # ------------------------------------------------------------------ measuring
     def pruned_macs(self) -> int:
         """MACs of the model if its zero-γ channels were removed now (no rebuild)."""
-        graph = channel_graph(self.model, fold="bias")
+        graph = channel_graph(model_being_trained(self.model), fold="bias")
         macs = planned_macs(graph, graph.removable_constant_groups())
         if macs is None:
             raise ArgumentError("CostTarget needs static spatial input sizes to count MACs.")
@@ -149,7 +150,7 @@ class CostTarget(keras.callbacks.Callback):
     def adapt(self) -> float:
         """Measure the cost, set ρ for the next window; returns the new ρ."""
         optimizer = self.model.optimizer
-        graph = channel_graph(self.model, fold="bias")
+        graph = channel_graph(model_being_trained(self.model), fold="bias")
         macs = planned_macs(graph, graph.removable_constant_groups())
         target = self.scheduled_macs(self._step + self.lookahead * self.every)
         threshold = 0.0 if macs <= target else self.threshold_for(graph, optimizer, target)

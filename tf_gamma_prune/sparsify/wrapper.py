@@ -24,6 +24,7 @@ from tf_gamma_prune.analysis.batchnorm import (
     check_finite_gammas,
 )
 from tf_gamma_prune.errors import ArgumentError
+from tf_gamma_prune.sparsify.distillation import model_being_trained
 
 
 @dataclasses.dataclass(eq=False)
@@ -34,6 +35,7 @@ class PenalisedGamma:
     variable: Any
     penalty: float
     slots: list = dataclasses.field(default_factory=list)
+    beta: Any = None  # the layer's β variable when GammaISTA(scale_beta=True)
 
 
 class _State:
@@ -157,6 +159,8 @@ def find_gamma_layers(
     """
     by_id = {id(v) for v in var_list}
     model = model or calling_model(var_list)
+    if model is not None:
+        model = model_being_trained(model)  # a Distiller's student: names as prune_model's
     if model is None:
         raise RuntimeError(
             f"{owner} could not tell which variables are BatchNormalization γ: "
