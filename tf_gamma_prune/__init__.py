@@ -71,12 +71,23 @@ from tf_gamma_prune.export import (
 from tf_gamma_prune.layers import BorderCorrection, ConstantFeature
 
 # --- prune ---
+from tf_gamma_prune.prune.coarse_ranking import CoarseRanking
 from tf_gamma_prune.prune.criteria import (
     gamma_threshold_selection,
     l1_norm_selection,
     layer_widths,
     random_selection,
     selection_for_macs,
+)
+from tf_gamma_prune.prune.criteria_prunenet import (
+    channel_mac_costs,
+    global_importance_scores,
+    global_importance_selection,
+)
+from tf_gamma_prune.prune.criteria_redundancy import (
+    layer_redundancy,
+    redundancy_random_selection,
+    structural_redundancy_selection,
 )
 from tf_gamma_prune.prune.plan import RemovalPlan, plan_removal
 from tf_gamma_prune.prune.prune_model import prune_model
