@@ -1,4 +1,10 @@
-"""CoarseRanking: Taylor scores accumulated during fit, against a direct GradientTape computation."""
+"""CoarseRanking: Taylor scores from the optimizer's own γ/β gradients, against a direct
+activation × gradient computation over the BatchNormalization outputs."""
+
+import os
+import subprocess
+import sys
+import textwrap
 
 import keras
 import numpy as np
@@ -15,29 +21,33 @@ from tf_gamma_prune import (
     selection_for_macs,
 )
 from tf_gamma_prune.analysis.channel_graph import channel_graph
+from tf_gamma_prune.errors import NoBatchNormError
 
 L = keras.layers
-pytestmark = tensorflow_only
 CLASSES = 3
+LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)  # mean over the batch
 
 
-def small_model(batchnorm=True, name="ranked"):
-    x = keras.Input((6, 6, 2))
-    h = L.Conv2D(4, 3, padding="same", name="c1")(x)
-    if batchnorm:
-        h = L.BatchNormalization(name="b1")(h)
-    h = L.ReLU(name="r1")(h)
-    h = L.Conv2D(6, 3, padding="same", name="c2")(h)
-    h = L.ReLU(name="r2")(h)
-    h = L.GlobalAveragePooling2D(name="gap")(h)
-    model = keras.Model(x, L.Dense(CLASSES, name="logits")(h), name=name)
-    if batchnorm:
-        from tf_gamma_prune.analysis.batchnorm import randomize_batchnorm
+def small_model(name="ranked"):
+    model = keras.Sequential([
+        keras.Input((6, 6, 2)),
+        L.Conv2D(4, 3, padding="same", name="c1"), L.BatchNormalization(name="b1"),
+        L.ReLU(name="r1"),
+        L.Conv2D(6, 3, padding="same", name="c2"), L.BatchNormalization(name="b2"),
+        L.ReLU(name="r2"),
+        L.GlobalAveragePooling2D(name="gap"), L.Dense(CLASSES, name="logits"),
+    ], name=name)
+    from tf_gamma_prune.analysis.batchnorm import randomize_batchnorm
 
-        randomize_batchnorm(model, seed=0)
-    model.compile(keras.optimizers.SGD(0.0),
-                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    randomize_batchnorm(model, seed=0)  # β far from 0, so the β·∂L/∂β term matters
     return model
+
+
+def ranked_model(lr=0.0, momentum=0.0, name="ranked"):
+    model = small_model(name)
+    ranking = CoarseRanking(keras.optimizers.SGD(lr, momentum=momentum))
+    model.compile(ranking, LOSS)
+    return model, ranking
 
 
 def data(n=24, seed=0):
@@ -45,112 +55,189 @@ def data(n=24, seed=0):
     return rng.normal(size=(n, 6, 6, 2)).astype("float32"), rng.integers(0, CLASSES, n)
 
 
-def direct_taylor(model, batches):
-    """Mean over examples of |Σ_positions a · ∂ℓ_n/∂a| for the tensors the convs/dense read
-    (r1 → c2, gap → logits), by a GradientTape over a helper model's intermediate outputs
-    and per-example losses (reduction=None)."""
-    import tensorflow as tf
+def direct_contributions(model, x, y):
+    """``{bn: Σ_{examples, positions} ∂L/∂y · y}`` per channel of each BN output ``y``,
+    for one batch in training mode: the derivative of the loss with respect to a
+    per-channel factor ``m = 1`` multiplying each BN output
+    (``∂L/∂m_c = Σ ∂L/∂y_c · y_c``), by the backend's own autodiff over the layers
+    called one by one (no γ/β gradient involved)."""
+    layers = model.layers
+    names = [layer.name for layer in layers if isinstance(layer, L.BatchNormalization)]
 
-    helper = keras.Model(model.input, [model.get_layer("r1").output,
-                                       model.get_layer("gap").output, model.output])
-    per_example_loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True,
-                                                                  reduction=None)
-    totals = {"c1": 0.0, "c2": 0.0}
-    count = 0
-    for x, y in batches:
+    def loss_of(masks):
+        with keras.StatelessScope():  # BN's moving statistics are not updated
+            h = keras.ops.convert_to_tensor(x)
+            for layer in layers:
+                h = layer(h, training=True)
+                if layer.name in masks:
+                    h = h * masks[layer.name]
+            return LOSS(y, h)
+
+    ones = {n: np.ones(model.get_layer(n).gamma.shape, "float32") for n in names}
+    if keras.backend.backend() == "jax":
+        import jax
+
+        grads = jax.grad(loss_of)({n: jax.numpy.asarray(v) for n, v in ones.items()})
+    else:
+        import tensorflow as tf
+
+        masks = {n: tf.constant(v) for n, v in ones.items()}
         with tf.GradientTape() as tape:
-            r1, gap, logits = helper(x, training=False)
-            loss = tf.reduce_sum(per_example_loss(y, logits))
-        g_r1, g_gap = tape.gradient(loss, [r1, gap])
-        totals["c1"] = totals["c1"] + np.abs((r1 * g_r1).numpy().sum(axis=(1, 2))).sum(axis=0)
-        totals["c2"] = totals["c2"] + np.abs((gap * g_gap).numpy()).sum(axis=0)
-        count += len(x)
-    return {k: v / count for k, v in totals.items()}
+            tape.watch(masks)
+            loss = loss_of(masks)
+        grads = tape.gradient(loss, masks)
+    return {n: np.asarray(grads[n], np.float64) for n in names}
+
+
+def direct_scores(model, batches):
+    """Mean over the batches of the squared per-batch contributions."""
+    total = None
+    for x, y in batches:
+        c = direct_contributions(model, x, y)
+        total = {n: v ** 2 for n, v in c.items()} if total is None else {
+            n: total[n] + c[n] ** 2 for n in total}
+    return {n: v / len(batches) for n, v in total.items()}
+
+
+def batches_of(x, y, size):
+    return [(x[i:i + size], y[i:i + size]) for i in range(0, len(x), size)]
 
 
 # ------------------------------------------------------------------ the scores
-def test_update_equals_a_direct_activation_times_gradient_computation():
-    model = small_model(batchnorm=True)
+def test_fit_scores_equal_a_direct_activation_times_gradient_computation():
+    model, ranking = ranked_model(lr=0.0)  # the weights do not move: same model every step
     x, y = data()
-    ranking = CoarseRanking(data=(x, y))
-    ranking.set_model(model)
-    batches = [(x[:10], y[:10]), (x[10:], y[10:])]
-    for bx, by in batches:
-        ranking.update(bx, by)
-    expected = direct_taylor(model, batches)
+    model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+    assert ranking.batches == 3 and ranking.ranked_layers == ["b1", "b2"]
+    expected = direct_scores(model, batches_of(x, y, 8))
     scores = ranking.channel_scores()
-    assert set(scores) == {"c1", "c2"} and ranking.examples == 24 and ranking.updates == 2
-    for name in ("c1", "c2"):
+    assert set(scores) == {"b1", "b2"}
+    for name in ("b1", "b2"):
         assert np.all(expected[name] > 0)
-        np.testing.assert_allclose(scores[name], expected[name], rtol=2e-4, atol=1e-9)
+        np.testing.assert_allclose(scores[name], expected[name], rtol=2e-3, atol=1e-12)
 
 
-def test_fit_accumulates_every_interval_steps_on_its_own_batches():
-    model = small_model(batchnorm=False)  # learning rate 0 and no BN: weights stay put
-    x, y = data(32, seed=1)
-    ranking = CoarseRanking(data=(x, y), interval=2, batch_size=8)
-    model.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0, callbacks=[ranking])
-    assert ranking.updates == 4 and ranking.examples == 32  # 8 steps, the 2nd, 4th, ...
-    assert ranking.ranking_seconds > 0
-    expected = direct_taylor(model, [(x[i:i + 8], y[i:i + 8]) for i in range(0, 32, 8)])
+def test_custom_loop_reads_gamma_and_beta_before_the_update():
+    """With a moving model (lr > 0, momentum) each step is scored on the weights the forward
+    pass used; a second fit keeps accumulating; reset starts over."""
+    model, ranking = ranked_model(lr=0.2, momentum=0.9)
+    ranking.attach(model)
+    x, y = data(32, seed=2)
+    expected = {"b1": 0.0, "b2": 0.0}
+    for bx, by in batches_of(x, y, 8):
+        c = direct_contributions(model, bx, by)
+        expected = {n: expected[n] + c[n] ** 2 for n in expected}
+        variables = model.trainable_variables
+        if keras.backend.backend() == "jax":
+            import jax
+
+            def loss_of(values):
+                trainable = values
+                non_trainable = [v.value for v in model.non_trainable_variables]
+                out, _ = model.stateless_call(trainable, non_trainable, bx, training=True)
+                return LOSS(by, out)
+
+            grads = jax.grad(loss_of)([v.value for v in variables])
+        else:
+            import tensorflow as tf
+
+            with tf.GradientTape() as tape:
+                loss = LOSS(by, model(bx, training=True))
+            grads = tape.gradient(loss, variables)
+        ranking.apply_gradients(zip(grads, variables))
+    assert ranking.batches == 4
     for name, scores in ranking.channel_scores().items():
-        np.testing.assert_allclose(scores, expected[name], rtol=2e-4, atol=1e-9)
-    # a stream of (x, y) batches cycles too
-    import tensorflow as tf
-
-    stream = tf.data.Dataset.from_tensor_slices((x[:16], y[:16])).batch(8)
-    again = CoarseRanking(data=stream, interval=1)
-    model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0, callbacks=[again])
-    assert again.updates == 4 and again.examples == 32
-    expected = direct_taylor(model, [(x[:8], y[:8]), (x[8:16], y[8:16])])
-    for name, scores in again.channel_scores().items():
-        np.testing.assert_allclose(scores, expected[name], rtol=2e-4, atol=1e-9)
-
-
-def test_a_new_model_resets_and_the_same_model_keeps_accumulating():
-    x, y = data(16)
-    model = small_model()
-    ranking = CoarseRanking(data=(x, y), interval=1, batch_size=8)
-    model.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[ranking])
-    model.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[ranking])
-    assert ranking.updates == 4
-    other = small_model(name="other")
-    other.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[ranking])
-    assert ranking.updates == 2
+        np.testing.assert_allclose(scores, expected[name] / 4, rtol=2e-3, atol=1e-12)
     ranking.reset()
+    assert ranking.batches == 0
     with pytest.raises(CriterionError, match="no scores yet"):
         ranking.selection(0.5)
 
 
+def test_training_is_unchanged_by_the_ranking():
+    x, y = data(32, seed=3)
+    ranked, _ = ranked_model(lr=0.1, momentum=0.9)
+    plain = small_model("plain")
+    plain.set_weights(ranked.get_weights())
+    plain.compile(keras.optimizers.SGD(0.1, momentum=0.9), LOSS)
+    for m in (ranked, plain):
+        m.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0)
+    for a, b in zip(ranked.get_weights(), plain.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+@tensorflow_only
+def test_tied_channels_add_their_contributions_before_squaring():
+    x = keras.Input((6, 6, 2))
+    s = L.BatchNormalization(name="bs")(L.Conv2D(6, 3, padding="same", name="stem")(x))
+    r = L.Conv2D(6, 3, padding="same", activation="relu", name="inner")(s)
+    r = L.BatchNormalization(name="br")(L.Conv2D(6, 3, padding="same", name="last")(r))
+    h = L.ReLU()(L.Add()([s, r]))
+    h = L.BatchNormalization(name="bp")(L.Conv2D(4, 1, name="pw")(h))
+    model = keras.Model(x, L.Dense(CLASSES)(L.GlobalAveragePooling2D()(L.ReLU()(h))))
+    from tf_gamma_prune.analysis.batchnorm import randomize_batchnorm
+
+    randomize_batchnorm(model, seed=1)
+    ranking = CoarseRanking(keras.optimizers.SGD(0.0))
+    model.compile(ranking, LOSS)
+    bx, by = data(16)
+    model.fit(bx, by, batch_size=8, shuffle=False, verbose=0)
+    scores = ranking.channel_scores()
+    assert set(scores) == {"bs", "br", "bp"}
+    np.testing.assert_array_equal(scores["bs"], scores["br"])
+    # direct: a tape over the three BN outputs; the stream's two BNs add up per batch
+    import tensorflow as tf
+
+    helper = keras.Model(model.input, [model.get_layer(n).output for n in ("bs", "br", "bp")]
+                         + [model.output])
+    expected = {"stream": 0.0, "bp": 0.0}
+    for i in (0, 8):
+        with tf.GradientTape() as tape:
+            *outs, logits = helper(bx[i:i + 8], training=True)
+            loss = LOSS(by[i:i + 8], logits)
+        grads = tape.gradient(loss, outs)
+        c = [(o * g).numpy().sum(axis=(0, 1, 2)).astype(np.float64) for o, g in zip(outs, grads)]
+        expected["stream"] = expected["stream"] + (c[0] + c[1]) ** 2
+        expected["bp"] = expected["bp"] + c[2] ** 2
+    np.testing.assert_allclose(scores["bs"], expected["stream"] / 2, rtol=2e-3, atol=1e-12)
+    np.testing.assert_allclose(scores["bp"], expected["bp"] / 2, rtol=2e-3, atol=1e-12)
+    selection = ranking.selection(0.5)
+    assert selection["bs"].tolist() == selection["br"].tolist()
+    small = prune_model(model, selection, probe=False)
+    assert small.get_layer("inner").kernel.shape[-2] == len(selection["bs"])
+
+
 # ------------------------------------------------------------------ selections
 def test_selection_is_a_normalised_global_threshold():
-    model = small_model()
+    model, ranking = ranked_model()
     x, y = data()
-    ranking = CoarseRanking(data=(x, y))
-    ranking.set_model(model)
-    ranking.update(x, y)
+    model.fit(x, y, batch_size=8, shuffle=False, verbose=0)
     scores = ranking.channel_scores()
     normalised = {k: v / np.linalg.norm(v) for k, v in scores.items()}
     pooled = np.concatenate(list(normalised.values()))
     k = 4  # floor(0.4 · 10)
     threshold = np.sort(pooled)[k]
-    selection = ranking.selection(0.4)
-    assert {n: v.tolist() for n, v in selection.items()} == {
+    assert {n: v.tolist() for n, v in ranking.selection(0.4).items()} == {
         n: np.flatnonzero(s >= threshold).tolist() for n, s in normalised.items()}
     raw = np.concatenate(list(scores.values()))
     threshold = np.sort(raw)[k]
-    assert {n: v.tolist() for n, v in ranking.selection(0.4, normalize=False).items()} == {
-        n: np.flatnonzero(s >= threshold).tolist() for n, s in scores.items()}
-    # min_channels / round_to
+    kept = {n: np.flatnonzero(s >= threshold).tolist() for n, s in scores.items()}
+    kept = {n: v or [int(np.argmax(scores[n]))] for n, v in kept.items()}  # min_channels=1
+    assert {n: v.tolist() for n, v in ranking.selection(0.4, normalize=False).items()} == kept
     assert min(len(v) for v in ranking.selection(0.95, min_channels=2).values()) == 2
     assert all(len(v) % 2 == 0 for v in ranking.selection(0.5, round_to=2).values())
+    only = ranking.selection(0.5, layers=["b2"])
+    assert list(only) == ["b2"] and len(only["b2"]) == 3
+    with pytest.raises(CriterionError, match="not a ranked BatchNormalization"):
+        ranking.selection(0.5, layers=["c1"])
+    with pytest.raises(CriterionError, match="prune_fraction"):
+        ranking.selection(1.5)
 
 
 def test_selection_for_macs_and_prune_model():
-    model = small_model()
+    model, ranking = ranked_model(lr=0.05)
     x, y = data()
-    ranking = CoarseRanking(data=(x, y), interval=1, batch_size=8)
-    model.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[ranking])
+    model.fit(x, y, batch_size=8, shuffle=False, verbose=0)
     graph = channel_graph(model)
     one_channel = channel_mac_costs(graph)[~graph.pinned].max()
     target = count_macs(model) // 2
@@ -160,100 +247,94 @@ def test_selection_for_macs_and_prune_model():
     small = prune_model(model, selection, probe=False)
     assert count_macs(small) == macs and small.count_params() < model.count_params()
     assert small(x).shape == (24, CLASSES)
-    # reproducible: the same weights and batches give the same selection
-    twin = small_model()
-    twin.set_weights(model.get_weights())
-    ranking_twin = CoarseRanking(data=(x, y), interval=1, batch_size=8)
-    ranking_twin.set_model(twin)
-    for i in range(0, 24, 8):
-        ranking_twin.update(x[i:i + 8], y[i:i + 8])
-    twin_selection = ranking_twin.selection(0.4)
-    ranking.reset()
-    ranking.set_model(model)
-    for i in range(0, 24, 8):
-        ranking.update(x[i:i + 8], y[i:i + 8])
-    assert {k: v.tolist() for k, v in ranking.selection(0.4).items()} == {
-        k: v.tolist() for k, v in twin_selection.items()}
     with pytest.raises(CriterionError, match="not 'other'"):
         ranking.criterion(small_model(name="other"), 0.5)
 
 
-def test_pruned_model_computes_the_kept_channels():
-    model = small_model(batchnorm=False)
-    for name in ("c1", "c2"):
-        layer = model.get_layer(name)
-        layer.bias.assign(np.zeros(layer.bias.shape))
+# ------------------------------------------------------------------ saving
+def test_scores_survive_save_and_load(tmp_path):
+    model, ranking = ranked_model(lr=0.05, momentum=0.9)
     x, y = data()
-    ranking = CoarseRanking(data=(x, y))
-    ranking.set_model(model)
-    ranking.update(x, y)
-    selection = ranking.selection(0.5)
-    small = prune_model(model, selection, probe=False)
-    for name, keep in selection.items():
-        kernel = model.get_layer(name).kernel.numpy()
-        kernel[..., np.setdiff1d(np.arange(kernel.shape[-1]), keep)] = 0.0
-        model.get_layer(name).kernel.assign(kernel)
-    np.testing.assert_allclose(small(x).numpy(), model(x).numpy(), rtol=1e-5, atol=1e-5)
+    model.fit(x, y, batch_size=8, shuffle=False, verbose=0)
+    path = str(tmp_path / "ranked.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    restored = loaded.optimizer
+    assert isinstance(restored, CoarseRanking) and restored.batches == 3
+    for name, scores in ranking.channel_scores().items():
+        np.testing.assert_array_equal(restored.channel_scores()[name], scores)
+    assert {k: v.tolist() for k, v in restored.selection(0.4).items()} == {
+        k: v.tolist() for k, v in ranking.selection(0.4).items()}
+    loaded.fit(x, y, batch_size=8, shuffle=False, verbose=0)  # keeps accumulating
+    assert restored.batches == 6
+    config = keras.saving.serialize_keras_object(ranking)
+    again = keras.saving.deserialize_keras_object(config)
+    assert isinstance(again, CoarseRanking) and again.get_config() == ranking.get_config()
 
 
-def test_tied_channels_are_scored_and_removed_together():
-    x = keras.Input((6, 6, 2))
-    s = L.Conv2D(6, 3, padding="same", name="stem")(x)
-    r = L.Conv2D(6, 3, padding="same", activation="relu", name="inner")(s)
-    r = L.Conv2D(6, 3, padding="same", name="last")(r)
-    h = L.ReLU()(L.Add()([s, r]))
-    h = L.DepthwiseConv2D(3, padding="same", name="dw")(h)
-    h = L.Conv2D(4, 1, name="pw")(h)
-    model = keras.Model(x, L.Dense(CLASSES)(L.GlobalAveragePooling2D()(h)))
-    model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    bx, by = data(16)
-    ranking = CoarseRanking(data=(bx, by))
-    ranking.set_model(model)
-    ranking.update(bx, by)
-    layers = ["stem", "inner", "last"]
-    scores = ranking.channel_scores(layers)
-    np.testing.assert_array_equal(scores["stem"], scores["last"])
-    # the stream's score: |Σ a·g| summed over the tensors the convs read (inner reads stem's
-    # output, dw→pw reads the sum), checked against a direct tape on those tensors
-    import tensorflow as tf
-
-    helper = keras.Model(model.input, [model.get_layer("stem").output,
-                                       model.get_layer("dw").output, model.output])
-    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None)
-    with tf.GradientTape() as tape:
-        stem, dw, logits = helper(bx, training=False)
-        loss = tf.reduce_sum(loss_fn(by, logits))
-    g_stem, g_dw = tape.gradient(loss, [stem, dw])
-    per_example = (stem * g_stem).numpy().sum(axis=(1, 2)) + (dw * g_dw).numpy().sum(axis=(1, 2))
-    np.testing.assert_allclose(scores["stem"], np.abs(per_example).mean(axis=0), rtol=2e-4)
-    selection = ranking.selection(0.5, layers=layers)
-    assert selection["stem"].tolist() == selection["last"].tolist()
-    small = prune_model(model, selection, probe=False)
-    assert small.get_layer("dw").kernel.shape[-2] == len(selection["stem"])
-
-
-# ------------------------------------------------------------------ config and errors
-def test_config_round_trip_and_errors():
-    ranking = CoarseRanking(interval=5, batch_size=16)
-    restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(ranking))
-    assert isinstance(restored, CoarseRanking)
-    assert restored.get_config() == {"interval": 5, "batch_size": 16}
-    x, y = data(8)
-    model = small_model()
-    with pytest.raises(ArgumentError, match="needs data"):
-        model.fit(x, y, verbose=0, callbacks=[CoarseRanking()])
-    with pytest.raises(ArgumentError, match="interval"):
-        CoarseRanking(interval=0)
-    with pytest.raises(ArgumentError, match="no model"):
-        CoarseRanking().update(x, y)
-    uncompiled = keras.Model(model.input, model.output)
-    ranking = CoarseRanking(data=(x, y))
-    ranking.set_model(uncompiled)
-    with pytest.raises(ArgumentError, match="not compiled"):
-        ranking.update(x, y)
-    ranking.set_model(model)
+# ------------------------------------------------------------------ errors
+def test_errors():
+    with pytest.raises(TypeError, match="Keras 3 optimizer"):
+        CoarseRanking("sgd")
+    with pytest.raises(ArgumentError, match="does not take"):
+        CoarseRanking(keras.optimizers.SGD(), interval=10)
+    ranking = CoarseRanking(keras.optimizers.SGD())
+    assert ranking.batches == 0
     with pytest.raises(CriterionError, match="no scores yet"):
         ranking.selection(0.5)
-    ranking.update(x, y)
-    with pytest.raises(CriterionError, match="prune_fraction"):
-        ranking.selection(1.5)
+    with pytest.raises(RuntimeError, match="attach"):
+        ranking.build(small_model().trainable_variables)
+    plain = keras.Sequential([keras.Input((3,)), L.Dense(2)])
+    plain.compile(CoarseRanking(keras.optimizers.SGD()), "mse")
+    with pytest.raises(NoBatchNormError):
+        plain.fit(np.ones((4, 3)), np.ones((4, 2)), verbose=0)
+
+
+MIRRORED_SCRIPT = textwrap.dedent(
+    """
+    import os, json
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    import keras, numpy as np
+    from tf_gamma_prune import CoarseRanking
+
+    def build():
+        keras.utils.set_random_seed(3)
+        x = keras.Input((6,))
+        h = keras.layers.BatchNormalization(name="bn", synchronized=True)(
+            keras.layers.Dense(16)(x))
+        return keras.Model(x, keras.layers.Dense(1)(keras.layers.ReLU()(h)))
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 6)).astype("float32")
+    y = (x[:, :1] * 2.0).astype("float32")
+    out = {}
+    for mode in ("single", "mirrored"):
+        strategy = (tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+                    if mode == "mirrored" else tf.distribute.get_strategy())
+        with strategy.scope():
+            model = build()
+            ranking = CoarseRanking(keras.optimizers.SGD(0.05, momentum=0.9))
+            model.compile(ranking, loss="mse")
+        model.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0)
+        out[mode] = [ranking.batches, ranking.channel_scores()["bn"].tolist()]
+    print(json.dumps(out))
+    """
+)
+
+
+@tensorflow_only
+def test_mirrored_strategy_two_cpu_replicas_match_single_device():
+    result = subprocess.run([sys.executable, "-c", MIRRORED_SCRIPT], capture_output=True,
+                            text=True, timeout=300, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    assert result.returncode == 0, result.stderr[-3000:]
+    import json
+
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    (single_batches, single), (mirrored_batches, mirrored) = out["single"], out["mirrored"]
+    assert single_batches == mirrored_batches == 8
+    assert np.all(np.array(single) > 0)
+    np.testing.assert_allclose(single, mirrored, rtol=1e-3, atol=1e-9)

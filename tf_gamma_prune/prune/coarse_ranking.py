@@ -1,37 +1,56 @@
-"""Coarse ranking (Wang et al.): rank channels during fine-tuning, not in separate passes.
+"""Coarse ranking (Wang et al.): rank channels from the fine-tuning steps themselves.
 
 Iterative pruning alternates *rank → prune → fine-tune*; with a data-driven
 criterion the ranking is one more pass over data at every round.
-:class:`CoarseRanking` is a Keras callback that accumulates first-order Taylor
-(activation × gradient) channel scores *while* the model fine-tunes, every
-``interval`` training steps, so a selection is available at any time
-(:meth:`CoarseRanking.selection`) and the loop needs no ranking pass of its own.
+:class:`CoarseRanking` removes that pass: it is an optimizer wrapper that reads
+the gradients the optimizer receives anyway and accumulates first-order Taylor
+channel scores from them, so a selection is available at any time
+(:meth:`CoarseRanking.selection`) at the price of a few element-wise
+operations per step.
 
-**The score** (Molchanov et al. 2017's Taylor criterion, here where this
-library removes a channel: at the input of each conv/dense layer that reads
-it). For one example with loss ``ℓ`` and a channel ``c`` read as the feature
-map ``a_c`` by a conv/dense layer, ``|Σ_positions a_c · ∂ℓ/∂a_c|`` is the
-first-order change of ``ℓ`` when the channel is set to 0 there (positions of
-every reader summed; tied channels summed over their tensors). The callback
-adds it up over examples and reports the mean. :meth:`~CoarseRanking.selection`
-divides each layer's scores by their L2 norm (Molchanov's layer
-normalisation) and cuts the smallest with one global threshold.
+**The score** (Molchanov et al. 2019, the BatchNormalization form). For a
+channel ``c`` of a BatchNormalization output ``y = γ·x̂ + β``, the first-order
+change of the batch loss ``L`` when the channel is set to zero is
+``Σ_{examples, positions} ∂L/∂y_c · y_c``, and exactly
 
-**How it fits into** ``fit``: a Keras callback does not see the training
-batch or its gradients, so every ``interval`` steps the callback draws the
-next batch from its own ``data`` (typically the same training data) and runs
-one forward and backward pass in inference mode (``training=False``: no
-dropout, BatchNormalization statistics neither used from the batch nor
-updated) with a ``tf.GradientTape`` over the intermediate tensors. That costs
-about one training step per ``interval`` steps, instead of a separate pass of
-many batches per round (``benchmarks/coarse_ranking_time.py`` measures it).
-Custom training loops can feed their own batches through
-:meth:`~CoarseRanking.update`. TensorFlow backend only.
+    Σ ∂L/∂y_c · y_c  =  γ_c · ∂L/∂γ_c  +  β_c · ∂L/∂β_c
+
+because ``∂L/∂γ_c = Σ ∂L/∂y_c · x̂_c`` and ``∂L/∂β_c = Σ ∂L/∂y_c`` (whatever
+statistics ``x̂`` was normalised with). ``∂L/∂γ`` and ``∂L/∂β`` are what the
+optimizer is handed every training step, and ``γ``, ``β`` are the values the
+forward pass used (the wrapper reads them before the inner optimizer updates
+them), so the score costs no extra forward or backward pass. Each step adds
+the **square** of the batch's value per channel, and the score is the mean
+over the steps: ``(1/T) Σ_t (γ·g_γ + β·g_β)_t²``, as Molchanov et al. average
+squared per-minibatch contributions. Squared rather than absolute: the square
+is what their criterion accumulates; with a gradient already averaged over the
+batch, per-example magnitudes (the 2017 criterion's ``|·|`` per example) are
+not available from the optimizer anyway. Tied channels (a residual stream
+carried by several BatchNormalization layers, see
+:mod:`tf_gamma_prune.analysis.channel_graph`) are removed together, so their
+signed contributions are added up *before* squaring: the first-order change
+of removing the whole group.
+
+**Scope.** Channels are scored where a BatchNormalization with a trainable γ
+produces them; a contribution that reaches the loss through a path without
+BatchNormalization (e.g. a conv added straight into a residual stream) is not
+seen. The gradients are those the optimizer receives: a ``gamma_regularizer``
+or a penalty added by a wrapper *outside* CoarseRanking would enter them, so
+put CoarseRanking outermost (``CoarseRanking(GammaISTA(SGD(...)))``; note that
+``CostTarget`` looks for GammaISTA as the compiled optimizer and does not see
+through CoarseRanking). Under ``tf.distribute`` the γ and β gradients are
+summed over replicas first (like the inner optimizer does), so the score is
+the global batch's. Works with the TensorFlow and JAX backends.
+
+The scores are optimizer variables: they are saved with ``model.save`` and
+restored by ``keras.models.load_model`` (whose ``model.optimizer`` is again a
+CoarseRanking), and they keep accumulating over several ``fit`` calls until
+:meth:`~CoarseRanking.reset`.
 
 Unverified: the coarse-ranking paper's text was not available to us; from its
 abstract it reuses "intermediate results during fine-tuning" for data-driven
-criteria. Which criterion, which intermediate results and how they are
-accumulated are our choices (above).
+criteria. Which criterion and which intermediate results (here: the γ and β
+gradients) are our choices.
 
 Example:
 
@@ -39,14 +58,14 @@ Example:
 >>> from tf_gamma_prune import prune_model
 >>> from tf_gamma_prune.reference_models import fashion_vgg
 >>> model = fashion_vgg(widths=(4, 4, 8, 8, 8, 8), input_shape=(8, 8, 1))
->>> model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+>>> ranking = CoarseRanking(keras.optimizers.SGD(0.01))
+>>> model.compile(ranking, keras.losses.SparseCategoricalCrossentropy(from_logits=True))
 >>> x = np.random.default_rng(0).random((32, 8, 8, 1), "float32")
 >>> y = np.arange(32) % 10
->>> ranking = CoarseRanking(data=(x, y), interval=2, batch_size=8)
->>> _ = model.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[ranking])
->>> ranking.updates, ranking.examples                # 4 steps, every 2nd one ranked
-(2, 16)
->>> selection = ranking.selection(0.5)
+>>> _ = model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+>>> ranking.batches                                   # every training step was ranked
+4
+>>> selection = ranking.selection(0.5)               # keyed by BatchNormalization layer
 >>> sum(len(keep) for keep in selection.values())
 20
 >>> small = prune_model(model, selection, probe=False)
@@ -54,133 +73,228 @@ Example:
 
 from __future__ import annotations
 
-import time
-import warnings
-from typing import Any, Iterator, Mapping, Sequence
+import contextlib
+from typing import Any, Sequence
 
 import keras
 import numpy as np
 
 from tf_gamma_prune.analysis.channel_graph import ChannelGraph, channel_graph
-from tf_gamma_prune.analysis.constants import accepts_training
-from tf_gamma_prune.analysis.layer_graph import TensorId
-from tf_gamma_prune.errors import ArgumentError, CriterionError, InputDataError
-from tf_gamma_prune.inputs import InputSpec, _checked, input_name, is_stream
-from tf_gamma_prune.prune.criteria import Selection, _checked_fraction, _filter_layers, _units
+from tf_gamma_prune.errors import ArgumentError, CriterionError
+from tf_gamma_prune.prune.criteria import Selection, _checked_fraction, _named_layers, _units
 from tf_gamma_prune.prune.criteria_prunenet import pooled_selection
 from tf_gamma_prune.prune.criteria_redundancy import _checked_min_channels, _checked_round_to
+from tf_gamma_prune.sparsify.distillation import model_being_trained
+from tf_gamma_prune.sparsify.wrapper import (
+    WrapsInnerOptimizer,
+    calling_model,
+    check_inner_optimizer,
+    find_gamma_layers,
+)
+
+
+def _eager() -> Any:
+    """Eager execution for the channel-graph analysis (it reads γ values)."""
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        return tf.init_scope()
+    return contextlib.nullcontext()
+
+
+class _Ranked:
+    """One ranked BatchNormalization: graph name, layer, slice of the score vector."""
+
+    def __init__(self, name: str, layer: Any, positions: np.ndarray) -> None:
+        self.name = name
+        self.layer = layer
+        self.positions = positions  # index into the ranked groups, one per channel
+
+
+class _RankingState:
+    """Python-side state (model, channel graph), hidden from Keras' variable tracking."""
+
+    def __init__(self) -> None:
+        self.model: keras.Model | None = None
+        self.graph: ChannelGraph | None = None
+        self.ranked: list[_Ranked] = []
+        self.groups: np.ndarray = np.zeros(0, int)  # graph group of each score entry
+        self.segment_ids: np.ndarray = np.zeros(0, "int32")
 
 
 @keras.saving.register_keras_serializable(package="tf_gamma_prune")
-class CoarseRanking(keras.callbacks.Callback):
-    """Accumulate Taylor (activation × gradient) channel scores during ``fit``.
+class CoarseRanking(WrapsInnerOptimizer, keras.optimizers.Optimizer):
+    """Wrap a Keras optimizer and accumulate Taylor channel scores from its gradients.
 
     Args:
-        data: batches ``(x, y)`` or ``(x, y, sample_weight)`` to rank on: one
-            in-memory ``(x, y)`` (cut into ``batch_size`` batches) or a stream
-            of such batches (``tf.data.Dataset``, list, iterator). Datasets and
-            in-memory data are cycled; a one-shot iterator stops the ranking
-            (with a warning) when it runs out. Not part of the config: pass it
-            again after loading.
-        interval: rank one batch every this many training steps.
-        batch_size: batch size for in-memory ``data``.
+        inner_optimizer: any ``keras.optimizers.Optimizer``; it does the
+            updates, unchanged (learning rate, iterations and slots are its).
+        name: optimizer name.
+
+    Use it as the model's optimizer and keep a reference to it::
+
+        ranking = CoarseRanking(keras.optimizers.SGD(0.01, momentum=0.9))
+        model.compile(optimizer=ranking, loss=...)
+        model.fit(...)                                    # fine-tune and rank
+        model = prune_model(model, ranking.selection(0.2))
+
+    BatchNormalization layers are found as GammaISTA finds them: from the model
+    that builds the optimizer (``fit``, ``load_model``), nested models and a
+    :class:`~tf_gamma_prune.Distiller`'s student included; in a custom training
+    loop call ``ranking.attach(model)`` before the first ``apply_gradients``.
+    At build the optimizer also analyses the model's channel graph (which
+    channels are tied), as ``prune_model`` does; models it cannot analyse
+    (subclassed) raise there.
 
     Attributes:
-        updates: batches ranked so far.
-        examples: examples ranked so far.
-        ranking_seconds: wall time spent ranking (inside :meth:`update`).
+        batches: training steps ranked since the last :meth:`reset`.
+        ranked_layers: names of the ranked BatchNormalization layers.
 
-    The model must be compiled (its loss is used, through
-    ``model.compute_loss``). Fitting a different model resets the scores;
-    fitting the same model again keeps accumulating (call :meth:`reset` to
-    start over).
+    Raises:
+        TypeError: ``inner_optimizer`` is not a Keras 3 optimizer.
+        NoBatchNormError: the model has no trainable BatchNormalization γ (at build).
+        RuntimeError: built outside ``fit`` without ``attach``.
     """
 
-    def __init__(self, data: Any = None, *, interval: int = 10, batch_size: int = 32) -> None:
-        super().__init__()
-        for arg, value in (("interval", interval), ("batch_size", batch_size)):
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ArgumentError(f"{arg} must be a positive integer, got {value!r}.")
-        self.data = data
-        self.interval = int(interval)
-        self.batch_size = int(batch_size)
-        self._ranked_model: keras.Model | None = None
-        self._source: Iterator[tuple[Any, Any, Any]] | None = None
-        self._warned = False
-        self.reset()
-
-    # ------------------------------------------------------------ state
-    def reset(self) -> None:
-        """Forget the accumulated scores (and the channel graph)."""
-        self._graph: ChannelGraph | None = None
-        self._sites: list[tuple[TensorId, np.ndarray]] = []
-        self._totals: np.ndarray | None = None
-        self.updates = 0
-        self.examples = 0
-        self.ranking_seconds = 0.0
-        self._steps = 0
-
-    def set_model(self, model: keras.Model) -> None:
-        if self._ranked_model is not None and model is not self._ranked_model:
-            self.reset()
-            self._source = None
-        super().set_model(model)
-
-    # ------------------------------------------------------------ fit hooks
-    def on_train_begin(self, logs: dict | None = None) -> None:
-        if self.data is None:
+    def __init__(self, inner_optimizer: keras.optimizers.Optimizer, *,
+                 name: str | None = None, **kwargs: Any) -> None:
+        if kwargs:
             raise ArgumentError(
-                "CoarseRanking needs data=(x, y) or a dataset of (x, y) batches to rank on "
-                "(usually the training data); it is not saved in the config."
+                f"CoarseRanking does not take {sorted(kwargs)}; set them on the inner "
+                "optimizer (e.g. SGD(..., weight_decay=...))."
             )
-        self._prepare(self.model)
+        check_inner_optimizer("CoarseRanking", inner_optimizer)
+        super().__init__(learning_rate=0.0, name=name or "coarse_ranking")
+        self.inner_optimizer = inner_optimizer
+        self._init_gamma_variables(None)
+        self._ranking = _RankingState()
+        self._scores = None
+        self._batches = None
 
-    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
-        self._steps += 1
-        if self._steps % self.interval == 0:
-            item = self._next_batch()
-            if item is not None:
-                self.update(*item)
+    # ------------------------------------------------------------------ build
+    def build(self, var_list):
+        var_list = list(var_list)
+        model = self._state.model or calling_model(var_list)
+        named = find_gamma_layers("CoarseRanking", model, var_list)  # raises without a model
+        model = model_being_trained(model)
+        with _eager():  # Keras may build the optimizer inside the traced train step
+            graph = channel_graph(model, fold="bias", unknown_layers="opaque")
+        ranked, parts = [], []
+        seen: set[int] = set()
+        for _, layer in named:
+            call = next((c for c in graph.layer_graph.calls
+                         if c.layer is layer and c.outputs and c.outputs[0] in graph.channels),
+                        None)
+            if call is None or id(layer) in seen:
+                continue
+            seen.add(id(layer))
+            groups = np.asarray(graph.channels[call.outputs[0]])
+            if len(groups) != int(layer.gamma.shape[0]):
+                continue  # γ not along the graph's channel axis: not rankable
+            ranked.append(_Ranked(call.name, layer, groups))
+            parts.append(groups)
+        groups = np.unique(np.concatenate(parts)) if parts else np.zeros(0, int)
+        for r in ranked:
+            r.positions = np.searchsorted(groups, r.positions)
+        state = self._ranking
+        state.model, state.graph, state.ranked, state.groups = model, graph, ranked, groups
+        state.segment_ids = (np.concatenate([r.positions for r in ranked]).astype("int32")
+                             if ranked else np.zeros(0, "int32"))
+        inner = self.inner_optimizer
+        with keras.name_scope(inner.name, caller=inner):
+            inner.build(var_list)
+        self._scores = self.add_variable((max(len(groups), 1),), initializer="zeros",
+                                         dtype="float32", aggregation="only_first_replica",
+                                         name="taylor_scores")
+        self._batches = self.add_variable((), initializer="zeros", dtype="float32",
+                                          aggregation="only_first_replica",
+                                          name="ranked_batches")
+        super().build(var_list)
 
-    # ------------------------------------------------------------ ranking
-    def update(self, x: Any, y: Any, sample_weight: Any = None) -> None:
-        """Rank one batch now: add its per-example ``|Σ a · ∂ℓ/∂a|`` to the scores.
+    # ------------------------------------------------------------------ apply
+    def apply(self, grads, trainable_variables=None):
+        if len(grads) == 0:
+            return
+        trainable_variables = self._built_for(trainable_variables)
+        self._accumulate(grads, trainable_variables)  # γ, β as the forward pass saw them
+        self.inner_optimizer.apply(grads, trainable_variables)
 
-        Args:
-            x: model inputs of one batch (array, list or dict of arrays).
-            y: targets, as the compiled loss takes them.
-            sample_weight: optional per-example weights.
+    def _accumulate(self, grads: Sequence[Any], variables: Sequence[Any]) -> None:
+        """Add ``(Σ_tied (γ·g_γ + β·g_β))²`` of this step to the scores."""
+        ops = keras.ops
+        ranked = self._ranking.ranked
+        if not ranked:
+            return
+        by_id = {id(v): g for g, v in zip(grads, variables) if g is not None}
+        wanted = []  # (gradient, variable) of every ranked γ and β that has a gradient
+        for r in ranked:
+            for v in (r.layer.gamma, getattr(r.layer, "beta", None)):
+                if v is not None and id(v) in by_id:
+                    wanted.append((by_id[id(v)], v))
+        if not wanted:
+            return
+        if keras.backend.backend() == "tensorflow":
+            # Under tf.distribute each replica holds its share of the gradient; the
+            # inner optimizer sums them, and so does the score (outside: identity).
+            reduced = self._all_reduce_sum_gradients([(g, v.value) for g, v in wanted])
+            reduced_by_id = {id(v): g for (g, _), (_, v) in zip(reduced, wanted)}
+        else:
+            reduced_by_id = {id(v): g for g, v in wanted}
+        parts = []
+        for r in ranked:
+            contribution = ops.zeros((len(r.positions),), "float32")
+            for v in (r.layer.gamma, getattr(r.layer, "beta", None)):
+                g = None if v is None else reduced_by_id.get(id(v))
+                if g is not None:
+                    value = ops.cast(ops.convert_to_tensor(v), "float32")
+                    contribution = contribution + value * ops.cast(g, "float32")
+            parts.append(contribution)
+        per_group = ops.segment_sum(ops.concatenate(parts, axis=0),
+                                    ops.convert_to_tensor(self._ranking.segment_ids),
+                                    num_segments=len(self._ranking.groups))
+        scale = self.inner_optimizer.loss_scale_factor
+        if scale is not None:
+            per_group = per_group / scale
+        self._scores.assign_add(ops.square(per_group))
+        self._batches.assign_add(ops.ones((), "float32"))
 
-        Raises:
-            ArgumentError: not the TensorFlow backend; an uncompiled model; no model.
-            InputDataError: ``x`` does not fit the model's inputs.
-        """
-        model = self._model_or_error()
-        self._prepare(model)
-        start = time.perf_counter()
-        arrays = _checked(x, self._specs, "CoarseRanking data", InputDataError)
-        per_example = _taylor(model, self._graph, self._sites, arrays, y, sample_weight)
-        self._totals += np.abs(per_example).sum(axis=0)
-        self.examples += per_example.shape[0]
-        self.updates += 1
-        self.ranking_seconds += time.perf_counter() - start
+    # ------------------------------------------------------------------ results
+    @property
+    def batches(self) -> int:
+        """Training steps ranked since the last :meth:`reset` (0 before build)."""
+        if self._batches is None:
+            return 0
+        return int(round(float(keras.ops.convert_to_numpy(self._batches))))
+
+    @property
+    def ranked_layers(self) -> list[str]:
+        """Names (as in the channel graph) of the ranked BatchNormalization layers."""
+        return [r.name for r in self._ranking.ranked]
+
+    def reset(self) -> None:
+        """Forget the accumulated scores (e.g. after pruning the weights in place)."""
+        if self._scores is not None:
+            self._scores.assign(keras.ops.zeros(self._scores.shape, "float32"))
+            self._batches.assign(keras.ops.zeros((), "float32"))
 
     def channel_scores(self, layers: Sequence[str] | None = None) -> dict[str, np.ndarray]:
-        """Mean per-example Taylor score of each channel of the ranked layers.
+        """Mean squared Taylor score of each channel of the ranked layers.
 
         Args:
-            layers: conv (or ``Dense``) layer names instead of the default
-                (every conv whose channels may be removed on their own).
+            layers: BatchNormalization layer names (qualified or unique bare
+                names) instead of the default (every ranked one whose channels
+                may be removed).
 
         Returns:
-            ``{layer_name: scores}``, one per output channel (not normalised).
+            ``{layer_name: scores}``, one per channel (not normalised); tied
+            channels carry the score of their group.
 
         Raises:
-            CriterionError: nothing ranked yet; unknown or unprunable layers.
+            CriterionError: nothing ranked yet; unknown or unranked layers.
         """
-        scores = self._mean_scores()
-        names = _filter_layers(self._graph, layers)
-        return {n: scores[self._graph.layer_channels(n)] for n in names}
+        scores = self._group_scores()
+        names = self._layers(layers)
+        return {n: scores[self._ranking.graph.layer_channels(n)] for n in names}
 
     def selection(self, prune_fraction: float, *, layers: Sequence[str] | None = None,
                   min_channels: int = 1, round_to: int = 1,
@@ -188,20 +302,21 @@ class CoarseRanking(keras.callbacks.Callback):
         """The selection the scores so far give: one global threshold.
 
         Each layer's scores (a unit of tied layers: together) are divided by
-        their L2 norm (``normalize=False``: raw scores), then the
-        ``floor(prune_fraction · n)`` lowest of the ``n`` removable channels
-        of the ranked layers go; each layer keeps ``min_channels`` and a
-        multiple of ``round_to`` (best-scored channels come back).
+        their L2 norm (Molchanov et al. 2017's layer normalisation;
+        ``normalize=False``: raw scores), then the ``floor(prune_fraction · n)``
+        lowest of the ``n`` removable channels of the ranked layers go; each
+        layer keeps ``min_channels`` and a multiple of ``round_to``
+        (best-scored channels come back).
 
         Args:
             prune_fraction: in ``[0, 1)``.
-            layers: conv (or ``Dense``) layer names instead of the default.
+            layers: BatchNormalization layer names instead of the default.
             min_channels: channels every layer keeps at least (>= 1).
             round_to: keep each layer's width at a multiple of this.
             normalize: per-layer L2 normalisation before the global threshold.
 
         Returns:
-            ``{layer_name: kept channel indices}`` for ``prune_model(model, ...)``.
+            ``{bn_layer_name: kept channel indices}`` for ``prune_model(model, ...)``.
 
         Raises:
             CriterionError: nothing ranked yet; bad fraction / options / layers.
@@ -209,9 +324,9 @@ class CoarseRanking(keras.callbacks.Callback):
         fraction = _checked_fraction(prune_fraction)
         min_channels = _checked_min_channels(min_channels)
         round_to = _checked_round_to(round_to)
-        scores = self._mean_scores().copy()
-        graph = self._graph
-        names = _filter_layers(graph, layers)
+        scores = self._group_scores().copy()
+        graph = self._ranking.graph
+        names = self._layers(layers)
         if normalize:
             members = {n: graph.layer_channels(n) for n in names}
             for unit in _units(members):
@@ -226,162 +341,64 @@ class CoarseRanking(keras.callbacks.Callback):
         """:meth:`selection` with a criterion's signature, for ``selection_for_macs``.
 
         ``selection_for_macs(model, ranking.criterion, target_macs)``; ``model``
-        must be the model being ranked.
+        must be the model being ranked (or the Distiller training it).
         """
-        if model is not self._ranked_model:
+        ranked = self._ranking.model
+        if ranked is None or model_being_trained(model) is not ranked:
             raise CriterionError(
-                f"This CoarseRanking ranks model "
-                f"'{getattr(self._ranked_model, 'name', None)}', not '{model.name}'; "
-                "pass the model it was fitted with."
+                f"This CoarseRanking ranks model '{getattr(ranked, 'name', None)}', not "
+                f"'{model.name}'; pass the model it was compiled with."
             )
         return self.selection(prune_fraction, **kwargs)
 
-    def get_config(self) -> dict[str, Any]:
-        """``interval`` and ``batch_size`` (``data`` is not serialised)."""
-        return {"interval": self.interval, "batch_size": self.batch_size}
+    # ---------------------------------------------------------- serialization
+    def get_config(self):
+        return {
+            "name": self.name,
+            "inner_optimizer": keras.saving.serialize_keras_object(self.inner_optimizer),
+        }
 
     @classmethod
-    def from_config(cls, config: dict[str, Any]) -> CoarseRanking:
-        return cls(**config)
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        inner = keras.saving.deserialize_keras_object(
+            config.pop("inner_optimizer"), custom_objects=custom_objects
+        )
+        return cls(inner, **config)
 
-    # ------------------------------------------------------------ helpers
-    def _model_or_error(self) -> keras.Model:
-        model = getattr(self, "_model", None)
-        if model is None:
-            raise ArgumentError(
-                "CoarseRanking has no model: pass it to model.fit(callbacks=[...]) or call "
-                "set_model(model) before update()."
-            )
-        return model
-
-    def _prepare(self, model: keras.Model) -> None:
-        if keras.backend.backend() != "tensorflow":
-            raise ArgumentError(
-                f"CoarseRanking needs the TensorFlow backend (it uses tf.GradientTape); "
-                f"Keras runs on '{keras.backend.backend()}'. Set KERAS_BACKEND=tensorflow."
-            )
-        if not getattr(model, "compiled", False) or getattr(model, "loss", None) is None:
-            raise ArgumentError(
-                f"Model '{model.name}' is not compiled with a loss; CoarseRanking ranks with "
-                "the compiled loss, so call model.compile(optimizer, loss=...) first."
-            )
-        if self._graph is not None and model is self._ranked_model:
-            return
-        self._ranked_model = model
-        graph = channel_graph(model)
-        self._graph = graph
-        lg = graph.layer_graph
-        self._specs = [InputSpec(input_name(lg.specs[t], i), tuple(lg.shape(t)))
-                       for i, t in enumerate(lg.inputs)]
-        sites: dict[TensorId, np.ndarray] = {}
-        for _, t in graph.fold_sites():
-            groups = graph.channels[t]
-            if t not in lg.inputs and not np.all(graph.pinned[groups]):
-                sites[t] = groups
-        self._sites = list(sites.items())
-        self._totals = np.zeros(graph.num_groups)
-
-    def _mean_scores(self) -> np.ndarray:
-        if self._totals is None or self.examples == 0:
+    # ------------------------------------------------------------------ helpers
+    def _group_scores(self) -> np.ndarray:
+        """``(num_groups,)`` mean squared score of every channel group (0: unranked)."""
+        if self._scores is None or self.batches == 0:
             raise CriterionError(
-                "CoarseRanking has no scores yet: fit the model with it as a callback (at "
-                f"least interval={self.interval} steps) or call update(x, y) first."
+                "CoarseRanking has no scores yet: compile the model with it as the "
+                "optimizer and fit at least one step (a custom loop: attach(model), then "
+                "apply_gradients)."
             )
-        return self._totals / self.examples
+        state = self._ranking
+        out = np.zeros(state.graph.num_groups)
+        values = np.asarray(keras.ops.convert_to_numpy(self._scores), np.float64)
+        out[state.groups] = values[: len(state.groups)] / self.batches
+        return out
 
-    def _next_batch(self) -> tuple[Any, Any, Any] | None:
-        if self._source is None:
-            self._source = _batches(self.data, len(self._specs), self.batch_size)
-        try:
-            return next(self._source)
-        except StopIteration:
-            if not self._warned:
-                warnings.warn("CoarseRanking: data ran out (a one-shot iterator); ranking "
-                              "stops. Pass a tf.data.Dataset or arrays to cycle through.",
-                              stacklevel=2)
-                self._warned = True
-            return None
+    def _layers(self, layers: Sequence[str] | None) -> list[str]:
+        graph = self._ranking.graph
+        ranked = self.ranked_layers
+        if layers is None:
+            names = [n for n in ranked if not np.all(graph.pinned[graph.layer_channels(n)])]
+            if not names:
+                raise CriterionError(
+                    "No ranked BatchNormalization layer has channels that may be removed."
+                )
+            return names
 
+        def check(name: str) -> None:
+            if name not in ranked:
+                raise CriterionError(
+                    f"'{name}' is not a ranked BatchNormalization layer (one with a trainable "
+                    f"γ); CoarseRanking ranks: {', '.join(ranked)}."
+                )
+            if np.all(graph.pinned[graph.layer_channels(name)]):
+                raise CriterionError(f"The channels of '{name}' cannot be removed (pinned).")
 
-def _batches(data: Any, n_inputs: int, batch_size: int) -> Iterator[tuple[Any, Any, Any]]:
-    """``(x, y, sample_weight)`` batches of ``data``, cycling where it can be re-read."""
-    if not is_stream(data, n_inputs):
-        x, y, w = _split(data, n_inputs)
-        n = len(keras.tree.flatten(x)[0])
-        if n == 0:
-            return
-        while True:
-            for start in range(0, n, batch_size):
-                take = slice(start, start + batch_size)
-                yield (keras.tree.map_structure(lambda a: a[take], x), _take(y, take),
-                       _take(w, take))
-    one_shot = iter(data) is data
-    while True:
-        elements = data.as_numpy_iterator() if hasattr(data, "as_numpy_iterator") else iter(data)
-        empty = True
-        for element in elements:
-            empty = False
-            yield _split(element, n_inputs)
-        if one_shot or empty:
-            return
-
-
-def _take(value: Any, index: slice) -> Any:
-    return None if value is None else keras.tree.map_structure(lambda a: a[index], value)
-
-
-def _split(element: Any, n_inputs: int) -> tuple[Any, Any, Any]:
-    """``(x, y[, sample_weight])`` → ``(x, y, sample_weight)``."""
-    if isinstance(element, (tuple, list)) and len(element) in (2, 3) and (
-            n_inputs == 1 or isinstance(element[0], (tuple, list, Mapping))):
-        return element[0], element[1], element[2] if len(element) == 3 else None
-    raise InputDataError(
-        "CoarseRanking data must be (x, y) or (x, y, sample_weight) batches (the loss needs "
-        f"targets); got a {type(element).__name__}."
-    )
-
-
-def _taylor(model: keras.Model, graph: ChannelGraph, sites: list[tuple[TensorId, np.ndarray]],
-            arrays: list[np.ndarray], y: Any, sample_weight: Any) -> np.ndarray:
-    """``(examples, num_groups)``: ``Σ a · ∂ℓ_n/∂a`` of each example ``n``, by channel group.
-
-    Runs the model's layers eagerly (inference mode) under a ``tf.GradientTape``
-    that watches the tensors read by conv/dense layers; ``ℓ_n`` is the example's
-    share of the compiled loss times the batch size (exact for the default
-    ``"sum_over_batch_size"`` reduction)."""
-    import tensorflow as tf
-
-    lg = graph.layer_graph
-    wanted = {t for t, _ in sites}
-    values: dict[TensorId, Any] = {t: tf.convert_to_tensor(a) for t, a in zip(lg.inputs, arrays)}
-    watched: dict[TensorId, Any] = {}
-    with tf.GradientTape(watch_accessed_variables=False) as tape:
-        for call in lg.calls:
-            args, kwargs = call.call_arguments(values)
-            if accepts_training(call.layer):
-                kwargs["training"] = False
-            outs = keras.tree.flatten(call.layer(*args, **kwargs))
-            for t, v in zip(call.outputs, outs):
-                if t in wanted:
-                    tape.watch(v)
-                    watched[t] = v
-                values[t] = v
-        outputs = [values[t] for t in lg.outputs]
-        y_pred = keras.tree.pack_sequence_as(model.output, outputs) \
-            if len(outputs) > 1 else outputs[0]
-        loss = model.compute_loss(x=None, y=y, y_pred=y_pred, sample_weight=sample_weight,
-                                  training=False)
-    order = [t for t, _ in sites if t in watched]
-    grads = tape.gradient(loss, [watched[t] for t in order])
-    batch = int(arrays[0].shape[0])
-    per_example = np.zeros((graph.num_groups, batch))
-    by_tensor = dict(sites)
-    for t, g in zip(order, grads):
-        if g is None:
-            continue
-        a = tf.cast(watched[t], tf.float32)
-        product = a * tf.cast(g, tf.float32)
-        axes = list(range(1, len(product.shape) - 1))
-        summed = tf.reduce_sum(product, axis=axes) if axes else product  # (batch, C)
-        np.add.at(per_example, by_tensor[t], np.asarray(summed, np.float64).T)
-    return per_example.T * batch
+        return _named_layers(graph, layers, check)
