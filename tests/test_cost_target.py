@@ -1,27 +1,73 @@
-"""CostTarget: ρ steered to a MAC budget; GammaISTA's min_channels floor."""
+"""CostTarget: ρ steered to a MAC or parameter budget; GammaISTA's min_channels floor."""
 
 from __future__ import annotations
+
+import doctest
+import json
+import warnings
 
 import keras
 import numpy as np
 import pytest
 
-from tf_gamma_prune import ArgumentError, CostTarget, GammaISTA, channel_graph, prune_model
-from tf_gamma_prune.analysis.flops import planned_macs
-from tf_gamma_prune.sparsify.cost_target import group_scores
+from tf_gamma_prune import (
+    ArgumentError,
+    BudgetUnreachableError,
+    CostTarget,
+    GammaISTA,
+    channel_graph,
+    count_macs,
+    prune_model,
+)
+from tf_gamma_prune.analysis.flops import planned_macs, planned_params
 from tf_gamma_prune.reference_models import fashion_vgg
+from tf_gamma_prune.sparsify.cost_target import group_scores
 
 L = keras.layers
 
 
-def small_vgg():
+def small_vgg(dropout: float = 0.3):
     keras.utils.set_random_seed(0)
-    return fashion_vgg(widths=(4, 4, 8, 8, 8, 8), input_shape=(8, 8, 1))
+    return fashion_vgg(widths=(4, 4, 8, 8, 8, 8), input_shape=(8, 8, 1), dropout=dropout)
+
+
+def spread_gammas(model, seed=0):
+    """|γ| spread as in a trained network."""
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if isinstance(layer, L.BatchNormalization):
+            layer.gamma.assign(rng.uniform(0.05, 1.5, layer.gamma.shape))
+
+
+def compiled(model, learning_rate=0.02, min_channels=1, **kwargs):
+    model.compile(GammaISTA(keras.optimizers.SGD(learning_rate), min_channels=min_channels,
+                            **kwargs),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.optimizer.attach(model).build(model.trainable_variables)
+    return model
+
+
+def data(n=256, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.random((n, 8, 8, 1)).astype("float32"), rng.integers(0, 10, n)
+
+
+def started(target, model, total_steps=100):
+    """``target`` set up on ``model`` as ``fit`` would (measures step 0)."""
+    target.total_steps = target.total_steps or total_steps
+    target.set_model(model)
+    target.on_train_begin()
+    target.on_epoch_begin(0)
+    target.on_train_batch_begin(0)
+    return target
 
 
 @pytest.mark.parametrize("kwargs, match", [
     ({"macs": 1.5}, "fraction"), ({"macs": 0}, "macs must be"), ({"macs": True}, "macs must be"),
+    ({"params": 2.0}, "fraction"), ({"params": -3}, "params must be"),
+    ({}, "exactly one budget"), ({"macs": 0.5, "params": 0.5}, "exactly one budget"),
     ({"macs": 0.5, "reach_at": 0}, "reach_at"), ({"macs": 0.5, "every": 0}, "every"),
+    ({"macs": 0.5, "push_gain": -1}, "push_gain"), ({"macs": 0.5, "lookahead": -1}, "lookahead"),
 ])
 def test_bad_arguments_are_refused(kwargs, match):
     with pytest.raises(ArgumentError, match=match):
@@ -30,35 +76,171 @@ def test_bad_arguments_are_refused(kwargs, match):
 
 def test_schedule_is_linear_then_flat():
     target = CostTarget(macs=0.25, reach_at=0.5, total_steps=100)
-    target.start_macs, target.budget = 1000, 250
-    assert [target.scheduled_macs(s) for s in (0, 25, 50, 80)] == [1000, 625, 250, 250]
+    target.start_cost, target.budget = 1000, 250
+    assert [target.scheduled_cost(s) for s in (0, 25, 50, 80)] == [1000, 625, 250, 250]
 
 
-def test_controller_sets_rho_to_zero_exactly_the_channels_the_schedule_needs():
-    model = small_vgg()
-    rng = np.random.default_rng(1)
-    for layer in model.layers:
-        if isinstance(layer, L.BatchNormalization):
-            layer.gamma.assign(rng.uniform(0.05, 1.5, layer.gamma.shape))
-    model.compile(GammaISTA(keras.optimizers.SGD(0.01), min_channels=1), loss="mse")
-    model.optimizer.attach(model).build(model.trainable_variables)
-    target = CostTarget(macs=0.5, every=10, total_steps=100, reach_at=0.5, lookahead=1)
-    target.set_model(model)
+def test_first_plan_sets_rho_to_zero_the_channels_closest_to_the_schedule():
+    model = compiled(small_vgg(), learning_rate=0.01)
+    spread_gammas(model, seed=1)
     graph = channel_graph(model, fold="bias")
-    target.start_macs = planned_macs(graph, graph.removable_constant_groups())
-    target.budget = target.start_macs // 2
-    rho = target.adapt()  # step 0: the schedule one window ahead is 90% of the start
-    wanted = target.start_macs - 0.2 * (target.start_macs - target.budget)  # 10 of 50 steps
-    assert target.history[-1]["target"] == pytest.approx(wanted)
-    learning_rate = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
-    threshold = rho * target.every * learning_rate  # the shrink of the next window
     scores = group_scores(graph, model.optimizer)
-    assert planned_macs(graph, scores <= threshold * (1 + 1e-9)) <= wanted
-    smaller = scores[scores < threshold * (1 - 1e-9)]
-    assert planned_macs(graph, scores <= smaller.max()) > wanted
-    target.budget = target.start_macs  # nothing left to remove: hold
+    target = started(CostTarget(macs=0.5, every=10, reach_at=0.5, lookahead=1), model)
+    step0 = target.history[0]
+    start = planned_macs(graph, graph.removable_constant_groups())
+    assert target.start_cost == start and target.budget == round(start * 0.5)
+    wanted = start - 0.2 * (start - target.budget)  # 10 of 50 steps
+    assert step0["target"] == pytest.approx(wanted)
+    threshold = step0["rho"] * target.every * 0.01  # the shrink of the next window
+    planned = planned_macs(graph, scores <= threshold * (1 + 1e-6))
+    assert planned == round(step0["planned_fraction"] * start)
+    for other in np.unique(scores[np.isfinite(scores)]):  # no threshold comes closer
+        assert abs(planned - wanted) <= abs(planned_macs(graph, scores <= other) - wanted)
+
+
+def test_hold_at_rho_min_when_the_cost_is_at_the_target():
+    model = compiled(small_vgg())
+    spread_gammas(model)
+    target = started(CostTarget(macs=0.5, every=10, total_steps=100), model)
+    target.budget = target.start_cost  # nothing left to remove: hold
+    target._done += 10
     assert target.adapt() == target.rho_min
     assert float(model.optimizer.rho) == pytest.approx(target.rho_min)
+
+
+def test_locked_channels_stay_zero_and_revive_brings_the_cost_back_to_the_budget():
+    model = compiled(small_vgg())
+    spread_gammas(model)
+    target = started(CostTarget(macs=0.5, every=4, total_steps=100), model)
+    bn = model.get_layer("bn6")
+    gamma = bn.gamma.numpy()
+    gamma[:5] = 0.0
+    bn.gamma.assign(gamma)
+    target._done += 1
+    target.enforce()  # zero before a step: locked
+    assert target._locked["bn6"][:5].all()
+    bn.gamma.assign(np.where(np.arange(8) < 5, 0.3, gamma))  # a step pushed them out
+    target._done += 1
+    target.enforce()
+    assert (bn.gamma.numpy()[:5] == 0).all()  # set back to zero
+    graph = channel_graph(model, fold="bias")
+    cost = planned_macs(graph, graph.removable_constant_groups())
+    target.budget = cost + 3 * (target.start_cost - cost) // 5  # far below the band: revive
+    target._done = 20
+    target.adapt()
+    unlocked = ~target._locked["bn6"][:5]
+    assert 0 < unlocked.sum() < 5
+    revived_cost = target.history[-1]["planned_fraction"] * target.start_cost
+    assert abs(revived_cost - target.budget) < abs(cost - target.budget)
+    target._done += 1
+    target.enforce()  # revived channels are not locked again while still at zero
+    assert (~target._locked["bn6"][:5]).sum() == unlocked.sum()
+
+
+def test_a_budget_below_the_reachable_minimum_is_refused():
+    model = compiled(small_vgg(), min_channels=3)
+    spread_gammas(model)
+    x, y = data(32)
+    with pytest.raises(BudgetUnreachableError, match=r"cannot be reached.*min_channels=3") as info:
+        model.fit(x, y, batch_size=16, epochs=1, verbose=0, callbacks=[CostTarget(macs=0.05)])
+    assert 0 < info.value.reachable < count_macs(model)
+    assert info.value.budget < info.value.reachable
+
+
+def test_warns_once_when_every_removable_channel_is_gone_above_the_budget():
+    model = compiled(small_vgg())
+    spread_gammas(model)
+    target = started(CostTarget(macs=0.5, every=4, total_steps=100), model)
+    model.optimizer.min_channels = 8  # the floor now spares every channel
+    target._done = 8
+    with pytest.warns(UserWarning, match="every channel that may go is gone"):
+        target.adapt()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        target._done = 12
+        target.adapt()
+
+
+def test_needs_gamma_ista():
+    model = small_vgg()
+    model.compile(keras.optimizers.SGD(0.01), loss="mse")
+    x, y = np.zeros((8, 8, 8, 1), "float32"), np.zeros((8, 10), "float32")
+    with pytest.raises(ArgumentError, match="GammaISTA"):
+        model.fit(x, y, epochs=1, verbose=0, callbacks=[CostTarget(macs=0.5)])
+
+
+def test_fit_logs_rho_and_the_measured_cost_equals_the_pruned_model():
+    model = compiled(small_vgg())
+    spread_gammas(model)
+    target = CostTarget(macs=0.5, every=4)
+    x, y = data()
+    history = model.fit(x, y, batch_size=16, epochs=3, verbose=0, callbacks=[target])
+    assert len(history.history["rho"]) == 3 and "pruned_macs_fraction" in history.history
+    assert target.history[-1]["step"] == 48  # the end of the run is measured
+    assert target.history[-1]["macs"] < target.start_cost
+    graph = channel_graph(model, fold="bias")
+    assert target.history[-1]["macs"] == planned_macs(graph, graph.removable_constant_groups())
+    assert count_macs(prune_model(model, fold="bias")) == target.history[-1]["macs"]
+    assert target.within_budget()
+
+
+def test_parameter_budget():
+    model = compiled(small_vgg())
+    spread_gammas(model)
+    target = CostTarget(params=0.5, every=4)
+    x, y = data()
+    history = model.fit(x, y, batch_size=16, epochs=3, verbose=0, callbacks=[target])
+    assert "pruned_params_fraction" in history.history
+    assert target.start_cost == model.count_params() and target.budget == round(
+        0.5 * model.count_params())
+    pruned = prune_model(model, fold="bias")
+    assert pruned.count_params() == target.history[-1]["params"]
+    assert abs(pruned.count_params() - target.budget) <= 0.05 * target.budget
+
+
+def test_planned_params_equal_the_pruned_model():
+    """planned_params counts what prune_model(fold="bias") builds, collapsed layers included."""
+    rng = np.random.default_rng(0)
+    for trial, p_zero in enumerate([0.0, 0.3, 0.7, 1.0]):
+        model = small_vgg()
+        for layer in model.layers:
+            if isinstance(layer, L.BatchNormalization):
+                gamma = rng.uniform(0.2, 1.0, layer.gamma.shape)
+                gamma[rng.random(gamma.shape) < p_zero] = 0
+                layer.gamma.assign(gamma)
+                layer.beta.assign(rng.normal(size=layer.beta.shape) * (trial % 2))
+        graph = channel_graph(model, fold="bias")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # all-zero γ layers warn
+            pruned = prune_model(model, fold="bias")
+        assert planned_params(graph, graph.removable_constant_groups()) == pruned.count_params()
+
+
+def test_state_round_trips_through_get_config_and_continues_exactly():
+    """A controller rebuilt from get_config() continues as the original would."""
+    def fresh():
+        model = compiled(small_vgg(dropout=0.0))
+        spread_gammas(model)
+        return model
+
+    x, y = data(128)
+    model = fresh()
+    target = CostTarget(macs=0.4, every=3, total_steps=32)
+    model.fit(x, y, batch_size=16, epochs=2, verbose=0, shuffle=False, callbacks=[target])
+    config = json.loads(json.dumps(keras.saving.serialize_keras_object(target)))
+    saved = [v.numpy() for v in model.variables + model.optimizer.variables]
+
+    model.fit(x, y, batch_size=16, epochs=2, verbose=0, shuffle=False, callbacks=[target])
+    first = [v.numpy() for v in model.variables]
+
+    for variable, value in zip(model.variables + model.optimizer.variables, saved):
+        variable.assign(value)
+    again = keras.saving.deserialize_keras_object(config)
+    assert isinstance(again, CostTarget)
+    model.fit(x, y, batch_size=16, epochs=2, verbose=0, shuffle=False, callbacks=[again])
+    assert again.history == target.history
+    for a, b in zip(first, [v.numpy() for v in model.variables]):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_group_scores_spare_the_largest_and_the_pinned():
@@ -71,36 +253,6 @@ def test_group_scores_spare_the_largest_and_the_pinned():
     scores = group_scores(graph, model.optimizer)[graph.layer_channels("bn6")]
     np.testing.assert_allclose(scores[:6], np.linspace(0.1, 0.8, 8)[:6] / 2.0)
     assert np.isinf(scores[6:]).all()
-
-
-def test_needs_gamma_ista():
-    model = small_vgg()
-    model.compile(keras.optimizers.SGD(0.01), loss="mse")
-    x, y = np.zeros((8, 8, 8, 1), "float32"), np.zeros((8, 10), "float32")
-    with pytest.raises(ArgumentError, match="GammaISTA"):
-        model.fit(x, y, epochs=1, verbose=0, callbacks=[CostTarget(macs=0.5)])
-
-
-def test_fit_logs_rho_and_the_measured_cost_equals_the_pruned_model():
-    model = small_vgg()
-    rng = np.random.default_rng(0)
-    for layer in model.layers:  # spread |γ| as in a trained network
-        if isinstance(layer, L.BatchNormalization):
-            layer.gamma.assign(rng.uniform(0.05, 1.5, layer.gamma.shape))
-    model.compile(GammaISTA(keras.optimizers.SGD(0.02), min_channels=1),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    target = CostTarget(macs=0.5, every=4)
-    x = rng.random((256, 8, 8, 1)).astype("float32")
-    y = rng.integers(0, 10, 256)
-    history = model.fit(x, y, batch_size=16, epochs=3, verbose=0, callbacks=[target])
-    assert len(history.history["rho"]) == 3 and "pruned_macs_fraction" in history.history
-    assert target.history[-1]["macs"] < target.start_macs
-    graph = channel_graph(model, fold="bias")
-    assert target.history[-1]["macs"] == planned_macs(graph, graph.removable_constant_groups())
-    pruned = prune_model(model, fold="bias")
-    from tf_gamma_prune import count_macs
-
-    assert count_macs(pruned) == target.history[-1]["macs"]
 
 
 def test_min_channels_spares_the_largest_gammas():
@@ -120,3 +272,12 @@ def test_min_channels_is_saved():
     assert GammaISTA.from_config(optimizer.get_config()).min_channels == 3
     with pytest.raises(ArgumentError, match="min_channels"):
         GammaISTA(keras.optimizers.SGD(0.1), min_channels=-1)
+
+
+def test_module_docstring_examples_run():
+    import tf_gamma_prune.analysis.flops
+    import tf_gamma_prune.sparsify.cost_target
+
+    for module in (tf_gamma_prune.sparsify.cost_target, tf_gamma_prune.analysis.flops):
+        result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+        assert result.attempted > 0 and result.failed == 0

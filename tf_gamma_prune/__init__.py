@@ -32,6 +32,7 @@ from tf_gamma_prune.atomic_io import save_keras_atomic, write_atomic
 from tf_gamma_prune.errors import (  # noqa: I001  (errors first: every stage raises them)
     ArgumentError,
     AtomicWriteError,
+    BudgetUnreachableError,
     CalibrationDataError,
     CorruptDatasetError,
     CriterionError,

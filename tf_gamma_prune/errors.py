@@ -13,7 +13,8 @@ By pipeline stage:
   :class:`RecalibrationDataError`, :class:`InputShapeError`),
   :class:`DatasetNotFoundError`, :class:`CorruptDatasetError`;
 * sparsify: :class:`NoBatchNormError`, :class:`NonFiniteGammaError`,
-  :class:`InexactRescaleError`, :class:`ResumeError`;
+  :class:`InexactRescaleError`, :class:`ResumeError`,
+  :class:`BudgetUnreachableError` (an :class:`ArgumentError`);
 * analyse: :class:`UnsupportedModelError` (:class:`UnsupportedLayerError`,
   :class:`SharedLayerError`), :class:`DynamicShapeError`;
 * prune: :class:`SelectionError` (:class:`CriterionError`,
@@ -74,6 +75,20 @@ class RecalibrationDataError(InputDataError):
 
 class ResumeError(TfGammaPruneError, ValueError):
     """A checkpoint cannot be read or does not fit the model being resumed."""
+
+
+class BudgetUnreachableError(ArgumentError):
+    """:class:`CostTarget`'s budget is below what removing every removable channel reaches.
+
+    Attributes:
+        budget: the requested cost (MACs or parameters).
+        reachable: the cost with every channel that may go removed.
+    """
+
+    def __init__(self, message: str, budget: int, reachable: int):
+        super().__init__(message)
+        self.budget = budget
+        self.reachable = reachable
 
 
 # --- analyse -------------------------------------------------------------------

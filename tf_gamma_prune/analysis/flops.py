@@ -196,3 +196,136 @@ def planned_macs(graph: ChannelGraph, removed: np.ndarray) -> int | None:
         else:  # conv, dense, transposed conv: bilinear in the channel counts
             total += full // (c_in * c_out) * k_in * k_out
     return total
+
+
+def planned_params(graph: ChannelGraph, removed: np.ndarray) -> int:
+    """Parameters of the model ``prune_model(..., fold="bias")`` builds when it removes
+    the groups ``removed`` (BatchNormalization statistics included, shared layers once).
+
+    Conv/dense kernels shrink with their kept input and output channels, biases and
+    per-channel weights (BatchNormalization's four) with the kept channels; a
+    conv/dense that reads no kept channel becomes a constant map of its kept outputs
+    (:class:`~tf_gamma_prune.layers.ConstantFeature`), one that keeps no output
+    disappears (with whatever only it read), and a bias-free conv/dense that loses input channels gains a bias for
+    their constants unless a BatchNormalization alone reads it (its mean takes them).
+    Other layers keep their weights, except a last axis as wide as their input.
+
+    Example:
+
+    >>> import keras, numpy as np
+    >>> from tf_gamma_prune.analysis.channel_graph import channel_graph
+    >>> x = keras.Input((8, 8, 3))
+    >>> h = keras.layers.Conv2D(4, 3, use_bias=False, name="conv")(x)
+    >>> h = keras.layers.BatchNormalization(name="bn")(h)
+    >>> model = keras.Model(x, keras.layers.Dense(2, name="head")(h))
+    >>> graph = channel_graph(model)
+    >>> removed = np.zeros(graph.num_groups, bool)
+    >>> removed[graph.layer_channels("bn")[:3]] = True   # keep one of four channels
+    >>> model.count_params(), planned_params(graph, removed)  # 108+16+10 -> 27+4+4
+    (134, 35)
+    """
+    lg = graph.layer_graph
+    kept: dict[Any, int] = {}
+
+    def keep(tensor: Any) -> int:
+        if tensor not in kept:
+            kept[tensor] = int(np.count_nonzero(~removed[graph.channels[tensor]]))
+        return kept[tensor]
+
+    live = _live_calls(graph, keep)
+    total = 0
+    counted: set[int] = set()
+    for call in lg.calls:
+        layer = call.layer
+        if id(layer) in counted or not isinstance(layer, L.Layer) or id(call) not in live:
+            continue
+        counted.add(id(layer))
+        full = _layer_params(layer)
+        if full == 0 or not call.inputs or not call.outputs:
+            total += full
+            continue
+        kind = graph.kinds[call].name if call in graph.kinds else None
+        in_t, out_t = call.inputs[0], call.outputs[0]
+        if in_t not in graph.channels or out_t not in graph.channels:
+            total += full
+            continue
+        c_in, c_out = graph.width(in_t), graph.width(out_t)
+        k_in, k_out = keep(in_t), keep(out_t)
+        if kind in (MIXING, DEPTHWISE):
+            total += _planned_mixing_params(graph, call, removed, c_in, c_out, k_in, k_out)
+        else:
+            for weight in layer.weights:
+                shape = list(weight.shape)
+                if shape and shape[-1] == c_in and k_in != c_in:
+                    shape[-1] = k_in
+                total += math.prod(shape)
+    return total
+
+
+def _live_calls(graph: ChannelGraph, keep: Any) -> set[int]:
+    """``id`` of the calls the pruned model still runs: those whose kept outputs
+    something live reads (a conv/dense left without inputs becomes a constant and
+    reads nothing)."""
+    lg = graph.layer_graph
+    needed = set(lg.outputs)
+    live: set[int] = set()
+    for call in reversed(lg.calls):
+        if not any(t in needed and (t not in graph.channels or keep(t) > 0)
+                   for t in call.outputs):
+            continue
+        live.add(id(call))
+        kind = graph.kinds[call].name if call in graph.kinds else None
+        if kind in (MIXING, DEPTHWISE) and call.inputs and call.inputs[0] in graph.channels \
+                and keep(call.inputs[0]) == 0:
+            continue  # a ConstantFeature: reads nothing
+        needed.update(call.inputs)
+    return live
+
+
+def _folds_nonzero(graph: ChannelGraph, tensor: Any, removed: np.ndarray) -> bool:
+    """Whether the removed channels of ``tensor`` hold something a bias must take
+    (a removed constant that is exactly zero contributes nothing)."""
+    gone = removed[graph.channels[tensor]]
+    constants = graph.constants.get(tensor)
+    if constants is None or not constants.mask[gone].all():
+        return True
+    return bool(np.any(constants.value[..., gone] != 0))
+
+
+def _planned_mixing_params(graph: ChannelGraph, call: LayerCall, removed: np.ndarray,
+                           c_in: int, c_out: int, k_in: int, k_out: int) -> int:
+    """Parameters of one conv/dense (or depthwise) call after the removal."""
+    layer = call.layer
+    if k_out == 0:
+        return 0
+    out_shape = graph.layer_graph.shape(call.outputs[0])
+    if k_in == 0:  # ConstantFeature: the constant output map of the kept channels
+        return math.prod(int(d) for d in out_shape[1:-1]) * k_out
+    total = 0
+    has_bias = False
+    for weight in layer.weights:
+        name = weight.path.rsplit("/", 1)[-1]
+        shape = list(weight.shape)
+        if name == "bias":
+            has_bias = True
+            total += shape[0] * k_out // c_out if c_out else shape[0]
+        elif name == "depthwise_kernel":
+            total += math.prod(shape) // c_in * k_in
+        elif name == "pointwise_kernel":
+            total += math.prod(shape[:-2]) * (shape[-2] // c_in * k_in) * k_out
+        elif name == "kernel" and isinstance(layer, (L.DepthwiseConv1D, L.DepthwiseConv2D)):
+            total += math.prod(shape) // c_in * k_in
+        elif name == "kernel" and getattr(layer, "groups", 1) not in (None, 1):
+            total += math.prod(shape) // c_out * k_out
+        elif name == "kernel":
+            total += math.prod(shape) // (c_in * c_out) * k_in * k_out
+        else:
+            total += math.prod(shape)
+    if not has_bias and k_in < c_in and graph.kinds[call].name == MIXING and _folds_nonzero(
+            graph, call.inputs[0], removed):
+        from tf_gamma_prune.prune.folding import batchnorm_after
+
+        shared = len(graph.layer_graph.calls_of(layer)) > 1
+        if shared or batchnorm_after(graph, call) is None:
+            total += k_out
+    return total
