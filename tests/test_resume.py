@@ -10,6 +10,10 @@ learning-rate schedule on ``iterations`` (the inner optimizer's step count must
 round-trip) and a callback that raises ρ at step 6, before the last checkpoint (so
 GammaISTA's ρ variable must round-trip: the resumed process never runs that step).
 
+The same pattern with a CostTarget steering ρ (modes ``ct_*``): its JSON state (locks,
+push-back estimates, history) travels in the checkpoint, so the resumed run ends with
+the same weights, ρ and controller history.
+
 This file doubles as the job script: ``python tests/test_resume.py MODE DIR [KILL_AT]``.
 """
 
@@ -56,7 +60,7 @@ def _epoch_data(tf, epoch, shuffle=True):
     return (data.shuffle(N, seed=100 + epoch) if shuffle else data).batch(BATCH)
 
 
-def _compiled_model(keras):
+def _compiled_model(keras, cost_target=False):
     from tf_gamma_prune import GammaISTA
 
     x = keras.Input((6, 6, 2))
@@ -68,8 +72,19 @@ def _compiled_model(keras):
     y = keras.layers.Dense(3, name="head")(keras.layers.GlobalAveragePooling2D()(h))
     model = keras.Model(x, y)
     lr = keras.optimizers.schedules.ExponentialDecay(0.08, decay_steps=4, decay_rate=0.8)
-    model.compile(GammaISTA(keras.optimizers.SGD(lr, momentum=0.9), rho=0.05), loss="mse")
+    if cost_target:  # rho: CostTarget's
+        model.compile(GammaISTA(keras.optimizers.SGD(lr, momentum=0.9), rho=1e-3, min_channels=1),
+                      loss="mse")
+    else:
+        model.compile(GammaISTA(keras.optimizers.SGD(lr, momentum=0.9), rho=0.05), loss="mse")
     return model
+
+
+def _ct_callbacks(keras, kill_at=None):
+    from tf_gamma_prune import CostTarget
+
+    crash = _callbacks(keras, kill_at)[1]
+    return [CostTarget(macs=0.4, every=3, reach_at=0.5), crash]
 
 
 def _callbacks(keras, kill_at=None):
@@ -86,8 +101,10 @@ def _callbacks(keras, kill_at=None):
     return [RaiseRho(), Crash()]
 
 
-def _dump(model, path):
+def _dump(model, path, cost_target=None):
     result = {v.path: v.numpy().tolist() for v in model.weights}
+    if cost_target is not None:
+        result["cost_target"] = cost_target.get_state()
     result["iterations"] = int(model.optimizer.iterations)
     result["rho"] = float(model.optimizer.rho)
     pathlib.Path(path).write_text(json.dumps(result))
@@ -109,6 +126,26 @@ def _job(mode: str, directory: str, kill_at: int | None) -> None:
         checkpoint = StepCheckpoint(directory / "run.ckpt.npz", save_freq=SAVE_FREQ)
         fit_resumable(model, lambda e: _epoch_data(tf, e), EPOCHS, checkpoint,
                       callbacks=_callbacks(keras, kill_at), verbose=0)
+    elif mode == "ct_reference":  # plain fit, as in "reference"
+        model = _compiled_model(keras, cost_target=True)
+        stream = _epoch_data(tf, 0)
+        for epoch in range(1, EPOCHS):
+            stream = stream.concatenate(_epoch_data(tf, epoch))
+        callbacks = _ct_callbacks(keras)
+        model.fit(stream, epochs=EPOCHS, steps_per_epoch=STEPS, verbose=0, shuffle=False,
+                  callbacks=callbacks)
+        _dump(model, directory / f"{mode}.json", callbacks[0])
+        return
+    elif mode == "ct_resumable":
+        from tf_gamma_prune.sparsify.resume import StepCheckpoint, fit_resumable
+
+        model = _compiled_model(keras, cost_target=True)
+        checkpoint = StepCheckpoint(directory / "run.ckpt.npz", save_freq=SAVE_FREQ)
+        callbacks = _ct_callbacks(keras, kill_at)
+        fit_resumable(model, lambda e: _epoch_data(tf, e), EPOCHS, checkpoint,
+                      callbacks=callbacks, verbose=0)
+        _dump(model, directory / f"{mode}.json", callbacks[0])
+        return
     elif mode == "backup":  # Keras' BackupAndRestore with the same step frequency
         backup = keras.callbacks.BackupAndRestore(str(directory / "backup"), save_freq=SAVE_FREQ)
         stream = _epoch_data(tf, 0, shuffle=False)  # the same batches every epoch
@@ -140,9 +177,11 @@ def _finish(proc, timeout=300):
     return proc.returncode, err
 
 
-def _load(path):
+def _load(path, with_state=False):
     data = json.loads(pathlib.Path(path).read_text())
-    return data.pop("iterations"), data.pop("rho"), {k: np.asarray(v) for k, v in data.items()}
+    state = data.pop("cost_target", None)
+    loaded = data.pop("iterations"), data.pop("rho"), {k: np.asarray(v) for k, v in data.items()}
+    return (*loaded, state) if with_state else loaded
 
 
 def _max_diff(a, b):
@@ -180,6 +219,60 @@ def test_killed_mid_epoch_and_resumed_equals_uninterrupted(tmp_path, reference_r
     for key in reference:
         np.testing.assert_array_equal(resumed[key], reference[key], err_msg=key)  # bit-equal
     assert checkpoint.position() == TrainingPosition(epoch=EPOCHS, step=0)
+
+
+def test_cost_target_killed_mid_epoch_and_resumed_equals_uninterrupted(tmp_path):
+    """GammaISTA + CostTarget: the interrupted and resumed run (fit_resumable) ends with the
+    weights, ρ and controller history of one plain, uninterrupted fit."""
+    from tf_gamma_prune.sparsify.resume import StepCheckpoint, TrainingPosition
+
+    reference_dir = tmp_path / "reference"
+    reference_dir.mkdir()
+    reference = _start("ct_reference", reference_dir)
+    rc, err = _finish(_start("ct_resumable", tmp_path, kill_at=KILL_AT))
+    assert rc == -signal.SIGKILL, f"the first run should have been killed at step {KILL_AT}:\n{err[-3000:]}"
+    checkpoint = StepCheckpoint(tmp_path / "run.ckpt.npz", save_freq=SAVE_FREQ)
+    assert checkpoint.position() == TrainingPosition(epoch=1, step=5)  # global step 13
+    rc, err = _finish(_start("ct_resumable", tmp_path))
+    assert rc == 0, err[-3000:]
+    rc, err = _finish(reference)
+    assert rc == 0, err[-3000:]
+
+    iterations, rho, resumed, state = _load(tmp_path / "ct_resumable.json", with_state=True)
+    ref_iterations, ref_rho, expected, ref_state = _load(
+        reference_dir / "ct_reference.json", with_state=True)
+    assert iterations == ref_iterations == EPOCHS * STEPS
+    assert rho == ref_rho
+    assert state == ref_state  # locks, push-back estimates, history: all of it
+    history = ref_state["history"]
+    assert [h["step"] for h in history] == list(range(0, EPOCHS * STEPS + 1, 3))
+    assert max(h["rho"] for h in history) > 1e-3, "the controller should have acted"
+    gamma = expected["bn/gamma"]
+    assert 0 < np.sum(gamma == 0) < gamma.size, "the test needs a partial zero pattern"
+    assert resumed.keys() == expected.keys()
+    for key in expected:
+        np.testing.assert_array_equal(resumed[key], expected[key], err_msg=key)  # bit-equal
+
+
+def test_checkpoint_refuses_other_stateful_callbacks(tmp_path):
+    import keras
+
+    from tf_gamma_prune import CostTarget
+    from tf_gamma_prune.sparsify.resume import ResumeError, StepCheckpoint, TrainingPosition
+
+    model = _compiled_model(keras, cost_target=True)
+    model.optimizer.attach(model).build(model.trainable_variables)
+    target = CostTarget(macs=0.5, total_steps=10)
+    checkpoint = StepCheckpoint(tmp_path / "a.npz", callbacks=[target, object()])
+    assert checkpoint.stateful == [target]
+    checkpoint.set_model(model)
+    checkpoint.save(TrainingPosition(0, 3))
+    with pytest.raises(ResumeError, match="state of the callbacks.*CostTarget"):
+        StepCheckpoint(tmp_path / "a.npz").restore(model)
+    again = CostTarget(macs=0.5)
+    assert StepCheckpoint(tmp_path / "a.npz", callbacks=[again]).restore(model) == \
+        TrainingPosition(0, 3)
+    assert again.get_state() == target.get_state() and again.total_steps == 10
 
 
 @pytest.mark.slow

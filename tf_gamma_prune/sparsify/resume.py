@@ -31,6 +31,11 @@ What makes the result bit-equal to an uninterrupted run:
    model is built, in both runs;
 3. the same model code, compile arguments and ``save_freq``-independent callbacks.
 
+Callbacks with a JSON state: a callback passed to :func:`fit_resumable` (or to
+``StepCheckpoint(callbacks=...)``) that has ``get_state()`` and ``set_state(state)``
+— :class:`~tf_gamma_prune.CostTarget` does — has that state saved in the same file
+and restored with the variables, so a controller steering ρ continues exactly.
+
 Not restored: the running means of the epoch's compiled metrics (the resumed epoch's
 logged loss averages only the batches run after the restart), and the internal state
 of other callbacks (``ReduceLROnPlateau``, ``EarlyStopping`` ... restart from
@@ -97,6 +102,9 @@ class StepCheckpoint(keras.callbacks.Callback):
     Args:
         path: the checkpoint file (``.npz``), replaced atomically at every save.
         save_freq: save after every ``save_freq`` training steps (and at each epoch end).
+        callbacks: callbacks whose ``get_state()`` (JSON values) is saved with the
+            variables and given back to their ``set_state`` on restore;
+            :func:`fit_resumable` adds the ones it is given.
 
     Use it through :func:`fit_resumable`, or drive ``model.fit`` yourself: after a
     restore, the next epoch trained must be :meth:`position`'s epoch, with its first
@@ -104,7 +112,8 @@ class StepCheckpoint(keras.callbacks.Callback):
     Under a multi-worker strategy only the chief writes.
     """
 
-    def __init__(self, path: str | os.PathLike, save_freq: int = 100):
+    def __init__(self, path: str | os.PathLike, save_freq: int = 100,
+                 callbacks: Sequence[Any] = ()):
         super().__init__()
         if isinstance(save_freq, bool) or not isinstance(save_freq, int) or save_freq < 1:
             raise ArgumentError(f"save_freq must be a positive number of steps, got {save_freq!r}.")
@@ -116,6 +125,17 @@ class StepCheckpoint(keras.callbacks.Callback):
         self._offset = 0  # batches of the current epoch done before this fit call
         self._steps_in_epoch = 0
         self._since_save = 0
+        self.stateful: list[Any] = []
+        self.track(callbacks)
+
+    def track(self, callbacks: Sequence[Any]) -> None:
+        """Save and restore the state of those ``callbacks`` that have
+        ``get_state()`` / ``set_state(state)``."""
+        for callback in callbacks:
+            if (callable(getattr(callback, "get_state", None))
+                    and callable(getattr(callback, "set_state", None))
+                    and not any(callback is c for c in self.stateful)):
+                self.stateful.append(callback)
 
     # ------------------------------------------------------------- reading
     def _load(self) -> tuple[dict, list[np.ndarray]] | None:
@@ -167,8 +187,18 @@ class StepCheckpoint(keras.callbacks.Callback):
                     f"Checkpoint variable {saved_path!r} has shape {value.shape}, the {owner}'s "
                     f"{variable.path!r} has {tuple(variable.shape)}: not the same model."
                 )
+        saved = meta.get("callbacks", [])
+        names = [type(c).__name__ for c in self.stateful]
+        if [c["class"] for c in saved] != names:
+            raise ResumeError(
+                f"Checkpoint {self.path!r} holds the state of the callbacks "
+                f"{[c['class'] for c in saved]}, this run tracks {names}: pass the same "
+                "stateful callbacks (e.g. CostTarget), in the same order, as the interrupted run."
+            )
         for (_, variable), value in zip(current, arrays):
             variable.assign(value)
+        for callback, entry in zip(self.stateful, saved):
+            callback.set_state(entry["state"])
         return TrainingPosition(int(meta["epoch"]), int(meta["step"]))
 
     # ------------------------------------------------------------- writing
@@ -184,6 +214,8 @@ class StepCheckpoint(keras.callbacks.Callback):
             "step": position.step,
             "paths": [f"{owner}:{v.path}" for owner, v in variables],
             "keras": keras.__version__,
+            "callbacks": [{"class": type(c).__name__, "state": c.get_state()}
+                          for c in self.stateful],
         }
         arrays = {f"v{i}": np.asarray(keras.ops.convert_to_numpy(v.value)) for i, (_, v) in enumerate(variables)}
         buffer = io.BytesIO()
@@ -242,7 +274,10 @@ def fit_resumable(
             batches in the same order for the same epoch in every process.
         epochs: total number of epochs of the run.
         checkpoint: the :class:`StepCheckpoint` (its file is where the state lives).
-        callbacks: further callbacks; they see one ``fit`` call per epoch.
+        callbacks: further callbacks; they see one ``fit`` call per epoch. Those with
+            ``get_state()`` / ``set_state()`` (:class:`~tf_gamma_prune.CostTarget`)
+            have their state checkpointed too; a ``CostTarget`` without
+            ``total_steps`` gets ``epochs × steps per epoch``.
         **fit_kwargs: passed to ``model.fit`` (``verbose``, ``validation_data``,
             ``steps_per_epoch`` ...; not ``epochs``/``initial_epoch``/``callbacks``).
 
@@ -255,10 +290,12 @@ def fit_resumable(
     for key in ("x", "y", "epochs", "initial_epoch", "callbacks"):
         if key in fit_kwargs:
             raise TypeError(f"fit_resumable sets {key!r} itself.")
+    checkpoint.track(callbacks)
+    steps_per_epoch = fit_kwargs.pop("steps_per_epoch", None)
+    _set_total_steps(callbacks, epoch_data, epochs, steps_per_epoch)
     position = checkpoint.position()
     if position.epoch >= epochs:  # finished before: nothing to train, the state is restored
         checkpoint.restore(model)
-    steps_per_epoch = fit_kwargs.pop("steps_per_epoch", None)
     fit_kwargs.setdefault("shuffle", False)  # the order is epoch_data's business
     history = keras.callbacks.History()
     history.set_model(model)
@@ -284,3 +321,28 @@ def fit_resumable(
             history.history.setdefault(key, []).extend(values)
         history.epoch.extend(result.epoch)
     return history
+
+
+def _set_total_steps(callbacks: Sequence[Any], epoch_data: Callable[[int], Any], epochs: int,
+                     steps_per_epoch: int | None) -> None:
+    """Tell a ``CostTarget`` without ``total_steps`` the length of the whole run
+    (each ``fit`` call here covers one epoch only)."""
+    from tf_gamma_prune.sparsify.cost_target import CostTarget
+
+    waiting = [c for c in callbacks if isinstance(c, CostTarget) and c.total_steps is None]
+    if not waiting:
+        return
+    steps = steps_per_epoch
+    if steps is None:
+        import tensorflow as tf
+
+        data = epoch_data(0)
+        cardinality = int(data.cardinality()) if isinstance(data, tf.data.Dataset) else -1
+        if cardinality < 0:
+            raise ArgumentError(
+                "fit_resumable cannot tell how many steps an epoch has (the dataset's "
+                "cardinality is unknown): pass steps_per_epoch=..., or "
+                "CostTarget(total_steps=...).")
+        steps = cardinality
+    for callback in waiting:
+        callback.total_steps = int(epochs) * int(steps)
