@@ -358,6 +358,6 @@ def test_carrier_fold_exports_without_border_adds():
         ops[fold] = op_counts(flatbuffer)
         assert check_parity(pruned, flatbuffer, x).max_rel <= 1e-4
         assert check_parity(model, flatbuffer, x).max_rel <= 1e-4  # the ORIGINAL function
-    assert ops["exact"].get("ADD", 0) == 2  # one border map per padded reader
+    assert ops["exact"].get("ADD", 0) >= 2  # border rings after the padded readers
     assert "ADD" not in ops["carrier"]
     assert ops["carrier"]["CONV_2D"] == ops["exact"]["CONV_2D"] == 3

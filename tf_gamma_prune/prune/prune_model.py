@@ -19,11 +19,14 @@ value (a constant for γ = 0 channels) is folded in:
 With zero padding ('same' convs, ZeroPadding layers) the border positions of a
 reader see fewer constant taps than its interior. Three ways to handle that:
 
-* ``fold="exact"`` (default) adds a
+* ``fold="exact"`` adds a
   :class:`~tf_gamma_prune.layers.BorderCorrection` after the reader holding
   the per-position difference (the reader's activation moves after it), so
-  the pruned model computes the same function; in TFLite it is a
-  full-resolution constant ``ADD`` and the activation is no longer fused.
+  the pruned model computes the same function. The difference is 0 in the
+  interior, so the layer stores only the border ring's blocks (``8·C``
+  numbers for a 3×3 'same' conv, whatever the resolution); in TFLite it is a
+  few ``SPLIT_V`` / ``ADD`` / ``CONCATENATION`` ops (about 4 KB of flatbuffer
+  per reader) and the activation is no longer fused.
 * ``fold="carrier"`` is exact too and adds no layer: where a reader would need
   a border map, one removed constant channel ``k`` (the *carrier*) is kept.
   Its producer still computes it (γ = 0 makes BN output exactly β), so zero
@@ -121,8 +124,8 @@ def prune_model(
             layer by a constant map larger than the layer); works with dynamic
             spatial shapes (constants whose maps would need a static size are
             kept). ``"exact"`` folds constants exactly, adding fixed
-            border-correction maps where zero padding requires them (needs
-            static spatial shapes); ``"carrier"`` is exact too but keeps one
+            border corrections where zero padding requires them (compact:
+            the border ring only; needs static spatial shapes); ``"carrier"`` is exact too but keeps one
             constant channel per such tensor and routes the removed constants
             through its weights instead (no extra layer; with ``round_to > 1``
             only channels kept back by rounding carry; falls back to a border

@@ -137,7 +137,7 @@ def build_report(model: keras.Model, pruned: keras.Model, graph: ChannelGraph,
         removed_constant=int(plan.constant.sum()),
         removed_selected=int(plan.selected.sum()),
         border_corrections=rebuilder.border_corrections,
-        border_params=sum(int(np.prod(l.map_shape)) for l in pruned.layers
+        border_params=sum(l.stored_size for l in pruned.layers
                           if isinstance(l, BorderCorrection)),
         constant_layers=rebuilder.constant_layers,
         fold=graph.fold,
