@@ -79,10 +79,13 @@ HELP = {
     "penalties": "from_scratch: GammaISTA per-layer lambda ('paper' or 'uniform').",
     "alpha": "from_reference: gamma-W rescaling factor before ISTA (1: none).",
     "min_channels": "from_reference: GammaISTA keeps at least this many channels per layer.",
+    "scale_beta": "from_reference: GammaISTA scales each β with its γ's shrink (keeps -β/γ).",
     "cost_target_every": "from_reference: CostTarget measures every this many steps.",
     "cost_target_reach_at": "from_reference: fraction of the sparsify phase at which CostTarget "
                             "reaches the budget.",
     "slimming_l1": "Network Slimming L1 strength.",
+    "criteria_methods": "from_reference: seed-paper selection criteria run after the core "
+                        "methods (JSON list).",
     "tuning": "from_reference: JSON {method: [overrides, ...]} tried on the validation split.",
     "augment": "make_dataset augmentation (every method).",
     "match_tolerance": "Relative MAC tolerance when matching the baselines to gamma_ista.",

@@ -66,7 +66,8 @@ _GPU: dict[str, Any] = {
 
 # Tuning: the same number of trials for every pruning method, each method's own knob.
 _CPU_TUNING = {
-    "gamma_ista": [{"sparsify_learning_rate": 0.005}, {"sparsify_learning_rate": 0.02}],
+    # gamma_ista: the split of the 5 epochs (validation pilots: S=2 93.36 %, S=1 93.48 %)
+    "gamma_ista": [{"sparsify_epochs": 2}, {"sparsify_epochs": 1}],
     "slimming": [{"slimming_l1": 0.002}, {"slimming_l1": 0.008}],
     "l1_norm": [{"finetune_learning_rate": 0.01}, {"finetune_learning_rate": 0.03}],
     "random": [{"finetune_learning_rate": 0.01}, {"finetune_learning_rate": 0.03}],
@@ -89,14 +90,16 @@ _CPU: dict[str, Any] = {
     "seeds": [0, 1],
     "batch_size": 128,
     "momentum": 0.9,
-    "sparsify_learning_rate": 0.01,
-    "finetune_learning_rate": 0.01,
+    "sparsify_learning_rate": 0.005,
+    "finetune_learning_rate": 0.03,  # better than 0.01 for l1_norm (93.86 vs 93.64 %) and gamma
     "alpha": 1.0,                    # γ–W rescaling before ISTA (1.0: none)
     "min_channels": 4,
+    "scale_beta": True,              # pilot: 93.36 vs 92.90 % validation at 3x (S=2)
     "cost_target_every": 50,
     "cost_target_reach_at": 0.6,     # a pilot with 0.75, one window ahead, ended at 2.83x for 3x
     "slimming_l1": 0.004,
     "tuning": _CPU_TUNING,
+    "criteria_methods": ["structural_redundancy", "redundancy_random", "prunenet"],
     "augment": "pad_crop_flip",
     "match_tolerance": 0.05,
     "fold": "auto",
@@ -124,7 +127,8 @@ _SMOKE: dict[str, Any] = {
     "min_channels": 2,
     "cost_target_every": 2,
     "tuning": {
-        "gamma_ista": [{"sparsify_learning_rate": 0.01}, {"sparsify_learning_rate": 0.03}],
+        "gamma_ista": [{"sparsify_learning_rate": 0.01}, {"sparsify_learning_rate": 0.03,
+                                                          "scale_beta": False}],
         "slimming": [{"slimming_l1": 0.005}, {"slimming_l1": 0.02}],
         "l1_norm": [{"finetune_learning_rate": 0.01}, {"finetune_learning_rate": 0.03}],
         "random": [{"finetune_learning_rate": 0.01}, {"finetune_learning_rate": 0.03}],

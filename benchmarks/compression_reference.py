@@ -34,7 +34,7 @@ from common import ROOT, tensorflow_available
 from compression_measure import Data, DeadlineReached, Outcome, RunBase, keras_predictions, loss
 from compression_protocol import REFERENCE, SettingsError, SettingsMismatchError, settings_hash
 from compression_reference_protocol import (
-    METHODS, ReferenceResults, chosen_trial, trials_of,
+    CRITERIA_METHODS, METHODS, ReferenceResults, chosen_trial, trials_of,
 )
 
 HISTORY_POINTS = 50  # CostTarget history kept per record
@@ -172,6 +172,9 @@ class ReferenceRun(RunBase):
         """This run with one tuning trial's settings (its models cached under their own names)."""
         view = copy.copy(self)
         view.s, view.overrides = {**self.s, **overrides}, dict(overrides)
+        if "sparsify_epochs" in overrides:  # the same budget: S + F stays
+            view.s["finetune_epochs"] = (self.s["sparsify_epochs"] + self.s["finetune_epochs"]
+                                         - int(overrides["sparsify_epochs"]))
         return view
 
     def path(self, method: str, target: int | None, stage: str) -> pathlib.Path:
@@ -258,7 +261,8 @@ class ReferenceRun(RunBase):
         sgd = keras.optimizers.SGD(s["sparsify_learning_rate"], momentum=s["momentum"])
         # rho: a placeholder, CostTarget sets its own start value and steers it
         model.compile(GammaISTA(sgd, rho=1e-3, penalties=gamma_penalties(model),
-                                min_channels=int(s["min_channels"])),
+                                min_channels=int(s["min_channels"]),
+                                scale_beta=bool(s.get("scale_beta", False))),
                       loss=loss(), metrics=["accuracy"])
         controller = CostTarget(macs=1.0 / target, every=s["cost_target_every"],
                                 reach_at=s["cost_target_reach_at"])
@@ -312,6 +316,36 @@ class ReferenceRun(RunBase):
         pruned = self.prune(model, random_selection(model, widths, seed=self.seed))
         return pruned, self.finetune_all(pruned, "random", k), {}
 
+    def train_structural_redundancy(self, k: int):
+        """Reference → structural redundancy (Wang et al. 2021) at gamma_ista's MACs → S + F."""
+        from tf_gamma_prune import structural_redundancy_selection
+
+        return self._train_criterion("structural_redundancy", structural_redundancy_selection, k)
+
+    def train_redundancy_random(self, k: int):
+        """Reference → redundancy-driven random filters at gamma_ista's MACs → S + F."""
+        from tf_gamma_prune import redundancy_random_selection
+
+        def criterion(model, fraction):
+            return redundancy_random_selection(model, fraction, seed=self.seed)
+
+        return self._train_criterion("redundancy_random", criterion, k)
+
+    def train_prunenet(self, k: int):
+        """Reference → PruneNet global importance (256 training images) at gamma_ista's MACs."""
+        from tf_gamma_prune import global_importance_selection
+
+        sample = self.data.x[:256]
+
+        def criterion(model, fraction):
+            return global_importance_selection(model, fraction, data=sample)
+
+        return self._train_criterion("prunenet", criterion, k)
+
+    def _train_criterion(self, method: str, criterion, k: int):
+        pruned, extra = self.matched(self.ref.load(), criterion, k)
+        return pruned, self.finetune_all(pruned, method, k), extra
+
     def finetune_all(self, model, method: str, k: int) -> float:
         """S + F fine-tune epochs (methods without a sparsify phase)."""
         epochs = self.s["sparsify_epochs"] + self.s["finetune_epochs"]
@@ -338,14 +372,24 @@ class ReferenceRun(RunBase):
 
         return self.cached(self.path(method, k, "final"), make)
 
-    def run(self) -> None:
+    def run(self, methods: tuple = METHODS) -> None:
         """Pending TFLite measurements first (where TF is), then every missing record."""
         if self.tflite:
             self.complete_pending()
         for k in range(len(self.s["mac_targets"])):
-            for method in METHODS:
+            for method in methods:
                 if not self.results.has(method, k, self.seed):
-                    self.run_method(method, k)
+                    if method in CRITERIA_METHODS:
+                        self.run_criterion(method, k)
+                    else:
+                        self.run_method(method, k)
+
+    def run_criterion(self, method: str, k: int) -> None:
+        """A selection criterion's record, with l1_norm's chosen fine-tuning overrides."""
+        best = chosen_trial(self.results.doc, "l1_norm", k)
+        overrides = best["overrides"] if best else {}
+        extra = {"overrides": overrides, "tuning": "l1_norm's chosen trial"}
+        self.add(self.with_overrides(overrides).record(method, k, extra))
 
     def run_method(self, method: str, k: int) -> None:
         """One record: tuning trials first (first seed), then the chosen trial's settings."""
@@ -516,5 +560,7 @@ def _run_seeds(settings: dict, results: ReferenceResults, root: pathlib.Path,
     results.doc["reference"] = info
     if results.reference_record() is None:
         maker.add(maker.reference_record())
-    for seed in settings["seeds"]:
-        ReferenceRun(settings, seed, data, root, results, log, stats, deadline, reference).run()
+    for methods in (METHODS, tuple(settings.get("criteria_methods") or ())):
+        for seed in settings["seeds"]:
+            ReferenceRun(settings, seed, data, root, results, log, stats, deadline,
+                         reference).run(methods)

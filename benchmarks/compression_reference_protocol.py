@@ -20,7 +20,8 @@ the ``.json`` next to it), or null with ``reference_epochs`` N: ``fashion_vgg
 carries the reference's own seed.
 
 Budget after the reference, the same for every method: S = ``sparsify_epochs``
-+ F = ``finetune_epochs`` epochs (``cpu``: 2 + 3). Fine-tuning is a fresh SGD
++ F = ``finetune_epochs`` epochs (``cpu``: 2 + 3; a tuning trial of gamma_ista or
+slimming may move the split, ``{"sparsify_epochs": 1}`` → 1 + 4). Fine-tuning is a fresh SGD
 (momentum ``momentum``) with a cosine decay from ``finetune_learning_rate`` to
 0, augmentation ``augment`` (as the reference's); batch ``batch_size``.
 Targets: MAC reductions ``mac_targets`` (``cpu``: 3× and 6×), i.e. a budget of
@@ -28,7 +29,7 @@ Targets: MAC reductions ``mac_targets`` (``cpu``: 3× and 6×), i.e. a budget of
 
 * **gamma_ista** (the paper's pretrained flow): a copy of the reference,
   ``rescale_gamma(α)`` (``alpha``; 1 = none), S epochs of ``GammaISTA(SGD(
-  sparsify_learning_rate), gamma_penalties, min_channels)`` with the
+  sparsify_learning_rate), gamma_penalties, min_channels, scale_beta)`` with the
   ``CostTarget`` callback setting ρ (its own start estimate) and steering it
   until the zero-γ pattern meets the MAC budget (``cost_target_every``,
   ``cost_target_reach_at``; its ρ / MAC history is recorded, at most 50
@@ -74,8 +75,14 @@ from compression_protocol import (
     _compression_accuracy, _group, _small_and_accurate, _summary_row, _target,
 )
 
-TUNABLE = ("sparsify_learning_rate", "finetune_learning_rate", "slimming_l1", "alpha",
-           "min_channels", "cost_target_every", "cost_target_reach_at", "momentum")
+# The seed papers' one-shot selection criteria (issue 17), run after the core methods:
+# reference → the criterion's selection matched to gamma_ista's MACs → S + F fine-tune
+# epochs at l1_norm's tuned fine-tuning rate (they differ from l1_norm only in which
+# channels go, so they share its tuning instead of getting trials of their own).
+CRITERIA_METHODS = ("structural_redundancy", "redundancy_random", "prunenet")
+TUNABLE = ("sparsify_epochs", "sparsify_learning_rate", "finetune_learning_rate", "slimming_l1",
+           "alpha", "min_channels", "cost_target_every", "cost_target_reach_at", "momentum",
+           "scale_beta")
 REQUIRED_LEAD = {"slimming": TARGETS["min_advantage_points"],
                  "l1_norm": TARGETS["min_advantage_points"], "scratch": 0.0}
 FIELDS = SUMMARY_FIELDS + ("validation_accuracy", "measure_seconds")
@@ -111,6 +118,16 @@ def check_settings(s: dict[str, Any]) -> None:
     if s["alpha"] <= 0 or not 0 < s["cost_target_reach_at"] <= 1:
         raise SettingsError("--alpha must be > 0 and --cost_target_reach_at in (0, 1].")
     _check_tuning(s["tuning"])
+    budget = int(s["sparsify_epochs"]) + int(s["finetune_epochs"])
+    for trials in s["tuning"].values():
+        for overrides in trials:
+            if not 1 <= int(overrides.get("sparsify_epochs", 1)) < budget:
+                raise SettingsError(f"--tuning {overrides!r}: sparsify_epochs must leave at least "
+                                    f"one of the {budget} epochs to fine-tuning (F = {budget} - S).")
+    s["criteria_methods"] = list(s.get("criteria_methods") or [])
+    unknown = sorted(set(s["criteria_methods"]) - set(CRITERIA_METHODS))
+    if unknown:
+        raise SettingsError(f"--criteria_methods {unknown}: known {CRITERIA_METHODS}.")
 
 
 def _check_tuning(tuning: dict) -> None:
@@ -123,6 +140,9 @@ def _check_tuning(tuning: dict) -> None:
             if bad:
                 raise SettingsError(f"--tuning {method}: {overrides!r} overrides "
                                     f"{sorted(bad)}; tunable: {TUNABLE}.")
+            if method not in ("gamma_ista", "slimming") and "sparsify_epochs" in overrides:
+                raise SettingsError(f"--tuning {method}: only gamma_ista and slimming have a "
+                                    "sparsify phase to tune.")
     counts = {m: len(tuning.get(m, [])) for m in PRUNING_METHODS}
     if len(set(counts.values())) > 1:
         raise SettingsError(f"--tuning must give every pruning method the same number of trials "
@@ -130,9 +150,11 @@ def _check_tuning(tuning: dict) -> None:
 
 
 def expected_keys(settings: dict) -> list[tuple[str, int, int]]:
-    """Every (method, target, seed) record besides the shared reference's."""
-    return [(m, k, seed) for seed in settings["seeds"]
-            for k in range(len(settings["mac_targets"])) for m in METHODS]
+    """Every (method, target, seed) record besides the shared reference's: the core
+    methods for every seed first, then the selection criteria's."""
+    targets = range(len(settings["mac_targets"]))
+    return [(m, k, seed) for methods in (METHODS, settings.get("criteria_methods") or ())
+            for seed in settings["seeds"] for k in targets for m in methods]
 
 
 def trials_of(settings: dict, method: str) -> list[dict]:
@@ -228,7 +250,7 @@ def reference_notes(doc: dict) -> list[str]:
         f"gamma_ista: alpha {s['alpha']}, GammaISTA(SGD {s['sparsify_learning_rate']}), "
         f"rho set and steered by CostTarget (every {s['cost_target_every']} steps, "
         f"budget reached at {s['cost_target_reach_at']:.0%} of the sparsify phase), "
-        f"min_channels {s['min_channels']}.",
+        f"min_channels {s['min_channels']}, scale_beta {bool(s.get('scale_beta', False))}.",
         f"tuning: seed {s['seeds'][0]} only; trials {_trial_counts(s)}; chosen on validation "
         "accuracy per (method, target), then used for every seed.",
         "latency: LiteRT CPU interpreter (XNNPACK) at 1 thread, batch 1, each model timed "
@@ -256,7 +278,7 @@ def summarize_reference(doc: dict) -> dict[str, Any]:
     groups: dict[tuple, list[dict]] = {}
     for r in records:
         groups.setdefault((r["method"], r["target"]), []).append(r)
-    order = {m: i for i, m in enumerate((REFERENCE, *METHODS))}
+    order = {m: i for i, m in enumerate((REFERENCE, *METHODS, *CRITERIA_METHODS))}
     rows = []
     for (method, target), recs in sorted(groups.items(), key=lambda kv: (
             kv[0][1] if kv[0][1] is not None else -1, order.get(kv[0][0], 99))):

@@ -43,16 +43,23 @@ def _by_key(doc) -> dict[tuple, dict]:
 def test_every_method_target_and_seed_has_a_record(smoke):
     doc, s = json.loads(smoke["out"].read_text()), smoke["settings"]
     records = _by_key(doc)
+    methods = (*compression.METHODS, *s["criteria_methods"])
+    assert s["criteria_methods"], "the smoke run covers the seed papers' criteria too"
     expected = {(m, k, seed) for seed in s["seeds"] for k in range(len(s["mac_targets"]))
-                for m in compression.METHODS}
+                for m in methods}
     references = [key for key in records if key[0] == "reference"]
     assert references == [("reference", None, 0)]  # one shared reference, its own seed
     assert set(records) - set(references) == expected and len(doc["records"]) == len(records)
     assert smoke["first"].finished and smoke["first"].records_added == len(expected) + 1
     for r in doc["records"]:
         if r.get("accuracy") is None:  # only what depends on a match may be unreachable
-            assert r["method"] in ("slimming", "l1_norm", "random", "scratch") and r["unreachable"]
+            assert r["method"] not in ("reference", "gamma_ista") and r["unreachable"]
             continue
+        if r["method"] in s["criteria_methods"]:  # l1_norm's tuned fine-tuning, same budget
+            l1 = records[("l1_norm", r["target"], r["seed"])]
+            assert r["overrides"] == l1.get("overrides", {})
+            assert (r["sparsify_epochs"], r["finetune_epochs"]) == (
+                0, s["sparsify_epochs"] + s["finetune_epochs"])
         assert 0.0 <= r["accuracy"] <= 1.0 and 0.0 <= r["validation_accuracy"] <= 1.0
         assert 0 < r["tflite_int8_bytes"] < r["tflite_float_bytes"] and r["speedup"] > 0
         assert r["measure_seconds"] > 0 and r["train_seconds"] > 0
