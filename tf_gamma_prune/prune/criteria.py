@@ -43,6 +43,7 @@ True
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Any, Callable, Mapping, Sequence
 
@@ -71,7 +72,8 @@ _FILTER_LAYERS = (L.Conv1D, L.Conv2D, L.Conv3D)
 
 # ------------------------------------------------------------------ criteria
 def gamma_threshold_selection(
-    model: keras.Model, prune_fraction: float, *, layers: Sequence[str] | None = None
+    model: keras.Model, prune_fraction: float, *, layers: Sequence[str] | None = None,
+    unknown_layers: str = "error",
 ) -> Selection:
     """Network Slimming's global threshold: cut the smallest |γ| over all layers together.
 
@@ -90,6 +92,11 @@ def gamma_threshold_selection(
         prune_fraction: in ``[0, 1)``, the fraction of the pooled channels to cut.
         layers: BatchNormalization layer names (qualified or unique bare names)
             to pool; channels of other layers are kept.
+        unknown_layers: ``"error"`` (default) or ``"opaque"``: keep layer types
+            the channel graph does not know (a composite layer with its own
+            convs and BNs, a Lambda layer) whole, as
+            ``prune_model(..., unknown_layers="opaque")`` does; their channels
+            are pinned and never selected.
 
     Returns:
         ``{bn_layer_name: kept channel indices}`` for every pooled layer.
@@ -114,7 +121,7 @@ def gamma_threshold_selection(
     {'a': [0, 2], 'b': [1]}
     """
     fraction = _checked_fraction(prune_fraction)
-    graph = channel_graph(model)
+    graph = channel_graph(model, unknown_layers=unknown_layers)
     names = _gamma_layers(model, graph, layers)
     scores = graph.gamma_scores()
     members = {n: graph.layer_channels(n) for n in names}
@@ -127,7 +134,8 @@ def gamma_threshold_selection(
 
 
 def l1_norm_selection(
-    model: keras.Model, prune_fraction: float, *, layers: Sequence[str] | None = None
+    model: keras.Model, prune_fraction: float, *, layers: Sequence[str] | None = None,
+    unknown_layers: str = "error",
 ) -> Selection:
     """Li et al. 2017: cut each conv's filters with the smallest kernel L1 norm.
 
@@ -149,6 +157,8 @@ def l1_norm_selection(
         model: a functional/Sequential Keras model.
         prune_fraction: in ``[0, 1)``, the fraction of each layer's filters to cut.
         layers: conv (or ``Dense``) layer names to prune instead of the default.
+        unknown_layers: ``"error"`` (default) or ``"opaque"`` (see
+            :func:`gamma_threshold_selection`).
 
     Returns:
         ``{conv_layer_name: kept filter indices}``.
@@ -170,7 +180,7 @@ def l1_norm_selection(
     [1, 3]
     """
     fraction = _checked_fraction(prune_fraction)
-    graph = channel_graph(model)
+    graph = channel_graph(model, unknown_layers=unknown_layers)
     names = _filter_layers(graph, layers)
     norms = {n: _filter_norms(graph, n) for n in names}
     members = {n: graph.layer_channels(n) for n in names}
@@ -188,7 +198,8 @@ def l1_norm_selection(
 
 
 def random_selection(
-    model: keras.Model, widths: Mapping[str, int], *, seed: int = 0
+    model: keras.Model, widths: Mapping[str, int], *, seed: int = 0,
+    unknown_layers: str = "error",
 ) -> Selection:
     """Keep ``widths[layer]`` uniformly random output channels of each named layer.
 
@@ -206,6 +217,8 @@ def random_selection(
             axis: BatchNormalization, conv...; qualified or unique bare names,
             e.g. the result of :func:`layer_widths` on a pruned model).
         seed: random seed.
+        unknown_layers: ``"error"`` (default) or ``"opaque"`` (see
+            :func:`gamma_threshold_selection`).
 
     Returns:
         ``{layer_name: kept channel indices}`` (sorted).
@@ -229,7 +242,7 @@ def random_selection(
             "widths must be a non-empty mapping {layer_name: channels to keep}, e.g. "
             "layer_widths(pruned_model)."
         )
-    graph = channel_graph(model)
+    graph = channel_graph(model, unknown_layers=unknown_layers)
     valid = graph.channel_layer_names()
     rng = np.random.default_rng(seed)
     scores = rng.random(graph.num_groups)
@@ -316,6 +329,7 @@ def selection_for_macs(
     target_macs: int,
     *,
     tolerance: float = 0.05,
+    unknown_layers: str = "error",
     **criterion_kwargs: Any,
 ) -> tuple[Selection, int]:
     """Bisect a criterion's prune fraction until the pruned model's MACs hit a target.
@@ -333,6 +347,11 @@ def selection_for_macs(
         target_macs: the wanted MACs per example (``count_macs`` units).
         tolerance: accepted relative deviation, ``|macs − target| ≤ tolerance ·
             target``.
+        unknown_layers: ``"error"`` (default) or ``"opaque"``: keep layer types
+            the channel graph does not know whole (see
+            :func:`gamma_threshold_selection`); passed on to ``criterion`` when
+            it has an ``unknown_layers`` parameter. Prune the result with
+            ``prune_model(model, selection, unknown_layers="opaque")``.
         **criterion_kwargs: passed to ``criterion`` (e.g. ``layers=[...]``).
 
     Returns:
@@ -355,9 +374,11 @@ def selection_for_macs(
     target = int(target_macs)
     if not (isinstance(tolerance, (int, float)) and 0 <= tolerance < 1):
         raise CriterionError(f"tolerance must be in [0, 1), got {tolerance!r}.")
-    graph = channel_graph(model)
+    graph = channel_graph(model, unknown_layers=unknown_layers)
     band = tolerance * target
     best: list[Any] = [None, None, None]  # fraction, selection, macs
+    if _has_parameter(criterion, "unknown_layers"):
+        criterion_kwargs = dict(criterion_kwargs, unknown_layers=unknown_layers)
 
     def evaluate(fraction: float) -> int:
         selection = criterion(model, fraction, **criterion_kwargs)
@@ -403,6 +424,15 @@ def selection_for_macs(
 
 
 # ------------------------------------------------------------------ helpers
+def _has_parameter(fn: Callable[..., Any], name: str) -> bool:
+    """Whether ``fn`` names a parameter ``name`` (``**kwargs`` does not count: it
+    may forward to a function that does not take it)."""
+    try:
+        return name in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def _checked_fraction(prune_fraction: Any) -> float:
     if isinstance(prune_fraction, bool) or not isinstance(prune_fraction, (int, float, np.floating, np.integer)):
         raise CriterionError(f"prune_fraction must be a number in [0, 1), got {prune_fraction!r}.")

@@ -101,6 +101,7 @@ def global_importance_scores(
     cost_aware: bool = False,
     max_examples: int = MAX_EXAMPLES,
     batch_size: int = 32,
+    unknown_layers: str = "error",
 ) -> dict[str, np.ndarray]:
     """Each pruned layer's per-channel PruneNet score (see the module doc), for plots and checks.
 
@@ -113,6 +114,10 @@ def global_importance_scores(
         cost_aware: divide each score by the channel's MAC cost.
         max_examples: read at most this many examples.
         batch_size: split one in-memory batch into batches of this size.
+        unknown_layers: ``"error"`` (default) or ``"opaque"``: keep layer types
+            the channel graph does not know whole (see
+            :func:`~tf_gamma_prune.gamma_threshold_selection`); they run as
+            they are, and the channels they read are not scored.
 
     Returns:
         ``{layer_name: scores}``, one score per output channel of each layer
@@ -139,7 +144,7 @@ def global_importance_scores(
     >>> np.argsort(scores).tolist()        # variances 1 < 4 < 9
     [0, 2, 1]
     """
-    graph = channel_graph(model)
+    graph = channel_graph(model, unknown_layers=unknown_layers)
     names = _filter_layers(graph, layers)
     scores = _group_scores(model, graph, data, max_examples, batch_size)
     if cost_aware:
@@ -158,6 +163,7 @@ def global_importance_selection(
     round_to: int = 1,
     max_examples: int = MAX_EXAMPLES,
     batch_size: int = 32,
+    unknown_layers: str = "error",
 ) -> Selection:
     """PruneNet: remove the channels with the smallest global importance, all layers pooled.
 
@@ -182,6 +188,8 @@ def global_importance_selection(
         round_to: keep each pruned layer's width at a multiple of this.
         max_examples: read at most this many examples of ``data``.
         batch_size: split one in-memory batch into batches of this size.
+        unknown_layers: ``"error"`` (default) or ``"opaque"`` (see
+            :func:`global_importance_scores`).
 
     Returns:
         ``{layer_name: kept channel indices}``.
@@ -207,7 +215,7 @@ def global_importance_selection(
     fraction = _checked_fraction(prune_fraction)
     min_channels = _checked_min_channels(min_channels)
     round_to = _checked_round_to(round_to)
-    graph = channel_graph(model)
+    graph = channel_graph(model, unknown_layers=unknown_layers)
     names = _filter_layers(graph, layers)
     scores = _group_scores(model, graph, data, max_examples, batch_size)
     if cost_aware:

@@ -103,6 +103,7 @@ def layer_redundancy(
     *,
     threshold: float = DEFAULT_THRESHOLD,
     layers: Sequence[str] | None = None,
+    unknown_layers: str = "error",
 ) -> dict[str, float]:
     """Each conv layer's structural redundancy ``R`` (see the module doc), for plots.
 
@@ -112,6 +113,9 @@ def layer_redundancy(
         layers: conv (or ``Dense``) layer names instead of the default (every
             conv whose output channels may be removed on their own). Named
             layers that share channels form one unit and get the unit's ``R``.
+        unknown_layers: ``"error"`` (default) or ``"opaque"``: keep layer types
+            the channel graph does not know whole (see
+            :func:`~tf_gamma_prune.gamma_threshold_selection`).
 
     Returns:
         ``{layer_name: R}`` in the model's layer order; ``R ≥ 1`` (``R = 1``:
@@ -134,7 +138,7 @@ def layer_redundancy(
     3.0
     """
     threshold = _checked_threshold(threshold)
-    graph = channel_graph(model)
+    graph = channel_graph(model, unknown_layers=unknown_layers)
     process = _process(graph, layers, threshold, min_channels=1)
     return {name: float(unit.redundancy)
             for unit in process.units for name in unit.names}
@@ -148,6 +152,7 @@ def structural_redundancy_selection(
     layers: Sequence[str] | None = None,
     min_channels: int = 1,
     round_to: int = 1,
+    unknown_layers: str = "error",
 ) -> Selection:
     """Wang et al. 2021: remove filters from the most redundant layer, one at a time.
 
@@ -176,6 +181,9 @@ def structural_redundancy_selection(
             residual-tied convs only when named, then ranked as one unit).
         min_channels: channels every pruned layer keeps at least (>= 1).
         round_to: keep each pruned layer's width at a multiple of this.
+        unknown_layers: ``"error"`` (default) or ``"opaque"``: keep layer types
+            the channel graph does not know whole (see
+            :func:`~tf_gamma_prune.gamma_threshold_selection`).
 
     Returns:
         ``{conv_layer_name: kept filter indices}``.
@@ -203,7 +211,7 @@ def structural_redundancy_selection(
     threshold = _checked_threshold(threshold)
     min_channels = _checked_min_channels(min_channels)
     round_to = _checked_round_to(round_to)
-    graph = channel_graph(model)
+    graph = channel_graph(model, unknown_layers=unknown_layers)
     process = _process(graph, layers, threshold, min_channels)
     removed = process.removed(_removal_count(fraction, process.num_candidates))
     _finish_widths(process.members, removed, process.scores, min_channels, round_to)
@@ -219,6 +227,7 @@ def redundancy_random_selection(
     layers: Sequence[str] | None = None,
     min_channels: int = 1,
     round_to: int = 1,
+    unknown_layers: str = "error",
 ) -> Selection:
     """The per-layer widths of :func:`structural_redundancy_selection`, random filters inside.
 
@@ -237,7 +246,7 @@ def redundancy_random_selection(
         model: a functional/Sequential Keras model.
         prune_fraction: in ``[0, 1)``, as in :func:`structural_redundancy_selection`.
         seed: random seed.
-        threshold, layers, min_channels, round_to: as in
+        threshold, layers, min_channels, round_to, unknown_layers: as in
             :func:`structural_redundancy_selection` (``round_to`` puts back
             the highest random scores first).
 
@@ -263,7 +272,7 @@ def redundancy_random_selection(
     round_to = _checked_round_to(round_to)
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise CriterionError(f"seed must be an integer, got {seed!r}.")
-    graph = channel_graph(model)
+    graph = channel_graph(model, unknown_layers=unknown_layers)
     process = _process(graph, layers, threshold, min_channels)
     count = _removal_count(fraction, process.num_candidates)
     allocation = collections.Counter(u for u, _ in process.order_prefix(count))
