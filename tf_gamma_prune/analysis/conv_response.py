@@ -67,6 +67,41 @@ def numpy_weight(variable: Any) -> np.ndarray:
     return np.asarray(keras.ops.convert_to_numpy(variable), np.float64)
 
 
+def conv_groups(layer: Any) -> int:
+    """``groups`` of a grouped convolution (1 for every other layer)."""
+    return int(getattr(layer, "groups", 1) or 1)
+
+
+def dense_kernel(layer: Any, channels: np.ndarray | None = None) -> np.ndarray:
+    """A conv's ``(*k, C_in, C_out)`` kernel in float64; a grouped kernel
+    (``(*k, C_in / groups, C_out)``) expanded to the block-diagonal kernel of the
+    same function (zeros where an output does not read an input).
+
+    ``channels``: only these input channels (rows of the result).
+
+    >>> import keras
+    >>> conv = keras.layers.Conv1D(4, 1, groups=2, use_bias=False)
+    >>> conv.build((None, 5, 4))
+    >>> _ = conv.kernel.assign(np.ones((1, 2, 4)))
+    >>> dense_kernel(conv)[0].astype(int).tolist()
+    [[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 1, 1], [0, 0, 1, 1]]
+    """
+    groups = conv_groups(layer)
+    if groups == 1 or is_transposed_conv(layer):
+        kernel = keras.ops.convert_to_numpy(layer.kernel)
+        if channels is not None:
+            kernel = kernel[..., channels, :]
+        return np.asarray(kernel, np.float64)
+    kernel = numpy_weight(layer.kernel)
+    n_in, c_out = kernel.shape[-2], kernel.shape[-1]
+    per_out = c_out // groups
+    dense = np.zeros(kernel.shape[:-2] + (n_in * groups, c_out))
+    for g in range(groups):
+        outs = slice(g * per_out, (g + 1) * per_out)
+        dense[..., g * n_in:(g + 1) * n_in, outs] = kernel[..., :, outs]
+    return dense if channels is None else dense[..., channels, :]
+
+
 def linear_response(layer: Any, value: np.ndarray,
                     spatial_shape: tuple[int, ...] | None = None) -> np.ndarray:
     """The bias-free, pre-activation output of a conv / depthwise / separable /
@@ -123,7 +158,7 @@ def _effective_kernels(layer: Any, channel_value: np.ndarray) -> tuple[np.ndarra
         pw = numpy_weight(layer.pointwise_kernel)
         taps = (dw * channel_value[:, None]).reshape(dw.shape[:-2] + (-1,))
         return taps, pw.reshape(pw.shape[-2:])
-    k = keras.ops.convert_to_numpy(layer.kernel)[..., nz, :].astype(np.float64)
+    k = dense_kernel(layer, nz)
     return np.tensordot(k, channel_value[nz], axes=[[-2], [0]]), None
 
 
@@ -148,7 +183,7 @@ def _interior_response(layer: Any, value: np.ndarray) -> np.ndarray:
         k = numpy_weight(layer.kernel)[..., nz]
         summed = k.sum(axis=tuple(range(k.ndim - 2))) / float(np.prod(layer.strides))
         return np.tensordot(value[..., nz], summed, axes=[[-1], [1]])
-    k = keras.ops.convert_to_numpy(layer.kernel)[..., nz, :].astype(np.float64)
+    k = dense_kernel(layer, nz)
     summed = k.sum(axis=tuple(range(k.ndim - 2)))  # (nz, C_out)
     return np.tensordot(value[..., nz], summed, axes=[[-1], [0]])
 
@@ -199,7 +234,7 @@ def _conv_map(layer: Any, value: np.ndarray) -> np.ndarray:
         depthwise = numpy_weight(layer.depthwise_kernel)
         pointwise = numpy_weight(layer.pointwise_kernel)
     else:
-        kernel = numpy_weight(layer.kernel)
+        kernel = dense_kernel(layer)  # a grouped kernel as its block-diagonal equivalent
     x = ops.convert_to_tensor(value, "float64")
     padding = layer.padding
     if padding == "causal":

@@ -193,8 +193,8 @@ def planned_macs(graph: ChannelGraph, removed: np.ndarray) -> int | None:
             taps = math.prod(call.layer.kernel_size)
             mid = k_in * int(call.layer.depth_multiplier)
             total += positions * taps * mid + positions * mid * k_out
-        else:  # conv, dense, transposed conv: bilinear in the channel counts
-            total += full // (c_in * c_out) * k_in * k_out
+        else:  # conv, dense, transposed conv: bilinear in the channel counts (grouped too)
+            total += full * k_in * k_out // (c_in * c_out)
     return total
 
 
@@ -316,7 +316,8 @@ def _planned_mixing_params(graph: ChannelGraph, call: LayerCall, removed: np.nda
         elif name == "kernel" and isinstance(layer, (L.DepthwiseConv1D, L.DepthwiseConv2D)):
             total += math.prod(shape) // c_in * k_in
         elif name == "kernel" and getattr(layer, "groups", 1) not in (None, 1):
-            total += math.prod(shape) // c_out * k_out
+            groups = int(layer.groups)  # (*k, C_in / groups, C_out)
+            total += math.prod(shape[:-2]) * (k_in // groups) * k_out
         elif name == "kernel":
             total += math.prod(shape) // (c_in * c_out) * k_in * k_out
         else:

@@ -60,7 +60,7 @@ import keras
 import numpy as np
 
 from tf_gamma_prune.analysis.channel_graph import ChannelGraph, channel_graph
-from tf_gamma_prune.analysis.conv_response import is_transposed_conv
+from tf_gamma_prune.analysis.conv_response import dense_kernel, is_transposed_conv
 from tf_gamma_prune.analysis.flops import call_macs
 from tf_gamma_prune.analysis.kinds import DEPTHWISE, MIXING
 from tf_gamma_prune.analysis.layer_graph import LayerCall, TensorId
@@ -272,8 +272,8 @@ def channel_mac_costs(graph: ChannelGraph) -> np.ndarray:
             dm = int(call.layer.depth_multiplier)
             np.add.at(costs, g_in, positions * taps * dm + positions * dm * c_out)
             np.add.at(costs, g_out, positions * dm * c_in)
-        else:  # conv, dense, transposed: bilinear in the channel counts
-            unit = full // (c_in * c_out)
+        else:  # conv, dense, transposed: bilinear in the channel counts (grouped too)
+            unit = full / (c_in * c_out)
             np.add.at(costs, g_in, unit * c_out)
             np.add.at(costs, g_out, unit * c_in)
     return costs
@@ -431,11 +431,11 @@ class _SiteVariance:
             return np.asarray(keras.ops.convert_to_numpy(getattr(layer, name)), np.float64)
 
         self.exact_conv = (
-            isinstance(layer, (L.Conv1D, L.Conv2D)) and getattr(layer, "groups", 1) == 1
+            isinstance(layer, (L.Conv1D, L.Conv2D))
             and layer.padding in ("valid", "same") and layer.data_format == "channels_last"
         )
-        if self.exact_conv:
-            self.kernel = weights("kernel").astype(np.float32)  # (*k, C, O)
+        if self.exact_conv:  # a grouped kernel as its block-diagonal equivalent
+            self.kernel = dense_kernel(layer).astype(np.float32)  # (*k, C, O)
         elif isinstance(layer, (L.SeparableConv1D, L.SeparableConv2D)):
             dw, pw = weights("depthwise_kernel"), weights("pointwise_kernel")
             c, dm = dw.shape[-2], dw.shape[-1]
@@ -446,7 +446,7 @@ class _SiteVariance:
             k = weights("kernel")
             self.weight = (k ** 2).reshape(-1, k.shape[-1]).sum(axis=0)
         else:  # Dense (C, O), Conv3D and others with a (..., C, O) kernel
-            k = weights("kernel")
+            k = dense_kernel(layer) if isinstance(layer, L.Conv3D) else weights("kernel")
             self.weight = (k ** 2).reshape(-1, k.shape[-2], k.shape[-1]).sum(axis=(0, 2))
 
     def add(self, arr: np.ndarray) -> None:

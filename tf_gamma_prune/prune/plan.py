@@ -53,7 +53,7 @@ import numpy as np
 
 from tf_gamma_prune.analysis.batchnorm import resolve_layer_name
 from tf_gamma_prune.analysis.channel_graph import ChannelGraph
-from tf_gamma_prune.analysis.conv_response import has_padding_effect
+from tf_gamma_prune.analysis.conv_response import conv_groups, has_padding_effect
 from tf_gamma_prune.analysis.layer_graph import LayerCall
 from tf_gamma_prune.errors import ArgumentError, SelectionError
 
@@ -164,6 +164,10 @@ def plan_removal(
     space, only calibration means removed, no room) keep the exact fold's
     BorderCorrection; the notes say which and why.
 
+    A grouped convolution keeps ``groups`` dividing its input width: where its
+    groups would lose different numbers of input channels, channels (the
+    largest |γ| first) are kept back until every group loses as many.
+
     Args:
         graph: the model's :class:`~tf_gamma_prune.analysis.channel_graph.ChannelGraph`.
         selection: optional per-layer keep masks / indices (see module doc);
@@ -235,6 +239,14 @@ def plan_removal(
                                           optional=constant & ~selected)
         carrier |= before & ~live
     removed = live
+    if _grouped_readers(graph):
+        for _ in range(graph.num_groups + 1):  # both steps only put channels back
+            balanced = _balance_grouped_inputs(graph, removed, notes)
+            if round_to > 1:
+                balanced = _round_widths(graph, balanced, round_to, notes)
+            if np.array_equal(balanced, removed):
+                break
+            removed = balanced
     return RemovalPlan(removed=removed, constant=constant & removed,
                        selected=selected & removed & ~constant, notes=notes,
                        carriers=carriers, carrier=carrier & ~removed)
@@ -319,6 +331,9 @@ def carrier_position(graph: ChannelGraph, call: LayerCall, removed: np.ndarray,
     uniform = bool(np.all(columns == columns[:1]))
     if uniform and not has_padding_effect(layer):
         return None  # the plain bias fold is exact here
+    if conv_groups(layer) > 1:
+        return ("grouped convolution: a carrier's weights reach only its own group's "
+                "outputs")
     if isinstance(layer, _SEPARABLE):
         return ("separable convolution: its depthwise step filters each input "
                 "channel differently")
@@ -489,6 +504,45 @@ def _round_widths(graph: ChannelGraph, removed: np.ndarray, n: int,
             break
     else:
         notes.append(f"round_to={n}: widths did not settle (tied groups disagree)")
+    return removed
+
+
+def _grouped_readers(graph: ChannelGraph) -> list[LayerCall]:
+    """The grouped convolutions (``groups > 1``) of the graph."""
+    return [call for call in graph.layer_graph.calls
+            if graph.kinds[call].folds_constants and conv_groups(call.layer) > 1]
+
+
+def _balance_grouped_inputs(graph: ChannelGraph, removed: np.ndarray,
+                            notes: list[str]) -> np.ndarray:
+    """Put input channels of grouped convolutions back until every group of
+    each loses as many (so ``groups`` still divides its input width); the
+    largest |γ| come back first."""
+    removed = removed.copy()
+    scores = graph.gamma_scores()
+    balanced_back: dict[str, int] = {}
+    for _ in range(graph.num_groups + 1):
+        changed = False
+        for call in _grouped_readers(graph):
+            ids = graph.channels[call.inputs[0]]
+            groups = conv_groups(call.layer)
+            per_group = ids.reshape(groups, -1)
+            counts = removed[per_group].sum(axis=1)
+            target = int(counts.min())
+            if int(counts.max()) == target:
+                continue
+            for g in np.flatnonzero(counts > target):
+                gone = [int(i) for i in dict.fromkeys(per_group[g][removed[per_group[g]]].tolist())]
+                gone.sort(key=lambda i: -scores[i])
+                back = gone[: int(counts[g]) - target]
+                removed[back] = False
+                balanced_back[call.name] = balanced_back.get(call.name, 0) + len(back)
+            changed = True
+        if not changed:
+            break
+    for name, count in balanced_back.items():
+        notes.append(f"'{name}': kept {count} input channel(s) so that every group of the "
+                     "grouped convolution loses as many")
     return removed
 
 

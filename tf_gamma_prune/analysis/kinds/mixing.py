@@ -2,9 +2,12 @@
 
 Analysis: each output channel is new. When every input channel is constant, so
 is every output (the layer's response to them, zero padding included). A
-grouped convolution (``groups > 1``) keeps its input channels (folding a
-removed input into a grouped kernel is not implemented) and ties output ``j``
-of every group together, so each group keeps the same width.
+grouped convolution (``groups > 1``) ties output ``j`` of every group together,
+so each group keeps the same width. Its input channels can go too: the plan
+keeps every group's number of inputs equal (it puts channels back where a
+group would lose more than another, see
+:func:`~tf_gamma_prune.prune.plan.plan_removal`), and a removed input's
+contribution folds like any other (into the outputs of its own group).
 
 Rebuild: the kernel is sliced to the kept input and output channels; what the
 removed input channels contributed (constants, calibration means) is computed
@@ -59,7 +62,6 @@ class MixingKind(LayerKind):
         width = b.width(call.outputs[0])
         if groups != 1:  # output j of every group is one channel: equal widths per group
             ids = np.tile(b.fresh(width // groups), groups)
-            b.pin(b.raw[call.inputs[0]], f"read by grouped convolution '{call.name}'")
         else:
             ids = b.fresh(width)
         b.raw[call.outputs[0]] = ids
@@ -69,7 +71,7 @@ class MixingKind(LayerKind):
     def propagate(self, b: Any, call: LayerCall,
                   ins: list[Constants | None]) -> Constants | None:
         src = ins[0]
-        if src is None or not src.mask.all() or getattr(call.layer, "groups", 1) != 1:
+        if src is None or not src.mask.all():
             return None
         value = apply_activation(call.layer, b.constant_response(call, src, include_bias=True))
         return Constants(np.ones(b.width(call.outputs[0]), bool), value)
@@ -161,6 +163,28 @@ def carry(layer: Any, kernel: np.ndarray, carrier: int, carried: np.ndarray,
     return k.astype(kernel.dtype)
 
 
+def slice_grouped_kernel(layer: Any, kernel: np.ndarray, keep_in: np.ndarray,
+                         keep_out: np.ndarray) -> np.ndarray:
+    """A grouped kernel ``(*k, C_in / groups, C_out)`` sliced to the kept channels.
+
+    Every group must keep as many inputs (the plan sees to it); they may be
+    different ones, so each kept output reads its own group's kept inputs.
+    """
+    groups = int(layer.groups)
+    n_in, c_out = kernel.shape[-2], kernel.shape[-1]
+    per_out = c_out // groups
+    local = [keep_in[(keep_in >= g * n_in) & (keep_in < (g + 1) * n_in)] - g * n_in
+             for g in range(groups)]
+    if len({len(kept) for kept in local}) != 1:
+        raise UnsupportedLayerError(
+            f"Layer '{layer.name}': the groups of this grouped convolution would keep "
+            f"{[len(kept) for kept in local]} input channels; every group must keep as "
+            "many (please report this: the removal plan should have balanced them)."
+        )
+    rows = np.stack([local[o // per_out] for o in keep_out], axis=-1)  # (n_kept, outs)
+    return kernel[..., rows, keep_out[None, :]]
+
+
 def slice_kernels(layer: Any, old: dict[str, np.ndarray], keep_in: np.ndarray,
                   keep_out: np.ndarray) -> dict[str, np.ndarray]:
     """Kernels of a conv / separable conv / dense, sliced to the kept channels."""
@@ -173,13 +197,8 @@ def slice_kernels(layer: Any, old: dict[str, np.ndarray], keep_in: np.ndarray,
         )
     out = {}
     groups = getattr(layer, "groups", 1)
-    if groups != 1:  # inputs are pinned (kept whole); outputs go in the same places of every group
-        if len(keep_in) != old["kernel"].shape[-2] * groups:
-            raise UnsupportedLayerError(
-                f"Layer '{layer.name}': removing input channels of a grouped convolution "
-                "is not supported; its inputs should have been kept (please report this)."
-            )
-        out["kernel"] = old["kernel"][..., keep_out]
+    if groups != 1:  # outputs go in the same places of every group
+        out["kernel"] = slice_grouped_kernel(layer, old["kernel"], keep_in, keep_out)
         return out
     if "kernel" in old and is_transposed_conv(layer):  # (*k, C_out, C_in)
         out["kernel"] = old["kernel"][..., keep_out, :][..., keep_in]
