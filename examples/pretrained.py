@@ -74,19 +74,10 @@ def sparsify_rescaled(model, x, y, *, epochs, batch_size, learning_rate, rho, se
 
         sparsify_rescaled(model, x, y, epochs=2, batch_size=128, learning_rate=0.001, rho=1.0, seed=0)
     """
-    import keras
+    from fashion_mnist import sparsify_trained
 
-    from tf_gamma_prune import GammaISTA, SparsityMonitor, gamma_penalties
-    from tf_gamma_prune.data import make_dataset
-
-    keras.utils.set_random_seed(seed)
-    optimizer = GammaISTA(keras.optimizers.SGD(learning_rate, momentum=0.9), rho=rho,
-                          penalties=gamma_penalties(model))
-    model.compile(optimizer, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  metrics=["accuracy"])
-    model.fit(make_dataset(x, y, batch_size, shuffle=True, augment="flip", seed=seed),
-              epochs=epochs, callbacks=[SparsityMonitor()], verbose=verbose)
-    return model
+    return sparsify_trained(model, x, y, epochs=epochs, batch_size=batch_size,
+                            learning_rate=learning_rate, rho=rho, seed=seed, verbose=verbose)
 
 
 def prune_pretrained(model, x, y, x_test, y_test, *, alpha, epochs, finetune_epochs, batch_size,
@@ -161,15 +152,11 @@ def save_with_tflite(model, x_test, keras_path: str, tflite_path: str) -> float:
 
 def load_trained_model(path: str):
     """Load a .keras model (safe mode) with the package's custom layers registered."""
-    import keras
+    from fashion_mnist import load_keras_model
 
-    import tf_gamma_prune.layers  # noqa: F401  registers BorderCorrection / ConstantFeature
-
-    if not os.path.exists(path):
-        raise FileNotFoundError(
-            f"No model at {path}. The committed baseline is {BASELINE}; regenerate it with "
-            "`.venv/bin/python examples/make_saved_models.py`, or pass --model your.keras.")
-    return keras.models.load_model(path, compile=False)
+    return load_keras_model(
+        path, f"The committed baseline is {BASELINE}; regenerate it with "
+        "`.venv/bin/python examples/make_saved_models.py`, or pass --model your.keras.")
 
 
 def main(argv):

@@ -50,6 +50,82 @@ def test_fashion_mnist_pipeline_tiny(tmp_path):
     assert all(np.isfinite(r.accuracy) for r in rows)
 
 
+@needs_fashion_mnist
+def test_fashion_mnist_default_flow_tiny(tmp_path, capsys):
+    """The demo's default: the committed reference, GammaISTA + CostTarget, prune, tune, TFLite."""
+    import example_plots
+    import fashion_mnist
+
+    from tf_gamma_prune.data import load_fashion_mnist, validation_split
+
+    (x, y), (x_test, y_test) = load_fashion_mnist()
+    (x, y), _ = validation_split(x, y, 5000, seed=0)
+    reference = fashion_mnist.load_keras_model(os.path.join(SAVED, "fashion_vgg_reference.keras"))
+    weights = [w.copy() for w in reference.get_weights()]
+    x_test, y_test = x_test[:256], y_test[:256]
+    result = fashion_mnist.prune_reference(
+        reference, x[:512], y[:512], x_test, y_test, target_macs=0.5, epochs=1, finetune_epochs=1,
+        batch_size=64, out_dir=str(tmp_path), latency_runs=3, cost_target_every=2, verbose=0,
+        tflite_eval_examples=64, run_name="tiny")
+    # the reference itself is left as it was
+    assert all(np.array_equal(a, b) for a, b in zip(weights, reference.get_weights()))
+
+    rows = {r.stage: r for r in result.rows}
+    assert list(rows) == ["reference", "reference, int8", "pruned (exact, no tuning)",
+                          "pruned + fine-tuned", "pruned + fine-tuned, int8"]
+    ref, tuned = rows["reference"], rows["pruned + fine-tuned"]
+    # smaller: CostTarget took it to about the budget (half the MACs)
+    assert tuned.params < ref.params and tuned.macs < 0.6 * ref.macs
+    assert tuned.mac_reduction == pytest.approx(ref.macs / tuned.macs)
+    assert os.path.getsize(result.paths["pruned.tflite"]) < os.path.getsize(
+        result.paths["reference.tflite"])
+    assert os.path.getsize(result.paths["pruned_int8.tflite"]) < os.path.getsize(
+        result.paths["pruned.tflite"])
+    assert result.tuned.count_params() == tuned.params < result.sparse.count_params()
+    # exact before fine-tuning: the pruned model computes what the unpruned (sparse) one did
+    before = result.sparse.predict(x_test, verbose=0)
+    after = result.pruned.predict(x_test, verbose=0)
+    np.testing.assert_allclose(after, before, rtol=0, atol=1e-4 * np.abs(before).max())
+    assert result.report.max_rel_deviation < 1e-4 and result.changed_predictions == 0
+    assert rows["pruned (exact, no tuning)"].accuracy == pytest.approx(
+        np.mean(np.argmax(before, -1) == y_test))
+    assert result.controller.history and result.int8_examples == 64
+    for name, path in result.paths.items():
+        assert os.path.exists(path), name
+    assert example_plots.is_png(result.paths["channel_widths.png"])
+
+    fashion_mnist.print_reference_result(result, len(x_test))
+    printed = capsys.readouterr().out
+    lines = printed.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("stage"))
+    for column in ("test acc", "params", "MACs", ".tflite KB", "latency ms", "fewer MACs",
+                   "speed-up"):
+        assert column in lines[header], column
+    for i, stage in enumerate(rows):
+        assert lines[header + 2 + i].startswith(stage), (stage, lines[header + 2 + i])
+    assert "max relative output deviation" in printed and "0 of 256 test predictions" in printed
+    seconds = lines[-1]
+    assert seconds.startswith("seconds: reference accuracy "), seconds
+    for stage in ("GammaISTA (1 ep)", "prune + check", "fine-tune (1 ep)", "TFLite export",
+                  "int8 accuracy + latency", "plots", "| total "):
+        assert stage in seconds, stage
+
+
+def test_fashion_mnist_flags_pick_each_flows_defaults():
+    import fashion_mnist
+
+    assert fashion_mnist.flow_settings(False) == fashion_mnist.PRETRAINED_DEFAULTS
+    assert fashion_mnist.flow_settings(True)["train_examples"] == 15000
+    assert fashion_mnist.flow_settings(True, full=True)["train_examples"] is None
+    assert fashion_mnist.flow_settings(False, epochs=3, learning_rate=None) == {
+        **fashion_mnist.PRETRAINED_DEFAULTS, "epochs": 3}
+    from absl import app
+
+    with example_flags(fashion_mnist, ["fashion_mnist", "--full"]):
+        with pytest.raises(app.UsageError, match="from_scratch"):
+            fashion_mnist.main([])
+
+
 def test_cifar10_resnet20_protocol_on_mock_data(tmp_path):
     import cifar10_resnet20 as c10
     import example_plots
