@@ -33,3 +33,20 @@ def test_readme_results_come_from_the_demo_transcript():
     for row in run["rows"]:
         assert f"{100 * row['accuracy']:.2f}" in table
     assert "compression benchmark" in figures["comparison_line"]()
+
+
+def test_full_data_line_reports_progress_and_the_verdict():
+    def group(method, target, accuracy):
+        return {"method": method, "target": target, "n": 1, "accuracy": accuracy,
+                "params": 70_000.0, "speedup": 2.4}
+
+    doc = {"settings": {"seeds": [0, 1], "mac_targets": [3.0, 6.0], "criteria_methods": []},
+           "records": [{"method": "reference"}, {"method": "gamma_ista"}, {"method": "l1_norm"}],
+           "summary": {"groups": [group("reference", None, 0.9393), group("gamma_ista", 0, 0.9216),
+                                  group("l1_norm", 0, 0.9307)],
+                       "targets": [{"name": "beats_baselines", "met": False}]}}
+    line = figures["full_data_line"](doc)
+    assert "in progress: 2 of 20 records" in line and "92.16 %" in line
+    assert "L1-norm filters 93.07 %" in line and "does **not** win" in line
+    doc["summary"]["groups"].pop()  # no baseline yet: no verdict
+    assert "still running" in figures["full_data_line"](doc)
