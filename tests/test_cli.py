@@ -142,3 +142,65 @@ def test_prune_then_export(tmp_path):
     expected = keras.ops.convert_to_numpy(model(x, training=False))
     got = keras.ops.convert_to_numpy(pruned(x, training=False))
     assert np.max(np.abs(expected - got)) <= 1e-4 * np.max(np.abs(expected))
+
+
+@pytest.fixture(scope="module")
+def sparsify_inputs(tmp_path_factory):
+    """A small fashion_vgg with spread γ, and random labelled 12×12 images."""
+    from tf_gamma_prune.reference_models import fashion_vgg
+
+    keras.utils.set_random_seed(4)
+    model = fashion_vgg(widths=(4, 4, 8, 8, 8, 8), input_shape=(12, 12, 1))
+    rng = np.random.default_rng(0)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.gamma.assign(rng.uniform(0.05, 1.5, layer.gamma.shape))
+    directory = tmp_path_factory.mktemp("sparsify")
+    np.savez(directory / "data.npz", x=rng.random((256, 12, 12, 1), dtype=np.float32),
+             y=rng.integers(0, 10, 256))
+    model.save(directory / "dense.keras")
+    return model, directory
+
+
+@pytest.mark.parametrize("flag, metric", [("--target_macs", "macs"), ("--target_params", "params")])
+def test_sparsify_to_a_budget(sparsify_inputs, tmp_path, flag, metric):
+    from tf_gamma_prune import count_macs
+
+    model, directory = sparsify_inputs
+    out = tmp_path / "pruned.keras"
+    proc = cli("sparsify", directory / "dense.keras", "--out", out, "--data",
+               f"npz:{directory / 'data.npz'}", flag, "1/2", "--epochs", "3",
+               "--train_batch_size", "16", "--every", "4", "--min_channels", "1",
+               "--learning_rate", "0.02", "--fold", "bias")
+    assert "epoch 3/3" in proc.stdout and "rho: 0:" in proc.stdout and out.exists()
+    start = count_macs(model) if metric == "macs" else model.count_params()
+    budget = round(start / 2)
+    assert f"budget {budget:,} {metric}" in proc.stdout
+    import tf_gamma_prune.layers  # noqa: F401  custom layers of pruned models
+
+    pruned = keras.models.load_model(out)
+    cost = count_macs(pruned) if metric == "macs" else pruned.count_params()
+    assert abs(cost - budget) <= 0.05 * budget, proc.stdout
+
+
+def test_sparsify_refuses_ambiguous_or_bad_budgets(sparsify_inputs, tmp_path):
+    _, directory = sparsify_inputs
+    common = ["sparsify", directory / "dense.keras", "--out", tmp_path / "p.keras", "--data",
+              f"npz:{directory / 'data.npz'}"]
+    both = cli(*common, "--target_macs", "0.5", "--rho", "0.1", check=False)
+    assert both.returncode == 1 and "exactly one of --target_macs" in both.stderr
+    bad = cli(*common, "--target_params", "1.5", check=False)
+    assert bad.returncode == 1 and "fraction in (0, 1)" in bad.stderr
+    assert not (tmp_path / "p.keras").exists()
+
+
+def test_budgets_parse_as_fractions_or_counts():
+    from tf_gamma_prune.cli import CliError, parse_budget
+
+    assert parse_budget("1/3", "--target_macs") == pytest.approx(1 / 3)
+    assert parse_budget("0.25", "--target_macs") == 0.25
+    assert parse_budget("5e6", "--target_macs") == 5_000_000
+    assert isinstance(parse_budget("100000", "--target_params"), int)
+    for bad in ("1.5", "0", "-2", "a/b", "1/0", "many"):
+        with pytest.raises(CliError, match="--target_params"):
+            parse_budget(bad, "--target_params")

@@ -8,6 +8,16 @@ Usage:
       [--fold exact|carrier|bias --carrier_tile N --tflite OUT.tflite --quantize ... --calibration ...]
   python -m tf_gamma_prune benchmark A.tflite [B.tflite] [--threads 1,2 --runs 50 --warmup 5
       --timing steady|interleaved --block 10 --json OUT.json]
+  python -m tf_gamma_prune sparsify IN.keras --out OUT.keras --data fashion_mnist|npz:PATH
+      (--target_macs 1/3 | --target_params 100000 | --rho 0.01)
+      [--epochs 2 --learning_rate 0.01 --train_batch_size 128 --train_examples 0
+       --min_channels 2 --every 50 --reach_at 0.75 --fold ... --tflite OUT.tflite]
+
+sparsify trains IN.keras with GammaISTA (SGD with momentum 0.9, the paper's
+per-layer penalties) and prunes the channels it zeroed. Say the budget, not ρ:
+--target_macs / --target_params (a fraction of the model's cost such as 1/3 or
+0.25, or an absolute count such as 5000000) let CostTarget steer ρ until the
+pruned model meets it; --rho sets a fixed ρ by hand instead.
 
 Models load with Keras safe mode: a file holding Python code (a Lambda layer)
 is refused unless you trust it and pass --trust_model (alias --unsafe).
@@ -65,8 +75,27 @@ flags.DEFINE_enum("timing", "steady", ["steady", "interleaved"],
                   "model sees); 'interleaved' = single runs alternate (cold caches).")
 flags.DEFINE_integer("block", 10, "benchmark A B with --timing steady: timed runs per turn.")
 flags.DEFINE_string("json", None, "benchmark: also write the results as JSON here.")
+flags.DEFINE_string("target_macs", None,
+                    "sparsify: MAC budget, a fraction of the model's MACs (1/3, 0.25) or a count.")
+flags.DEFINE_string("target_params", None,
+                    "sparsify: parameter budget, a fraction of the model's parameters or a count.")
+flags.DEFINE_float("rho", None, "sparsify: a fixed ISTA strength ρ instead of a budget.")
+flags.DEFINE_string("data", None,
+                    "sparsify: training data, fashion_mnist or npz:PATH (arrays x and y, "
+                    "preprocessed like the model's training inputs; y integer class labels).")
+flags.DEFINE_integer("epochs", 2, "sparsify: training epochs.", lower_bound=1)
+flags.DEFINE_float("learning_rate", 0.01, "sparsify: SGD learning rate (momentum 0.9).")
+flags.DEFINE_integer("train_batch_size", 128, "sparsify: training batch size.", lower_bound=1)
+flags.DEFINE_integer("train_examples", 0, "sparsify: use the first N training examples (0 = all).",
+                     lower_bound=0)
+flags.DEFINE_integer("min_channels", 2, "sparsify: every layer keeps at least this many channels.",
+                     lower_bound=0)
+flags.DEFINE_integer("every", 50, "sparsify with a budget: adapt ρ every this many steps.",
+                     lower_bound=1)
+flags.DEFINE_float("reach_at", 0.75, "sparsify with a budget: fraction of the training at "
+                   "which the budget is reached (the rest recovers accuracy).")
 
-COMMANDS = ("export", "prune", "benchmark")
+COMMANDS = ("export", "prune", "benchmark", "sparsify")
 
 
 class CliError(TfGammaPruneError):
@@ -187,6 +216,106 @@ def cmd_prune(args: list[str]) -> None:
     outputs.commit()
 
 
+def parse_budget(text: str, flag: str) -> float | int:
+    """``"1/3"`` or ``"0.25"`` → a fraction; ``"5000000"`` or ``"5e6"`` → an absolute count.
+
+    >>> parse_budget("1/3", "--target_macs"), parse_budget("2e5", "--target_params")
+    (0.3333333333333333, 200000)
+    """
+    try:
+        if "/" in text:
+            numerator, denominator = text.split("/")
+            value = float(numerator) / float(denominator)
+        else:
+            value = float(text)
+    except (ValueError, ZeroDivisionError) as e:
+        raise CliError(f"{flag} takes a fraction (1/3, 0.25) or a count (5000000), got {text!r}.") from e
+    if 0 < value < 1:
+        return value
+    if value >= 1 and float(value).is_integer():
+        return int(value)
+    raise CliError(f"{flag}={text}: give a fraction in (0, 1) such as 1/3, or a whole count "
+                   "above 1 such as 5000000.")
+
+
+def _training_data(spec: str, n: int):
+    """``(x, y)`` from --data."""
+    import numpy as np
+
+    if spec == "fashion_mnist":
+        from tf_gamma_prune.data import load_fashion_mnist
+
+        (x, y), _ = load_fashion_mnist(use_tfds=False)
+    elif spec.startswith("npz:"):
+        try:
+            with np.load(spec[4:], allow_pickle=False) as arrays:
+                x, y = arrays["x"], arrays["y"]
+        except (OSError, ValueError, KeyError) as e:
+            raise CliError(f"Cannot read training data {spec[4:]!r} (an .npz with arrays x and y "
+                           f"is needed): {e}") from e
+    else:
+        raise CliError(f"--data takes fashion_mnist or npz:PATH, got {spec!r}.")
+    if len(x) != len(y):
+        raise CliError(f"--data {spec}: {len(x)} inputs but {len(y)} labels.")
+    return (x[:n], y[:n]) if n else (x, y)
+
+
+def cmd_sparsify(args: list[str]) -> None:
+    if len(args) != 1 or not FLAGS.out or not FLAGS.data:
+        raise app.UsageError("sparsify IN.keras --out OUT.keras --data fashion_mnist|npz:PATH "
+                             "(--target_macs 1/3 | --target_params N | --rho R)")
+    chosen = [f for f in ("target_macs", "target_params", "rho") if FLAGS[f].value is not None]
+    if len(chosen) != 1:
+        raise CliError("sparsify needs exactly one of --target_macs, --target_params (a budget) "
+                       f"and --rho (a fixed strength); got {', '.join('--' + c for c in chosen) or 'none'}.")
+    if not FLAGS.out.endswith(".keras"):
+        raise CliError(f"--out must name a .keras file, got {FLAGS.out}")
+    import keras
+
+    from tf_gamma_prune import CostTarget, GammaISTA, count_macs, gamma_penalties, prune_model
+    from tf_gamma_prune.atomic_io import save_keras_atomic
+
+    target = None
+    if chosen[0] != "rho":
+        budget = parse_budget(FLAGS[chosen[0]].value, "--" + chosen[0])
+        metric = "macs" if chosen[0] == "target_macs" else "params"
+        target = CostTarget(**{metric: budget}, every=FLAGS.every, reach_at=FLAGS.reach_at,
+                            fold=FLAGS.fold, carrier_tile=FLAGS.carrier_tile)
+    model = load_model(args[0], FLAGS.trust_model)
+    x, y = _training_data(FLAGS.data, FLAGS.train_examples)
+    softmax = getattr(model.layers[-1], "activation", None) is keras.activations.softmax
+    loss = (keras.losses.SparseCategoricalCrossentropy if getattr(y, "ndim", 1) == 1
+            else keras.losses.CategoricalCrossentropy)(from_logits=not softmax)
+    rho = FLAGS.rho if target is None else 1e-3  # with a budget: CostTarget sets ρ
+    model.compile(GammaISTA(keras.optimizers.SGD(FLAGS.learning_rate, momentum=0.9), rho=rho,
+                            penalties=gamma_penalties(model), min_channels=FLAGS.min_channels),
+                  loss=loss, metrics=["accuracy"])
+
+    def report(epoch, logs):
+        extra = "" if target is None else (f", rho {logs['rho']:.4g}, cost "
+                                           f"{logs[f'pruned_{target.metric}_fraction']:.1%} of the start")
+        _say(f"epoch {epoch + 1}/{FLAGS.epochs}: loss {logs['loss']:.4f}, "
+             f"accuracy {logs['accuracy']:.4f}{extra}")
+
+    callbacks = [keras.callbacks.LambdaCallback(on_epoch_end=report)]
+    model.fit(x, y, batch_size=FLAGS.train_batch_size, epochs=FLAGS.epochs, verbose=0,
+              callbacks=([target] if target else []) + callbacks)
+    if target is not None:
+        _say("rho: " + " ".join(f"{h['step']}:{h['rho']:.3g}" for h in target.history))
+    pruned, prune_report = prune_model(model, fold=FLAGS.fold, carrier_tile=FLAGS.carrier_tile,
+                                       return_report=True)
+    _say(prune_report.summary())
+    if target is not None:
+        cost = count_macs(pruned) if target.metric == "macs" else pruned.count_params()
+        _say(f"budget {target.budget:,} {target.metric}: the pruned model has {cost:,} "
+             f"({cost / target.budget - 1:+.1%})")
+    outputs = _Outputs()
+    outputs.add(FLAGS.out, lambda p: save_keras_atomic(pruned, p))
+    if FLAGS.tflite:
+        _export(pruned, FLAGS.tflite, outputs)
+    outputs.commit()
+
+
 def cmd_benchmark(args: list[str]) -> None:
     from tf_gamma_prune import export
 
@@ -230,7 +359,8 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"Give a command: one of {', '.join(COMMANDS)}.")
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # TF's SavedModel chatter is not for users
-    command = {"export": cmd_export, "prune": cmd_prune, "benchmark": cmd_benchmark}[argv[1]]
+    command = {"export": cmd_export, "prune": cmd_prune, "benchmark": cmd_benchmark,
+               "sparsify": cmd_sparsify}[argv[1]]
     try:
         command(argv[2:])
     except _user_errors() as e:  # typed library errors explain themselves: no traceback

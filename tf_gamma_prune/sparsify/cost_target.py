@@ -5,7 +5,8 @@ learning rate and the number of epochs, and the pruned size is a cliff in ρ
 (whole layers vanish past some value). ``CostTarget`` measures, every
 ``every`` steps, the cost the model would have if it were pruned now (the
 removal plan of its zero-γ channels, counted without rebuilding: multiply-adds
-with ``macs=``, parameters with ``params=``) and steers ρ so that the cost
+with ``macs=``, parameters with ``params=``; of the model ``prune_model`` builds
+with the same ``fold`` and ``carrier_tile``) and steers ρ so that the cost
 follows a schedule down to the budget:
 
 * **schedule**: the target cost falls linearly from the starting cost to the
@@ -38,10 +39,16 @@ follows a schedule down to the budget:
   bunched (1.5× the threshold removed 7× the MACs in one window; a removal plan
   divided by the measured efficiency, 1/5, aimed from 0.56 of the MACs at 0.03
   and the model's training accuracy fell to 0.29);
-* **lock**: a channel found at zero before a step stays at zero (its γ is set
-  back to 0 before every step). Without it the hold does not hold: at ρ near 0
-  a zero γ with a non-zero gradient comes back at the next step (0.28 → 0.45 of
-  the MACs within 10 steps at learning rate 0.02);
+* **rate limit**: ρ grows at most ``rho_growth`` (1.5×) from one shrinking
+  window to the next: without it a jump of ρ from 1.6 to 3.2 took 0.40 of the
+  MACs to 0.07 in one window (at 0.04, a third of the MACs), and the revive
+  below had to rebuild the model twice (training accuracy 0.42 instead of 0.68);
+* **lock**: a channel found at zero before a step stays removed: before every
+  step its γ is set back to 0 and its β (the constant it outputs) back to its
+  value when it was locked, so the fold's plan for it (carriers) does not move
+  either. Without it the hold does not hold: at ρ near 0 a zero γ with a
+  non-zero gradient comes back at the next step (0.28 → 0.45 of the MACs within
+  10 steps at learning rate 0.02);
 * **hold**: once the cost is within ``tolerance / 2`` above the target, ρ is
   ``rho_min``: removal stops, the locked channels stay removed, and the others
   recover for the rest of training;
@@ -52,11 +59,13 @@ follows a schedule down to the budget:
   while γ was 0). One channel of an early layer can be a tenth of a small
   model's budget, so without it the last window alone decides the error.
 
-Measured (the setting above; error of the pruned model's MACs against the
-budget; ``docs/gamma_ista.md`` has the table): 1/3 of the MACs +0.0 %, −0.2 %,
-−0.4 % at learning rates 0.005, 0.02, 0.04; 1/6: −0.5 %, +0.1 %, +1.9 %; the
-32-64-128 reference at 1/3 (12,800 images, 200 steps, ``min_channels=4``):
-−1.5 % at 0.005 and −1.4 % at 0.02.
+Measured (the setting above, ``every=10``, ``reach_at=0.6``,
+``min_channels=2``; error of the MACs of ``prune_model(model)`` against the
+budget; ``docs/gamma_ista.md`` has the table): a third of the MACs −2.2 %,
++0.3 %, −0.3 % at learning rates 0.005, 0.02, 0.04; a sixth +0.1 %, −0.2 %,
++0.6 %. The 32-64-128 reference at a third (12,800 images, 200 steps,
+``min_channels=4``): −3.3 % at 0.005 and −1.4 % at 0.02 (the first controller:
+2.14× instead of 3× at 0.02 on the full data).
 
 A budget below what can be reached (every group that can go gone: pinned
 channels and the ``min_channels`` floor stay) raises
@@ -100,12 +109,15 @@ from typing import Any
 import keras
 import numpy as np
 
+from tf_gamma_prune.analysis.batchnorm import batchnorm_layers
 from tf_gamma_prune.analysis.channel_graph import ChannelGraph, channel_graph
 from tf_gamma_prune.analysis.flops import planned_macs, planned_params
 from tf_gamma_prune.errors import ArgumentError, BudgetUnreachableError
+from tf_gamma_prune.prune.plan import plan_removal
 from tf_gamma_prune.sparsify.distillation import model_being_trained
 
 _STATE_FORMAT = 1
+_FOLDS = ("auto", "carrier", "exact", "bias")
 
 
 def _budget_value(name: str, value: Any) -> float | int:
@@ -127,9 +139,8 @@ class CostTarget(keras.callbacks.Callback):
         macs: a MAC budget: a float in (0, 1) is a fraction of the model's MACs
             when training starts, an int an absolute number of multiply-adds.
         params: a parameter budget, the same way (a fraction or an absolute
-            count of the parameters ``prune_model(model, fold="bias")`` keeps,
-            BatchNormalization statistics included). Give exactly one of
-            ``macs`` and ``params``.
+            count of the parameters the pruned model keeps, BatchNormalization
+            statistics included). Give exactly one of ``macs`` and ``params``.
         every: measure and adapt every this many training steps.
         reach_at: fraction of the training steps by which the schedule reaches
             the budget (the rest of training holds it and recovers accuracy).
@@ -144,8 +155,15 @@ class CostTarget(keras.callbacks.Callback):
             push-back to its ``|γ|/λ`` (0: the feed-forward plan alone).
         push_smoothing: weight of the newest window in the running mean of each
             group's push-back (1: the last window only).
+        rho_growth: ρ grows at most by this factor from one shrinking window
+            to the next.
         revive: unlock removed groups again when the cost fell below the budget
             band (see the module docstring).
+        fold / carrier_tile: the ``prune_model`` options the model will be pruned
+            with: the cost counted is that of the model it builds (``"auto"`` and
+            ``"carrier"`` keep some constant channels back to carry the removed
+            ones). With ``fold="exact"`` the border-correction maps' parameters
+            are not counted.
 
     Use with :class:`~tf_gamma_prune.GammaISTA` (its ``rho`` must be a number,
     not a schedule).
@@ -155,7 +173,8 @@ class CostTarget(keras.callbacks.Callback):
                  every: int = 50, reach_at: float = 0.75, rho_min: float = 1e-6,
                  rho_max: float = 1e4, tolerance: float = 0.05, total_steps: int | None = None,
                  lookahead: int = 2, push_gain: float = 2.0, push_smoothing: float = 0.5,
-                 revive: bool = True):
+                 rho_growth: float = 1.5, revive: bool = True, fold: str = "auto",
+                 carrier_tile: int = 1):
         super().__init__()
         if (macs is None) == (params is None):
             raise ArgumentError("CostTarget takes exactly one budget: macs=... or params=... "
@@ -171,6 +190,8 @@ class CostTarget(keras.callbacks.Callback):
             raise ArgumentError(f"lookahead must be an integer >= 0 windows, got {lookahead!r}.")
         if not push_gain >= 0:
             raise ArgumentError(f"push_gain must be >= 0 (0: no push-back feedback), got {push_gain}.")
+        if not rho_growth > 1:
+            raise ArgumentError(f"rho_growth must be > 1 (float('inf'): no limit), got {rho_growth}.")
         if not 0 < push_smoothing <= 1:
             raise ArgumentError(f"push_smoothing must be in (0, 1], got {push_smoothing}.")
         if not 0 < tolerance < 1:
@@ -182,10 +203,16 @@ class CostTarget(keras.callbacks.Callback):
         self.every, self.reach_at, self.lookahead = every, float(reach_at), lookahead
         self.rho_min, self.rho_max, self.tolerance = float(rho_min), float(rho_max), float(tolerance)
         self.push_gain, self.push_smoothing = float(push_gain), float(push_smoothing)
-        self.revive = bool(revive)
+        self.revive, self.rho_growth = bool(revive), float(rho_growth)
+        if fold not in _FOLDS:
+            raise ArgumentError(f"fold must be one of {_FOLDS} (prune_model's), got {fold!r}.")
+        if isinstance(carrier_tile, bool) or not isinstance(carrier_tile, int) or carrier_tile < 1:
+            raise ArgumentError(f"carrier_tile must be an integer >= 1, got {carrier_tile!r}.")
+        self.fold, self.carrier_tile = fold, carrier_tile
         self.total_steps = None if total_steps is None else int(total_steps)
         self._reset_state()
         self._layer_groups: dict[str, np.ndarray] | None = None  # per target: group of each channel
+        self._betas: dict[str, Any] | None = None  # per target: its BatchNormalization's β
 
     def _reset_state(self) -> None:
         self.history: list[dict[str, float]] = []
@@ -201,6 +228,8 @@ class CostTarget(keras.callbacks.Callback):
         self._last: tuple[np.ndarray, int, float] | None = None  # scores, iteration, η·ρ
         self._warned = False
         self._revived: set[int] = set()          # unlocked groups not grown back yet
+        self._frozen_beta: dict[str, np.ndarray] = {}  # per γ layer: β at lock time
+        self._rho_active: float | None = None  # ρ of the last window that shrank
 
     # ------------------------------------------------------------------ naming
     @property
@@ -228,10 +257,23 @@ class CostTarget(keras.callbacks.Callback):
         """The channel graph of the model as it is now (which channels are constant)."""
         return channel_graph(model_being_trained(self.model), fold="bias")
 
+    def measure(self) -> tuple[ChannelGraph, np.ndarray, int, int]:
+        """``(graph, removed, plain, cost)``: the bias-fold channel graph the plans use,
+        its removable groups, their cost with ``fold="bias"``, and the cost of what
+        ``prune_model(model, fold=self.fold, carrier_tile=self.carrier_tile)`` would
+        build now (carriers kept back included)."""
+        graph = self.measure_graph()
+        removed = graph.removable_constant_groups()
+        plain = self.cost(graph, removed)
+        if self.fold == "bias":
+            return graph, removed, plain, plain
+        folded = channel_graph(model_being_trained(self.model), fold=self.fold)
+        kept = plan_removal(folded, None, carrier_tile=self.carrier_tile).removed
+        return graph, removed, plain, self.cost(folded, kept)
+
     def pruned_cost(self) -> int:
         """The cost of the model if its zero-γ channels were removed now (no rebuild)."""
-        graph = self.measure_graph()
-        return self.cost(graph, graph.removable_constant_groups())
+        return self.measure()[3]
 
     pruned_macs = pruned_cost  # old name
 
@@ -278,6 +320,8 @@ class CostTarget(keras.callbacks.Callback):
                 self._layer_groups[name] = graph.layer_channels(name)
             except KeyError:
                 continue
+        self._betas = {name: layer.beta for name, layer in batchnorm_layers(
+            model_being_trained(self.model)) if getattr(layer, "beta", None) is not None}
         if self.start_cost is None:
             self._start(graph, optimizer)
 
@@ -290,14 +334,14 @@ class CostTarget(keras.callbacks.Callback):
             self.total_steps = (int(epochs) - int(epoch)) * int(steps)
 
     def _start(self, graph: ChannelGraph, optimizer: Any) -> None:
-        self.start_cost = self.cost(graph, graph.removable_constant_groups())
+        _, removed, plain, self.start_cost = self.measure()
         value = self.budget_argument
         self.budget = int(round(value * self.start_cost)) if isinstance(value, float) else int(value)
         if self.budget >= self.start_cost:
             raise ArgumentError(f"The budget ({self.budget:,} {self.metric}) is not below the "
                                 f"model's cost when training starts ({self.start_cost:,}).")
         scores = group_scores(graph, optimizer)
-        self.reachable = self.cost(graph, graph.removable_constant_groups() | np.isfinite(scores))
+        self.reachable = self.cost(graph, removed | np.isfinite(scores)) + self.start_cost - plain
         if self.budget < self.reachable:
             raise BudgetUnreachableError(
                 f"The budget of {self.budget:,} {self.metric} cannot be reached: with every "
@@ -337,7 +381,8 @@ class CostTarget(keras.callbacks.Callback):
 
     def enforce(self, optimizer: Any | None = None) -> None:
         """Lock every penalised channel whose γ is zero now, and set the γ of the
-        locked channels back to zero."""
+        locked channels back to zero and their β (the constant they output) back
+        to its value when they were locked."""
         optimizer = optimizer or self._optimizer()
         for name, variable, _ in optimizer.targets:
             groups = (self._layer_groups or {}).get(name)
@@ -353,22 +398,30 @@ class CostTarget(keras.callbacks.Callback):
             old = self._locked.get(name)
             if old is None:
                 old = self._locked[name] = np.zeros(zero.shape, bool)
+            beta = (self._betas or {}).get(name)
+            beta_value = None if beta is None else np.asarray(keras.ops.convert_to_numpy(beta))
             new = zero & ~old
             if new.any():
                 for group in np.unique(groups[new]):
                     self._lock_step.setdefault(int(group), self._done)
                 self._locked[name] = old | zero
+                if beta_value is not None:
+                    frozen = self._frozen_beta.setdefault(name, np.zeros(zero.shape, np.float64))
+                    frozen[new] = beta_value[new]
             if np.any(value[old] != 0):
                 variable.assign(np.where(old, np.zeros_like(value), value))
+            if beta_value is not None and old.any() and name in self._frozen_beta:
+                frozen = self._frozen_beta[name].astype(beta_value.dtype)
+                if np.any(beta_value[old] != frozen[old]):
+                    beta.assign(np.where(old, frozen, beta_value))
 
     def adapt(self) -> float:
         """Measure the cost, set ρ for the next window; returns the new ρ."""
         optimizer = self._optimizer()
         step = self._done = max(self._done, 0)
         self._next_measure = (step // self.every + 1) * self.every
-        graph = self.measure_graph()
-        removed = graph.removable_constant_groups()
-        cost = self.cost(graph, removed)
+        graph, removed, plain, cost = self.measure()
+        overhead = cost - plain  # carriers kept back by the fold
         scores = group_scores(graph, optimizer)
         learning_rate = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
         iterations = self._iterations(optimizer)
@@ -378,16 +431,21 @@ class CostTarget(keras.callbacks.Callback):
         threshold, planned = 0.0, float(cost)
         if cost > target + band:
             push = np.maximum(np.nan_to_num(self._push, nan=0.0), 0.0)
-            threshold, planned = self.threshold_for(graph, scores + self.push_gain * push, target,
-                                                    removed)
+            threshold, planned = self.threshold_for(graph, scores + self.push_gain * push,
+                                                    target - overhead, removed)
+            planned += overhead
             if cost > self.budget * (1 + self.tolerance) and self.cost(
-                    graph, removed | np.isfinite(scores)) >= cost:
+                    graph, removed | np.isfinite(scores)) >= plain:
                 self._warn_stuck(cost)
         elif self.revive and cost < self.budget - band:
-            planned = float(self._revive(graph, removed, cost))
+            planned = float(self._revive(graph, removed, plain, self.budget - overhead)) + overhead
         window = max(1, self._next_measure - step)
         rho = threshold / (window * learning_rate) if learning_rate > 0 else self.rho_max
+        if threshold > 0 and self._rho_active is not None:
+            rho = min(rho, self.rho_growth * self._rho_active)
         rho = min(self.rho_max, max(self.rho_min, rho))
+        if threshold > 0:
+            self._rho_active = float(rho)
         optimizer.rho = rho
         # the push-back is measured over windows that shrink: during a hold the
         # channels rebound, which says nothing about how they resist a shrink
@@ -398,8 +456,8 @@ class CostTarget(keras.callbacks.Callback):
             "planned_fraction": planned / self.start_cost})
         return rho
 
-    def _revive(self, graph: ChannelGraph, removed: np.ndarray, cost: int) -> int:
-        """Unlock the most recently locked groups that bring the cost closest to the budget."""
+    def _revive(self, graph: ChannelGraph, removed: np.ndarray, cost: int, budget: float) -> int:
+        """Unlock the most recently locked groups that bring the cost closest to ``budget``."""
         locked_groups = sorted(self._lock_step, key=lambda g: (-self._lock_step[g], g))
         removed = removed.copy()
         for group in locked_groups:
@@ -407,13 +465,13 @@ class CostTarget(keras.callbacks.Callback):
                 continue
             removed[group] = False
             new = self.cost(graph, removed)
-            if abs(new - self.budget) < abs(cost - self.budget):
+            if abs(new - budget) < abs(cost - budget):
                 cost = new
                 self._unlock(group)
                 self._revived.add(group)
             else:
                 removed[group] = True
-            if cost >= self.budget - self.tolerance / 4 * self.budget:
+            if cost >= budget - self.tolerance / 4 * self.budget:
                 break
         return cost
 
@@ -499,6 +557,8 @@ class CostTarget(keras.callbacks.Callback):
             "lock_step": {str(k): v for k, v in self._lock_step.items()},
             "push": floats(self._push), "last": last, "warned": self._warned,
             "revived": sorted(self._revived),
+            "frozen_beta": {k: floats(v) for k, v in self._frozen_beta.items()},
+            "rho_active": self._rho_active,
             "history": [dict(h) for h in self.history],
         }
 
@@ -532,6 +592,8 @@ class CostTarget(keras.callbacks.Callback):
             self._last = (array(last["scores"]), last["iteration"], last["shrink"])
         self._warned = state["warned"]
         self._revived = set(state["revived"])
+        self._rho_active = state["rho_active"]
+        self._frozen_beta = {k: np.nan_to_num(array(v)) for k, v in state["frozen_beta"].items()}
         self.history = [dict(h) for h in state["history"]]
 
     def get_config(self) -> dict[str, Any]:
@@ -539,7 +601,9 @@ class CostTarget(keras.callbacks.Callback):
                 "reach_at": self.reach_at, "lookahead": self.lookahead, "rho_min": self.rho_min,
                 "rho_max": self.rho_max, "tolerance": self.tolerance,
                 "total_steps": self.total_steps, "push_gain": self.push_gain,
-                "push_smoothing": self.push_smoothing,
+                "push_smoothing": self.push_smoothing, "rho_growth": self.rho_growth,
+                "fold": self.fold,
+                "carrier_tile": self.carrier_tile,
                 "revive": self.revive, "state": self.get_state()}
 
     @classmethod
