@@ -147,6 +147,20 @@ def test_a_budget_below_the_reachable_minimum_is_refused():
     assert info.value.budget < info.value.reachable
 
 
+def test_pinned_channels_make_a_budget_unreachable():
+    x = keras.Input((6, 6, 2))
+    h = L.BatchNormalization(name="free")(L.Conv2D(4, 3, padding="same", use_bias=False)(x))
+    y = L.BatchNormalization(name="out")(L.Conv2D(4, 3, padding="same", use_bias=False)(h))
+    model = keras.Model(x, y)  # the output's channels are pinned, "free" is not penalised
+    model.compile(GammaISTA(keras.optimizers.SGD(0.01), exclude=["free"]), loss="mse")
+    model.optimizer.attach(model).build(model.trainable_variables)
+    target = CostTarget(macs=0.9, total_steps=10)
+    target.set_model(model)
+    with pytest.raises(BudgetUnreachableError, match="cannot be reached.*pinned") as info:
+        target.on_train_begin()
+    assert info.value.reachable == count_macs(model) == 36 * 9 * (2 * 4 + 4 * 4)
+
+
 def test_warns_once_when_every_removable_channel_is_gone_above_the_budget():
     model = compiled(small_vgg())
     spread_gammas(model)
