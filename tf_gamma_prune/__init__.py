@@ -85,6 +85,10 @@ from tf_gamma_prune.prune.criteria_prunenet import (
     global_importance_scores,
     global_importance_selection,
 )
+from tf_gamma_prune.prune.criteria_receding import (
+    receding_importance_selection,
+    receding_importances,
+)
 from tf_gamma_prune.prune.criteria_redundancy import (
     layer_redundancy,
     redundancy_random_selection,
@@ -95,12 +99,27 @@ from tf_gamma_prune.prune.prune_model import prune_model
 from tf_gamma_prune.prune.report import PruneReport
 
 # --- sparsify (train) ---
+from tf_gamma_prune.sparsify.admm import (
+    ADMMFilterPruning,
+    admm_selection,
+    admm_targets_for_macs,
+    filter_projection,
+)
+from tf_gamma_prune.sparsify.bounded_batchnorm import (
+    BoundedBatchNormalization,
+    to_bounded_batchnorm,
+    to_standard_batchnorm,
+)
 from tf_gamma_prune.sparsify.callbacks import SparsityMonitor, gamma_sparsity, sparsity_summary
 from tf_gamma_prune.sparsify.cost_target import CostTarget
 from tf_gamma_prune.sparsify.distillation import Distiller
 from tf_gamma_prune.sparsify.gamma_ista import GammaISTA
 from tf_gamma_prune.sparsify.penalties import gamma_penalties, rescale_gamma
 from tf_gamma_prune.sparsify.recalibration import recalibrate_batchnorm
+from tf_gamma_prune.sparsify.receding_importance import (
+    BatchNormLRMultiplier,
+    RecedingImportanceRegularizer,
+)
 from tf_gamma_prune.sparsify.resume import StepCheckpoint, fit_resumable
 from tf_gamma_prune.sparsify.slimming import NetworkSlimming
 

@@ -7,5 +7,10 @@
 * :mod:`.callbacks` — :class:`SparsityMonitor` (History / TensorBoard);
 * :mod:`.cost_target` — :class:`CostTarget`: ρ steered to a MAC budget;
 * :mod:`.recalibration` — BN moving statistics re-estimated after pruning;
-* :mod:`.resume` — exact mid-epoch resume of an interrupted ``fit``.
+* :mod:`.resume` — exact mid-epoch resume of an interrupted ``fit``;
+* :mod:`.bounded_batchnorm` — :class:`BoundedBatchNormalization` (scale ``sigmoid(w)``)
+  and the conversions to and from standard BatchNormalization;
+* :mod:`.receding_importance` — the receding-importance regulariser and the
+  10x-BN-rate optimizer wrapper of its recipe;
+* :mod:`.admm` — :class:`ADMMFilterPruning`, single-shot ADMM towards k filters per layer.
 """
