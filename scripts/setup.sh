@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets up everything tf_gamma_prune needs on a fresh Debian/Ubuntu-like machine:
 #   - Debian's dataset-fashion-mnist package (real Fashion-MNIST, offline), where apt is usable;
-#   - .venv/ at the repo root with the package (editable) and its dev + litert extras.
+#   - .venv/ at the repo root with the package (editable) and its dev + litert + tfmot extras
+#     (tfmot: tensorflow-model-optimization + tf-keras, for tf_gamma_prune.qat and tests/test_qat.py).
 # Idempotent and quick on a second run (the install is skipped while pyproject.toml is unchanged).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,9 +31,9 @@ fi
 stamp=.venv/.tf_gamma_prune-installed
 want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-  echo "setup: installing tf-gamma-prune[dev,litert] into .venv (first time: a few minutes) ..."
+  echo "setup: installing tf-gamma-prune[dev,litert,tfmot] into .venv (first time: a few minutes) ..."
   .venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
-  .venv/bin/python -m pip install -q -e ".[dev,litert]" 2>&1 | grep -v "^WARNING: Location" || true
+  .venv/bin/python -m pip install -q -e ".[dev,litert,tfmot]" 2>&1 | grep -v "^WARNING: Location" || true
   .venv/bin/python -c "import tf_gamma_prune, tensorflow, keras" 2>/dev/null \
     || { echo "setup: installation failed" >&2; exit 1; }
   echo "$want" > "$stamp"

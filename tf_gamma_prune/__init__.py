@@ -9,7 +9,9 @@ The pipeline, one subpackage per stage (data flows one way)::
 
 Everything public is importable from here. This module never imports
 ``tensorflow_model_optimization`` (that would switch the process to legacy
-Keras) and changes no global state.
+Keras) and changes no global state. Quantization-aware training
+(:func:`quantize_aware_finetune`, the ``tfmot`` extra) loads lazily from
+:mod:`tf_gamma_prune.qat` on first use and runs tfmot in a separate process.
 
 >>> import tf_gamma_prune
 >>> issubclass(tf_gamma_prune.UnsupportedLayerError, tf_gamma_prune.TfGammaPruneError)
@@ -48,6 +50,8 @@ from tf_gamma_prune.errors import (  # noqa: I001  (errors first: every stage ra
     NonFiniteGammaError,
     NonFiniteWeightError,
     ParityError,
+    QATDependencyError,
+    QATError,
     RecalibrationDataError,
     ResumeError,
     SelectionError,
@@ -123,7 +127,27 @@ from tf_gamma_prune.sparsify.receding_importance import (
 from tf_gamma_prune.sparsify.resume import StepCheckpoint, fit_resumable
 from tf_gamma_prune.sparsify.slimming import NetworkSlimming
 
+# --- quantization-aware training (tfmot extra): imported on first use ---
+_LAZY = {"QATResult": "tf_gamma_prune.qat", "quantize_aware_finetune": "tf_gamma_prune.qat"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    if name == "qat":
+        import importlib
+
+        return importlib.import_module("tf_gamma_prune.qat")
+    raise AttributeError(f"module 'tf_gamma_prune' has no attribute {name!r}")
+
+
 __all__ = sorted(
-    name for name, value in globals().items()
-    if not name.startswith("_") and not isinstance(value, _types.ModuleType)
+    [name for name, value in globals().items()
+     if not name.startswith("_") and not isinstance(value, _types.ModuleType)
+     and name not in _LAZY]
+    + list(_LAZY)
 )

@@ -20,7 +20,8 @@ By pipeline stage:
 * prune: :class:`SelectionError` (:class:`CriterionError`,
   :class:`TargetUnreachableError`), :class:`NonFiniteWeightError`;
 * export: :class:`ExportError` (:class:`NonBuiltinOpError`,
-  :class:`ParityError`, :class:`ModelFileError`, :class:`UnsafeModelError`);
+  :class:`ParityError`, :class:`ModelFileError`, :class:`UnsafeModelError`,
+  :class:`QATError`), :class:`QATDependencyError`;
 * files: :class:`AtomicWriteError`.
 
 >>> import tf_gamma_prune
@@ -165,3 +166,23 @@ class UnsafeModelError(ModelFileError):
 
 class InputShapeError(InputDataError, ExportError):
     """Inputs whose shape does not fit the model's input; the message gives the expected shape."""
+
+
+# --- quantization-aware training (tf_gamma_prune.qat) ----------------------------
+class QATDependencyError(TfGammaPruneError, ImportError):
+    """``tensorflow-model-optimization`` or ``tf_keras`` is missing for :mod:`tf_gamma_prune.qat`;
+    the message says ``pip install "tf-gamma-prune[tfmot]"``."""
+
+
+class QATError(ExportError):
+    """The isolated quantization-aware training run failed; the message ends with its stderr tail.
+
+    Attributes:
+        returncode: the worker process's exit status (``None`` when it timed out).
+        stderr: the worker's whole standard error.
+    """
+
+    def __init__(self, message: str, returncode: int | None = None, stderr: str = ""):
+        super().__init__(message)
+        self.returncode = returncode
+        self.stderr = stderr
