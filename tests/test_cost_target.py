@@ -108,6 +108,16 @@ def test_hold_at_rho_min_when_the_cost_is_at_the_target():
     assert float(model.optimizer.rho) == pytest.approx(target.rho_min)
 
 
+def test_hold_stays_at_rho_min_at_a_zero_learning_rate():
+    # the end of a cosine schedule: nothing to remove must not read as "infinite rho"
+    model = compiled(small_vgg(), learning_rate=0.0)
+    spread_gammas(model)
+    target = started(CostTarget(macs=0.5, every=10, total_steps=100), model)
+    target.budget = target.start_cost
+    target._done += 10
+    assert target.adapt() == target.rho_min
+
+
 def test_locked_channels_stay_zero_and_revive_brings_the_cost_back_to_the_budget():
     model = compiled(small_vgg())
     spread_gammas(model)

@@ -443,7 +443,10 @@ class CostTarget(keras.callbacks.Callback):
         elif self.revive and cost < self.budget - band:
             planned = float(self._revive(graph, removed, plain, self.budget - overhead)) + overhead
         window = max(1, self._next_measure - step)
-        rho = threshold / (window * learning_rate) if learning_rate > 0 else self.rho_max
+        if threshold <= 0:
+            rho = self.rho_min  # nothing to remove (a zero learning rate included)
+        else:
+            rho = threshold / (window * learning_rate) if learning_rate > 0 else self.rho_max
         if threshold > 0 and self._rho_active is not None:  # new heights: 1.5x at a time
             rho = min(rho, max(self._rho_peak, self.rho_growth * self._rho_active))
         rho = min(self.rho_max, max(self.rho_min, rho))
