@@ -58,7 +58,8 @@ def test_compact_map_is_the_ring_and_adds_exactly(case):
     make, spatial, channels_in = CASES[case]
     layer = make()
     border = border_of(layer, spatial, channels_in)
-    correction = BorderCorrection(border)
+    assert BorderCorrection(border).segments is None, "small maps are added whole by default (faster)"
+    correction = BorderCorrection(border, compact=True)
     assert correction.segments is not None, "the ring layout should apply"
     # bounded by the kernel's extent, not the resolution
     k = np.array(layer.kernel_size)
@@ -91,14 +92,14 @@ def test_maps_without_a_ring_stay_whole():
     assert layer.segments is None and [w.name for w in layer.weights] == ["correction"]
     small = np.zeros((4, 4, 2), "float32")
     small[0] = 1.0  # a ring, but too small for the blocks' op overhead to pay off
-    assert BorderCorrection(small).segments is None
+    assert BorderCorrection(small, compact=True).segments is None
     ring = border_of(L.Conv2D(3, 3, padding="same", use_bias=False), (64, 64), 2)
     assert BorderCorrection(ring, compact=False).segments is None
 
 
 def test_compact_layer_serializes_and_saves(tmp_path):
     border = border_of(L.Conv2D(3, 3, padding="same", use_bias=False), (48, 40), 2)
-    layer = BorderCorrection(border, name="ring")
+    layer = BorderCorrection(border, compact=True, name="ring")
     config = keras.saving.serialize_keras_object(layer)
     assert config["config"]["segments"] and config["config"]["blocks"]
     clone = keras.saving.deserialize_keras_object(config)
@@ -107,12 +108,28 @@ def test_compact_layer_serializes_and_saves(tmp_path):
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(clone(x)),
                                   keras.ops.convert_to_numpy(layer(x)))
     inp = keras.Input((48, 40, 3))
-    model = keras.Model(inp, BorderCorrection(border, name="ring")(inp))
+    model = keras.Model(inp, BorderCorrection(border, compact=True, name="ring")(inp))
     model.save(tmp_path / "ring.keras")
     loaded = keras.models.load_model(tmp_path / "ring.keras")
     assert loaded.get_layer("ring").segments == model.get_layer("ring").segments
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(loaded(x)),
                                   keras.ops.convert_to_numpy(model(x)))
+
+
+def test_auto_compacts_from_one_mebibyte_of_map_and_rejects_other_values():
+    from tf_gamma_prune.errors import ArgumentError
+    from tf_gamma_prune.layers import COMPACT_FROM
+
+    side = int(np.ceil(np.sqrt(COMPACT_FROM / 4)))
+    big = np.zeros((side, side, 4), "float32")
+    big[0] = 1.0
+    below = big[1:]  # one row fewer: under the threshold
+    assert big.size >= COMPACT_FROM > below.size
+    assert BorderCorrection(big).segments is not None
+    assert BorderCorrection(below).segments is None
+    assert BorderCorrection(below, compact=True).segments is not None
+    with pytest.raises(ArgumentError, match="compact must be"):
+        BorderCorrection(big, compact="yes")
 
 
 def test_old_full_map_configs_still_load():
@@ -143,7 +160,7 @@ def test_committed_full_map_model_loads_and_prunes_again_exactly():
 
 def test_mixed_precision_compact_layer():
     border = border_of(L.Conv2D(2, 3, padding="same", use_bias=False), (64, 64), 2)
-    layer = BorderCorrection(border, dtype="mixed_float16")
+    layer = BorderCorrection(border, compact=True, dtype="mixed_float16")
     assert layer.segments is not None
     out = layer(np.zeros((1, 64, 64, 2), "float16"))
     assert keras.backend.standardize_dtype(out.dtype) == "float16"

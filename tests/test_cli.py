@@ -104,6 +104,29 @@ def test_usage_errors():
     assert proc.returncode == 1 and "No such model file" in proc.stderr
 
 
+def test_help_lists_the_commands_flags():
+    proc = cli("--help", check=False)
+    assert "Usage:" in proc.stdout and "export, prune" not in proc.stderr
+    for flag in ("--target_macs: sparsify: MAC budget", "--fold: <auto|exact|carrier|bias>", "--[no]trust_model"):
+        assert flag in proc.stdout, flag
+
+
+def test_importing_the_cli_defines_no_process_wide_flags():
+    """A notebook or script with its own absl flags (--epochs, --target_macs) can import the CLI."""
+    code = (
+        "from absl import flags\n"
+        "import tf_gamma_prune.cli as cli\n"
+        "flags.DEFINE_integer('epochs', 3, 'the script\\'s own flag')\n"
+        "flags.DEFINE_string('target_macs', None, 'the script\\'s own flag')\n"
+        "assert 'epochs' in cli.FLAGS and 'epochs' in flags.FLAGS\n"
+        "print(flags.FLAGS(['x', '--epochs=5'])[0], flags.FLAGS.epochs)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="3"), timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["x", "5"]
+
+
 def test_lambda_model_needs_trust(tmp_path):
     x = keras.Input((4,))
     y = keras.layers.Lambda(lambda t: t * 2.0)(keras.layers.Dense(3)(x))

@@ -301,20 +301,18 @@ def test_calibration_data_is_checked_even_without_a_selection():
 
 def run_cli(capsys, *args) -> tuple[int, str, str]:
     """``python -m tf_gamma_prune ARGS`` in this process: (exit status, stdout, stderr)."""
-    from absl import flags
-
     from tf_gamma_prune import cli
 
     capsys.readouterr()
-    flags.FLAGS.unparse_flags()
-    argv = flags.FLAGS(["tf_gamma_prune", *map(str, args)])
+    cli.FLAGS.unparse_flags()
+    argv = cli.FLAGS(["tf_gamma_prune", *map(str, args)])
     code = 0
     try:
         cli.main(argv)
     except SystemExit as e:
         code = e.code
     finally:
-        flags.FLAGS.unparse_flags()
+        cli.FLAGS.unparse_flags()
     out, err = capsys.readouterr()
     return code, out, err
 

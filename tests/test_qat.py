@@ -94,13 +94,13 @@ def _merges_reshapes():
 
 def _own_layers():
     rng = np.random.default_rng(3)
-    ring = np.zeros((32, 32, 4), "float32")  # big enough for the compact ring layout
+    ring = np.zeros((32, 32, 4), "float32")  # a ring layout (compact=True: auto keeps maps this small whole)
     ring[0] += rng.normal(size=4)  # top edge, corners and right edge: the ring of a 3x3 conv
     ring[:, -1] += rng.normal(size=4)
     ring[-1, 2] += 1.5
     x = keras.Input((32, 32, 2))
     h = L.Conv2D(4, 3, padding="same", use_bias=False, name="conv")(x)
-    h = BorderCorrection(ring, name="ring")(h)
+    h = BorderCorrection(ring, compact=True, name="ring")(h)
     h = L.BatchNormalization(name="bn")(h)
     h = L.ReLU(name="relu")(h)
     h = L.MaxPooling2D(4, name="pool")(h)

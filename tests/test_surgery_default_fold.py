@@ -46,9 +46,10 @@ def test_default_is_exact_and_never_larger(build):
     assert len(to_tflite(pruned)) <= len(to_tflite(model))
     exact, exact_report = prune_model(model, fold="exact", return_report=True)
     assert exact_report.border_corrections  # border maps, which the default avoids
-    # compact rings (a few numbers per channel), not full-resolution maps
+    # maps this small are added whole (one ADD is faster than a ring's split/add/concat)
     rings = [layer for layer in exact.layers if isinstance(layer, BorderCorrection)]
-    assert exact_report.border_params <= sum(np.prod(r.map_shape) for r in rings) / 8
+    assert rings and all(r.segments is None for r in rings)
+    assert exact_report.border_params == sum(np.prod(r.map_shape) for r in rings)
 
 
 def test_depthwise_fallback_keeps_the_constants_and_says_so():

@@ -38,62 +38,62 @@ from absl import app, flags, logging  # noqa: E402
 
 from tf_gamma_prune.errors import TfGammaPruneError  # noqa: E402
 
-FLAGS = flags.FLAGS
-flags.DEFINE_string("out", None, "prune: where to write the pruned .keras model.")
-flags.DEFINE_string("tflite", None, "export/prune: where to write the .tflite model.")
+FLAGS = flags.FlagValues()  # the command's own flags: importing this module defines nothing process-wide
+flags.DEFINE_string("out", None, "prune: where to write the pruned .keras model.", flag_values=FLAGS)
+flags.DEFINE_string("tflite", None, "export/prune: where to write the .tflite model.", flag_values=FLAGS)
 flags.DEFINE_enum(
     "fold", "auto", ["auto", "exact", "carrier", "bias"],
     "prune: how removed constant channels are folded. auto (default): exact and never larger (carriers, else keeps the constants); exact: BorderCorrection maps where zero "
     "padding needs them; carrier: exact without extra ops (keeps one constant channel per padded "
     "reader; with --carrier_tile 8 for phones); bias: the paper's plain fold (approximate at "
-    "borders).",
+    "borders).", flag_values=FLAGS,
 )
 flags.DEFINE_integer(
     "carrier_tile", 1,
     "prune with --fold carrier: keep a carrier channel only where it fits in the last, partly "
     "filled tile of this many output channels (8 for ARM phones, 16 for AVX-512); elsewhere "
     "border maps stay.",
-    lower_bound=1,
+    lower_bound=1, flag_values=FLAGS,
 )
-flags.DEFINE_enum("quantize", "none", ["none", "float16", "dynamic", "int8"], "TFLite quantization.")
+flags.DEFINE_enum("quantize", "none", ["none", "float16", "dynamic", "int8"], "TFLite quantization.", flag_values=FLAGS)
 flags.DEFINE_string(
     "calibration", None,
-    "int8 calibration and parity inputs: npy:PATH, fashion_mnist, or random (smoke tests only).",
+    "int8 calibration and parity inputs: npy:PATH, fashion_mnist, or random (smoke tests only).", flag_values=FLAGS,
 )
-flags.DEFINE_integer("calibration_samples", 200, "Examples used for int8 calibration.")
-flags.DEFINE_boolean("int8_io", False, "With --quantize int8: int8 input/output tensors.")
-flags.DEFINE_integer("batch_size", 1, "Fixed batch size of the exported model; 0 = dynamic.")
-flags.DEFINE_integer("parity_samples", 32, "Examples for the Keras-vs-TFLite parity check (0 = skip).")
+flags.DEFINE_integer("calibration_samples", 200, "Examples used for int8 calibration.", flag_values=FLAGS)
+flags.DEFINE_boolean("int8_io", False, "With --quantize int8: int8 input/output tensors.", flag_values=FLAGS)
+flags.DEFINE_integer("batch_size", 1, "Fixed batch size of the exported model; 0 = dynamic.", flag_values=FLAGS)
+flags.DEFINE_integer("parity_samples", 32, "Examples for the Keras-vs-TFLite parity check (0 = skip).", flag_values=FLAGS)
 flags.DEFINE_boolean("trust_model", False, "Load models with safe_mode=False (allows Lambda layers). "
-                     "Only for files you trust: loading runs their Python code.")
-flags.DEFINE_alias("unsafe", "trust_model")
-flags.DEFINE_list("threads", ["1", "2"], "benchmark: thread counts.")
-flags.DEFINE_integer("runs", 50, "benchmark: timed runs per model and thread count.")
-flags.DEFINE_integer("warmup", 5, "benchmark: untimed runs first.")
+                     "Only for files you trust: loading runs their Python code.", flag_values=FLAGS)
+flags.DEFINE_alias("unsafe", "trust_model", flag_values=FLAGS)
+flags.DEFINE_list("threads", ["1", "2"], "benchmark: thread counts.", flag_values=FLAGS)
+flags.DEFINE_integer("runs", 50, "benchmark: timed runs per model and thread count.", flag_values=FLAGS)
+flags.DEFINE_integer("warmup", 5, "benchmark: untimed runs first.", flag_values=FLAGS)
 flags.DEFINE_enum("timing", "steady", ["steady", "interleaved"],
                   "benchmark A B: 'steady' = turns of back-to-back runs (warm caches, as an app running one "
-                  "model sees); 'interleaved' = single runs alternate (cold caches).")
-flags.DEFINE_integer("block", 10, "benchmark A B with --timing steady: timed runs per turn.")
-flags.DEFINE_string("json", None, "benchmark: also write the results as JSON here.")
+                  "model sees); 'interleaved' = single runs alternate (cold caches).", flag_values=FLAGS)
+flags.DEFINE_integer("block", 10, "benchmark A B with --timing steady: timed runs per turn.", flag_values=FLAGS)
+flags.DEFINE_string("json", None, "benchmark: also write the results as JSON here.", flag_values=FLAGS)
 flags.DEFINE_string("target_macs", None,
-                    "sparsify: MAC budget, a fraction of the model's MACs (1/3, 0.25) or a count.")
+                    "sparsify: MAC budget, a fraction of the model's MACs (1/3, 0.25) or a count.", flag_values=FLAGS)
 flags.DEFINE_string("target_params", None,
-                    "sparsify: parameter budget, a fraction of the model's parameters or a count.")
-flags.DEFINE_float("rho", None, "sparsify: a fixed ISTA strength ρ instead of a budget.")
+                    "sparsify: parameter budget, a fraction of the model's parameters or a count.", flag_values=FLAGS)
+flags.DEFINE_float("rho", None, "sparsify: a fixed ISTA strength ρ instead of a budget.", flag_values=FLAGS)
 flags.DEFINE_string("data", None,
                     "sparsify: training data, fashion_mnist or npz:PATH (arrays x and y, "
-                    "preprocessed like the model's training inputs; y integer class labels).")
-flags.DEFINE_integer("epochs", 2, "sparsify: training epochs.", lower_bound=1)
-flags.DEFINE_float("learning_rate", 0.01, "sparsify: SGD learning rate (momentum 0.9).")
-flags.DEFINE_integer("train_batch_size", 128, "sparsify: training batch size.", lower_bound=1)
+                    "preprocessed like the model's training inputs; y integer class labels).", flag_values=FLAGS)
+flags.DEFINE_integer("epochs", 2, "sparsify: training epochs.", lower_bound=1, flag_values=FLAGS)
+flags.DEFINE_float("learning_rate", 0.01, "sparsify: SGD learning rate (momentum 0.9).", flag_values=FLAGS)
+flags.DEFINE_integer("train_batch_size", 128, "sparsify: training batch size.", lower_bound=1, flag_values=FLAGS)
 flags.DEFINE_integer("train_examples", 0, "sparsify: use the first N training examples (0 = all).",
-                     lower_bound=0)
+                     lower_bound=0, flag_values=FLAGS)
 flags.DEFINE_integer("min_channels", 2, "sparsify: every layer keeps at least this many channels.",
-                     lower_bound=0)
+                     lower_bound=0, flag_values=FLAGS)
 flags.DEFINE_integer("every", 50, "sparsify with a budget: adapt ρ every this many steps.",
-                     lower_bound=1)
+                     lower_bound=1, flag_values=FLAGS)
 flags.DEFINE_float("reach_at", 0.75, "sparsify with a budget: fraction of the training at "
-                   "which the budget is reached (the rest recovers accuracy).")
+                   "which the budget is reached (the rest recovers accuracy).", flag_values=FLAGS)
 
 COMMANDS = ("export", "prune", "benchmark", "sparsify")
 
@@ -357,7 +357,8 @@ def _latency_dict(r) -> dict:
 def main(argv: list[str]) -> None:
     if len(argv) < 2 or argv[1] not in COMMANDS:
         raise app.UsageError(f"Give a command: one of {', '.join(COMMANDS)}.")
-    if not FLAGS["verbosity"].present:
+    FLAGS.mark_as_parsed()  # run() parsed them through absl's process-wide FLAGS
+    if "verbosity" not in flags.FLAGS or not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # TF's SavedModel chatter is not for users
     command = {"export": cmd_export, "prune": cmd_prune, "benchmark": cmd_benchmark,
                "sparsify": cmd_sparsify}[argv[1]]
@@ -379,4 +380,8 @@ def run() -> None:
     main_module = sys.modules.get("__main__")
     if main_module is not None and not getattr(main_module, "__doc__", None):
         main_module.__doc__ = __doc__  # absl prints it for --help and usage errors
+    if "target_macs" not in flags.FLAGS:  # this process is the command: absl parses its flags
+        flags.FLAGS.append_flag_values(FLAGS)
+        for flag in FLAGS.get_key_flags_for_module(__name__):  # --help lists them as the program's own
+            flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
     app.run(main)

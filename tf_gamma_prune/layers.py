@@ -59,14 +59,25 @@ class BorderCorrection(keras.layers.Layer):
     into one by the converter). A map that does not compact (to at most half its
     size) is stored whole and added in one ``ADD``.
 
+    The ring trades speed for size: the splits and concatenations copy the
+    feature map, so on XNNPACK the rings of a pruned fashion_vgg make it
+    1.2-2× slower than one ``ADD`` of each whole map (1 thread, 28×28 to
+    224×224, ``benchmarks/results/border_layout.json``), while the whole maps
+    make its ``.tflite`` file 1.3× (28×28) to 25× (224×224) larger. ``compact="auto"`` (default)
+    therefore stores a map whole unless it holds at least
+    :data:`COMPACT_FROM` numbers (1 MiB of float32), where its size is what
+    hurts (a 512×512 segmentation input).
+
     Args:
         correction: the map to add, shape ``(H, W, C)`` for a 2-D feature map
             (any shape that broadcasts against the input without its batch axis).
             Can be omitted when ``shape`` is given (the values then come from a
             saved model's weights).
         shape: the map's shape, used when ``correction`` is omitted.
-        compact: store the map compactly when that at least halves it (default);
-            ``False`` always stores the whole map.
+        compact: ``"auto"`` (default): the ring layout for maps of at least
+            :data:`COMPACT_FROM` numbers, when it at least halves them;
+            ``True``: the ring layout whenever it at least halves the map;
+            ``False``: always the whole map.
         segments: the compact layout's segments (from a saved config): per
             spatial axis, ``[start, stop, literal]`` triples covering the axis.
         blocks: the compact layout's stored blocks (from a saved config): one
@@ -77,7 +88,7 @@ class BorderCorrection(keras.layers.Layer):
         self,
         correction: Any = None,
         shape: tuple[int, ...] | None = None,
-        compact: bool = True,
+        compact: bool | str = "auto",
         segments: list | None = None,
         blocks: list | None = None,
         **kwargs: Any,
@@ -90,6 +101,10 @@ class BorderCorrection(keras.layers.Layer):
             shape if shape is not None else initial.shape
         ))
         values: dict[tuple[int, ...], np.ndarray | None] = {}
+        if compact not in (True, False, "auto"):
+            raise ArgumentError(f"BorderCorrection: compact must be True, False or 'auto', got {compact!r}.")
+        if compact == "auto":
+            compact = initial is not None and initial.size >= COMPACT_FROM
         if segments is None and initial is not None and compact:
             layout = ring_layout(initial)
             if layout is not None:
@@ -175,6 +190,10 @@ class BorderCorrection(keras.layers.Layer):
             config["blocks"] = [list(key) for key in self.block_keys]
         return config
 
+
+# compact="auto": maps of at least this many numbers (1 MiB of float32) use the ring layout;
+# smaller ones are added whole, which is faster (see BorderCorrection).
+COMPACT_FROM = 1 << 18
 
 # What one stored block costs in a .tflite file besides its numbers (an ADD, its
 # constant and output tensors, a share of the SPLIT_V / CONCATENATION ops around
