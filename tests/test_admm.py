@@ -11,7 +11,7 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import tensorflow_only
+from conftest import run_mirrored, tensorflow_only
 from tf_gamma_prune import (
     ADMMFilterPruning,
     admm_selection,
@@ -192,31 +192,15 @@ def test_fashion_mnist_run_drives_pruned_filters_to_zero_and_pruning_is_nearly_f
     assert abs(pruned_acc - full_acc) <= 0.02
 
 
-MIRRORED_SCRIPT = textwrap.dedent(
-    """
-    import os, json
-    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
-    import tensorflow as tf
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    tf.config.set_logical_device_configuration(
-        cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    import keras, numpy as np
-    from tf_gamma_prune import ADMMFilterPruning
-
-    def build():
-        keras.utils.set_random_seed(3)
-        x = keras.Input((6,))
+@tensorflow_only
+def test_mirrored_strategy_two_cpu_replicas_match_single_device():
+    out = run_mirrored(
+        "from tf_gamma_prune import ADMMFilterPruning",
+        """
         h = keras.layers.Dense(12, name="d")(x)
         h = keras.layers.BatchNormalization(name="bn", synchronized=True)(h)
-        return keras.Model(x, keras.layers.Dense(1)(keras.layers.ReLU()(h)))
-
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(64, 6)).astype("float32")
-    y = (x[:, :1] * 2.0).astype("float32")
-    out = {}
-    for mode in ("single", "mirrored"):
-        strategy = (tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-                    if mode == "mirrored" else tf.distribute.get_strategy())
+        """,
+        """
         with strategy.scope():
             model = build()
             model.compile(keras.optimizers.SGD(0.05), loss="mse")
@@ -225,17 +209,7 @@ MIRRORED_SCRIPT = textwrap.dedent(
         s = admm.state()["d"]
         out[mode] = {"w": model.get_layer("d").kernel.numpy().tolist(), "u": s["u"].tolist(),
                      "updates": admm.updates}
-    print(json.dumps(out))
-    """
-)
-
-
-@tensorflow_only
-def test_mirrored_strategy_two_cpu_replicas_match_single_device():
-    result = subprocess.run([sys.executable, "-c", MIRRORED_SCRIPT], capture_output=True,
-                            text=True, timeout=300, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
-    assert result.returncode == 0, result.stderr[-3000:]
-    out = json.loads(result.stdout.strip().splitlines()[-1])
+        """)
     single, mirrored = out["single"], out["mirrored"]
     assert single["updates"] == mirrored["updates"] == 8
     assert np.abs(single["u"]).max() > 0

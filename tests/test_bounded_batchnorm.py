@@ -10,7 +10,7 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import tensorflow_only
+from conftest import run_mirrored, tensorflow_only
 from tf_gamma_prune import (
     BoundedBatchNormalization,
     RecedingImportanceRegularizer,
@@ -203,33 +203,19 @@ def test_errors():
         BoundedBatchNormalization(momentum=1.0)
 
 
-MIRRORED_SCRIPT = textwrap.dedent(
-    """
-    import os, json
-    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
-    import tensorflow as tf
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    tf.config.set_logical_device_configuration(
-        cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    import keras, numpy as np
-    from tf_gamma_prune import (BatchNormLRMultiplier, BoundedBatchNormalization,
-                                RecedingImportanceRegularizer)
-
-    def build():
-        keras.utils.set_random_seed(3)
-        x = keras.Input((6,))
+@tensorflow_only
+def test_mirrored_strategy_two_cpu_replicas_match_single_device():
+    out = run_mirrored(
+        """
+        from tf_gamma_prune import (BatchNormLRMultiplier, BoundedBatchNormalization,
+                                    RecedingImportanceRegularizer)
+        """,
+        """
         h = BoundedBatchNormalization(name="bbn", synchronized=True, center=True,
                                       scale_logit_regularizer=RecedingImportanceRegularizer(0.05))(
             keras.layers.Dense(16)(x))
-        return keras.Model(x, keras.layers.Dense(1)(keras.layers.ReLU()(h)))
-
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(64, 6)).astype("float32")
-    y = (x[:, :1] * 2.0).astype("float32")
-    out = {}
-    for mode in ("single", "mirrored"):
-        strategy = (tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-                    if mode == "mirrored" else tf.distribute.get_strategy())
+        """,
+        """
         with strategy.scope():
             model = build()
             model.compile(BatchNormLRMultiplier(keras.optimizers.SGD(0.02, momentum=0.9), 10.0),
@@ -240,17 +226,7 @@ MIRRORED_SCRIPT = textwrap.dedent(
         layer = model.get_layer("bbn")
         out[mode] = {"w": layer.scale_logit.numpy().tolist(),
                      "mean": layer.moving_mean.numpy().tolist()}
-    print(json.dumps(out))
-    """
-)
-
-
-@tensorflow_only
-def test_mirrored_strategy_two_cpu_replicas_match_single_device():
-    result = subprocess.run([sys.executable, "-c", MIRRORED_SCRIPT], capture_output=True,
-                            text=True, timeout=300, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
-    assert result.returncode == 0, result.stderr[-3000:]
-    out = json.loads(result.stdout.strip().splitlines()[-1])
+        """)
     single, mirrored = out["single"], out["mirrored"]
     start = np.asarray(single["w"])
     assert np.ptp(start) > 0

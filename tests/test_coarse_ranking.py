@@ -1,16 +1,11 @@
 """CoarseRanking: Taylor scores from the optimizer's own γ/β gradients, against a direct
 activation × gradient computation over the BatchNormalization outputs."""
 
-import os
-import subprocess
-import sys
-import textwrap
-
 import keras
 import numpy as np
 import pytest
 
-from conftest import tensorflow_only
+from conftest import run_mirrored, tensorflow_only
 from tf_gamma_prune import (
     ArgumentError,
     CoarseRanking,
@@ -290,50 +285,22 @@ def test_errors():
         plain.fit(np.ones((4, 3)), np.ones((4, 2)), verbose=0)
 
 
-MIRRORED_SCRIPT = textwrap.dedent(
-    """
-    import os, json
-    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
-    import tensorflow as tf
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    tf.config.set_logical_device_configuration(
-        cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    import keras, numpy as np
-    from tf_gamma_prune import CoarseRanking
-
-    def build():
-        keras.utils.set_random_seed(3)
-        x = keras.Input((6,))
+@tensorflow_only
+def test_mirrored_strategy_two_cpu_replicas_match_single_device():
+    out = run_mirrored(
+        "from tf_gamma_prune import CoarseRanking",
+        """
         h = keras.layers.BatchNormalization(name="bn", synchronized=True)(
             keras.layers.Dense(16)(x))
-        return keras.Model(x, keras.layers.Dense(1)(keras.layers.ReLU()(h)))
-
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(64, 6)).astype("float32")
-    y = (x[:, :1] * 2.0).astype("float32")
-    out = {}
-    for mode in ("single", "mirrored"):
-        strategy = (tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-                    if mode == "mirrored" else tf.distribute.get_strategy())
+        """,
+        """
         with strategy.scope():
             model = build()
             ranking = CoarseRanking(keras.optimizers.SGD(0.05, momentum=0.9))
             model.compile(ranking, loss="mse")
         model.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0)
         out[mode] = [ranking.batches, ranking.channel_scores()["bn"].tolist()]
-    print(json.dumps(out))
-    """
-)
-
-
-@tensorflow_only
-def test_mirrored_strategy_two_cpu_replicas_match_single_device():
-    result = subprocess.run([sys.executable, "-c", MIRRORED_SCRIPT], capture_output=True,
-                            text=True, timeout=300, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
-    assert result.returncode == 0, result.stderr[-3000:]
-    import json
-
-    out = json.loads(result.stdout.strip().splitlines()[-1])
+        """)
     (single_batches, single), (mirrored_batches, mirrored) = out["single"], out["mirrored"]
     assert single_batches == mirrored_batches == 8
     assert np.all(np.array(single) > 0)

@@ -1,10 +1,5 @@
 """GammaISTA: the proximal step against a NumPy reference, slots, schedules, serialization."""
 
-import os
-import subprocess
-import sys
-import textwrap
-
 import keras
 import numpy as np
 import pytest
@@ -12,7 +7,7 @@ import pytest
 from tf_gamma_prune import GammaISTA, NoBatchNormError, NonFiniteGammaError
 from tf_gamma_prune.analysis.batchnorm import batchnorm_layers
 
-from conftest import tensorflow_only
+from conftest import run_mirrored, tensorflow_only
 
 
 def dense_bn_model():
@@ -294,32 +289,16 @@ def test_mixed_precision_wraps_gamma_ista_in_loss_scale_optimizer():
         keras.mixed_precision.set_global_policy(previous)
 
 
-MIRRORED_SCRIPT = textwrap.dedent(
-    """
-    import os, sys, json
-    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
-    import tensorflow as tf
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    tf.config.set_logical_device_configuration(
-        cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    import keras, numpy as np
-    from tf_gamma_prune import GammaISTA
-
-    def build():
-        keras.utils.set_random_seed(3)
-        x = keras.Input((6,))
+@tensorflow_only
+def test_mirrored_strategy_two_cpu_replicas_match_single_device():
+    out = run_mirrored(
+        "from tf_gamma_prune import GammaISTA",
+        """
         # synchronized: BN statistics over the global batch, as on one device
         h = keras.layers.BatchNormalization(name="bn", synchronized=True)(
             keras.layers.Dense(16)(x))
-        return keras.Model(x, keras.layers.Dense(1)(keras.layers.ReLU()(h)))
-
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(64, 6)).astype("float32")
-    y = (x[:, :1] * 2.0).astype("float32")
-    out = {}
-    for mode in ("single", "mirrored"):
-        strategy = (tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-                    if mode == "mirrored" else tf.distribute.get_strategy())
+        """,
+        """
         with strategy.scope():
             model = build()
             model.compile(GammaISTA(keras.optimizers.SGD(0.05, momentum=0.9), rho=0.2),
@@ -328,19 +307,7 @@ MIRRORED_SCRIPT = textwrap.dedent(
             assert strategy.num_replicas_in_sync == 2
         model.fit(x, y, batch_size=16, epochs=8, shuffle=False, verbose=0)
         out[mode] = model.get_layer("bn").gamma.numpy().tolist()
-    print(json.dumps(out))
-    """
-)
-
-
-@tensorflow_only
-def test_mirrored_strategy_two_cpu_replicas_match_single_device():
-    result = subprocess.run([sys.executable, "-c", MIRRORED_SCRIPT], capture_output=True,
-                            text=True, timeout=300, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
-    assert result.returncode == 0, result.stderr[-3000:]
-    import json
-
-    out = json.loads(result.stdout.strip().splitlines()[-1])
+        """)
     single, mirrored = np.array(out["single"]), np.array(out["mirrored"])
     np.testing.assert_array_equal(single == 0, mirrored == 0)
     assert 0 < np.sum(single == 0) < single.size, "the test needs a partial zero pattern"

@@ -1,16 +1,13 @@
 """NetworkSlimming: the L1 subgradient step against a NumPy reference, exclusions, saving."""
 
 import doctest
-import os
-import subprocess
-import sys
-import textwrap
 
 import keras
 import numpy as np
 import pytest
 
 import tf_gamma_prune.sparsify.slimming
+from conftest import run_mirrored
 from tf_gamma_prune import GammaISTA, NetworkSlimming, NoBatchNormError, SparsityMonitor
 
 GAMMA0 = np.array([1.0, -0.8, 0.003, -0.003, 0.0, 0.5], np.float32)
@@ -226,31 +223,15 @@ def test_docstring_examples_run():
     assert result.attempted > 0 and result.failed == 0
 
 
-MIRRORED_SCRIPT = textwrap.dedent(
-    """
-    import os, json
-    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
-    import tensorflow as tf
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    tf.config.set_logical_device_configuration(
-        cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    import keras, numpy as np
-    from tf_gamma_prune import NetworkSlimming
-
-    def build():
-        keras.utils.set_random_seed(3)
-        x = keras.Input((6,))
+@pytest.mark.slow
+def test_mirrored_strategy_adds_the_penalty_once():
+    out = run_mirrored(
+        "from tf_gamma_prune import NetworkSlimming",
+        """
         h = keras.layers.BatchNormalization(name="bn", synchronized=True)(
             keras.layers.Dense(16)(x))
-        return keras.Model(x, keras.layers.Dense(1)(keras.layers.ReLU()(h)))
-
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(64, 6)).astype("float32")
-    y = (x[:, :1] * 2.0).astype("float32")
-    out = {}
-    for mode in ("single", "mirrored", "plain"):
-        strategy = (tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-                    if mode == "mirrored" else tf.distribute.get_strategy())
+        """,
+        """
         with strategy.scope():
             model = build()
             inner = keras.optimizers.SGD(0.05, momentum=0.9)
@@ -258,19 +239,9 @@ MIRRORED_SCRIPT = textwrap.dedent(
                           loss="mse")
         model.fit(x, y, batch_size=16, epochs=4, shuffle=False, verbose=0)
         out[mode] = model.get_layer("bn").gamma.numpy().tolist()
-    print(json.dumps(out))
-    """
-)
-
-
-@pytest.mark.slow
-def test_mirrored_strategy_adds_the_penalty_once():
-    result = subprocess.run([sys.executable, "-c", MIRRORED_SCRIPT], capture_output=True,
-                            text=True, timeout=300, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
-    assert result.returncode == 0, result.stderr[-3000:]
-    import json
-
-    out = {k: np.array(v) for k, v in json.loads(result.stdout.strip().splitlines()[-1]).items()}
+        """,
+        modes=("single", "mirrored", "plain"))
+    out = {k: np.array(v) for k, v in out.items()}
     np.testing.assert_allclose(out["single"], out["mirrored"], rtol=1e-4, atol=1e-5)
     # the penalty matters at this strength, so doubling it would show
     assert np.abs(out["single"] - out["plain"]).max() > 1e-2
