@@ -174,9 +174,8 @@ def main(argv):
     from tf_gamma_prune.atomic_io import write_json_atomic
     from tf_gamma_prune.data import load_fashion_mnist
 
-    (x, y), (xt, yt) = load_fashion_mnist(use_tfds=False)
-    data = (x[: FLAGS.train_examples], y[: FLAGS.train_examples])
-    test = (xt[: FLAGS.test_examples], yt[: FLAGS.test_examples])
+    data, test = load_fashion_mnist(use_tfds=False, train_examples=FLAGS.train_examples,
+                                    test_examples=FLAGS.test_examples)
     results = {method: run_method(method, data, test) for method in ("rni", "l1_gamma")}
     output = pathlib.Path(FLAGS.output)
     png = output.with_suffix(".png")

@@ -118,9 +118,7 @@ def main(argv):
     from tf_gamma_prune.data import load_fashion_mnist
 
     quiet_absl_logging()
-    (x, y), (x_test, y_test) = load_fashion_mnist()
-    if FLAGS.train_examples:
-        x, y = x[: FLAGS.train_examples], y[: FLAGS.train_examples]
+    (x, y), (x_test, y_test) = load_fashion_mnist(train_examples=FLAGS.train_examples)
     if FLAGS.reference:
         from reference_training import RECIPE, train_reference
 

@@ -48,6 +48,20 @@ def test_real_fashion_mnist_shapes_and_known_labels():
     assert np.bincount(y).tolist() == [6000] * 10
 
 
+@needs_fashion_mnist
+def test_train_and_test_examples_keep_the_first_images():
+    (x, y), (xt, yt) = load_fashion_mnist(use_tfds=False)
+    (xs, ys), (xts, yts) = load_fashion_mnist(use_tfds=False, train_examples=1000,
+                                              test_examples=300)
+    np.testing.assert_array_equal(xs, x[:1000])
+    np.testing.assert_array_equal(ys, y[:1000])
+    np.testing.assert_array_equal(xts, xt[:300])
+    np.testing.assert_array_equal(yts, yt[:300])
+    assert xs.dtype == np.float32 and ys.dtype == np.uint8
+    (xa, _), (xta, _) = load_fashion_mnist(use_tfds=False, train_examples=0, test_examples=0)
+    assert len(xa) == 60000 and len(xta) == 10000  # 0: all of them
+
+
 def test_missing_dataset_says_how_to_get_it(tmp_path, monkeypatch):
     monkeypatch.setattr("tf_gamma_prune.data.DEBIAN_FASHION_MNIST", tmp_path / "absent")
     monkeypatch.delenv("FASHION_MNIST_DIR", raising=False)

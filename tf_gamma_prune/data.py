@@ -91,14 +91,26 @@ def load_fashion_mnist(
     directory: str | os.PathLike | None = None,
     normalize: bool = True,
     use_tfds: bool = True,
+    *,
+    train_examples: int = 0,
+    test_examples: int = 0,
 ) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
     """Fashion-MNIST as ``((x_train, y_train), (x_test, y_test))``.
 
     Images come as ``(N, 28, 28, 1)``, float32 in [0, 1] when ``normalize`` (else
     uint8); labels as uint8 class indices (see ``FASHION_MNIST_CLASSES``).
+    ``train_examples`` / ``test_examples`` keep only the first that many images of
+    each split (0: all of them), as the examples' and benchmarks' flags of those
+    names do.
 
     Looks in ``directory``, then ``$FASHION_MNIST_DIR``, then Debian's package
     location, and finally (``use_tfds``) tensorflow-datasets, which may download.
+
+    Example (needs the dataset, like the module's example):
+
+    >>> (x, y), (x_test, y_test) = load_fashion_mnist(train_examples=1000)  # doctest: +SKIP
+    >>> len(x), len(y), len(x_test)                                          # doctest: +SKIP
+    (1000, 1000, 10000)
 
     Raises:
         DatasetNotFoundError: nowhere to be found; the message says how to get it.
@@ -114,6 +126,10 @@ def load_fashion_mnist(
         x_train, y_train, x_test, y_test = _fashion_mnist_from_tfds()
     else:
         raise DatasetNotFoundError(_FASHION_MNIST_HELP)
+    if train_examples:
+        x_train, y_train = x_train[:train_examples], y_train[:train_examples]
+    if test_examples:
+        x_test, y_test = x_test[:test_examples], y_test[:test_examples]
     if normalize:
         x_train = x_train.astype(np.float32) / 255.0
         x_test = x_test.astype(np.float32) / 255.0
