@@ -28,6 +28,7 @@ from tf_gamma_prune import _old_paths  # noqa: E402,F401  (import paths before 0
 from tf_gamma_prune.analysis.batchnorm import batchnorm_layers
 from tf_gamma_prune.analysis.channel_graph import ChannelGraph, channel_graph, coupled_groups
 from tf_gamma_prune.analysis.flops import LayerCost, ModelCost, count_macs, model_cost
+from tf_gamma_prune.analysis.latency_table import LatencyTable, planned_latency_ms
 from tf_gamma_prune.analysis.kinds import LayerKind, register_layer_kind
 from tf_gamma_prune.analysis.layer_graph import layer_graph
 from tf_gamma_prune.atomic_io import save_keras_atomic, write_atomic

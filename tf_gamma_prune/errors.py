@@ -92,6 +92,10 @@ class BudgetUnreachableError(ArgumentError):
         self.reachable = reachable
 
 
+class LatencyTableError(TfGammaPruneError, ValueError):
+    """A latency table file is unreadable or not a table, or does not fit the model."""
+
+
 # --- analyse -------------------------------------------------------------------
 class UnsupportedModelError(TfGammaPruneError, TypeError):
     """The model cannot be analysed as a graph (subclassed, unbuilt, ...)."""

@@ -6,5 +6,6 @@
 * :mod:`.constants` / :mod:`.conv_response` / :mod:`.activations` — the maths of
   constant channels;
 * :mod:`.batchnorm` — finding BatchNormalization γ;
-* :mod:`.flops` — parameters and multiply-adds.
+* :mod:`.flops` — parameters and multiply-adds;
+* :mod:`.latency_table` — predicted latency from per-layer measurements.
 """

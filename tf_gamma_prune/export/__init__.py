@@ -11,7 +11,9 @@ One module per job:
 * :mod:`.gpu` — :func:`gpu_compatibility` with the GPU delegate;
 * :mod:`.interpreter` — :func:`make_interpreter` (LiteRT);
 * :mod:`.parity` — :func:`check_parity` against the Keras model;
-* :mod:`.latency` — :func:`benchmark_latency`, :func:`compare_latency`.
+* :mod:`.latency` — :func:`benchmark_latency`, :func:`compare_latency`;
+* :mod:`.layer_latency` — :func:`measure_latency_table` (per-layer latencies
+  for latency budgets).
 
 Example:
 
@@ -46,6 +48,7 @@ from tf_gamma_prune.export.flatbuffer import (
 )
 from tf_gamma_prune.export.gpu import GPU_DELEGATE_OPS, GpuReport, analyzer_text, gpu_compatibility
 from tf_gamma_prune.export.interpreter import make_interpreter
+from tf_gamma_prune.export.layer_latency import measure_latency_table
 from tf_gamma_prune.export.latency import (
     LatencyComparison,
     LatencyReport,
@@ -68,6 +71,6 @@ __all__ = [
     "ParityReport", "QUANTIZATIONS", "TFLITE_IDENTIFIER", "TFLiteSource", "UnsafeModelError",
     "analyzer_text", "assert_builtin_only", "benchmark_latency", "builtin_op_names",
     "check_parity", "compare_latency", "custom_op_names", "gpu_compatibility", "load_keras_model",
-    "make_interpreter", "op_counts", "read_tflite", "save_keras_atomic", "time_in_turns",
+    "make_interpreter", "measure_latency_table", "op_counts", "read_tflite", "save_keras_atomic", "time_in_turns",
     "to_tflite", "write_atomic", "calibration_inputs",
 ]

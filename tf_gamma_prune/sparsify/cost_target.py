@@ -75,6 +75,13 @@ channels and the ``min_channels`` floor stay) raises
 naming the reachable minimum; if the floor moves during training and every
 removable channel is gone above the budget, a ``UserWarning`` says so once.
 
+**Latency budgets** (``latency_ms=2.0`` or ``latency=0.5`` with ``table=``):
+the cost is the latency a :class:`~tf_gamma_prune.analysis.latency_table.LatencyTable`
+predicts for the pruned model, in integer nanoseconds (metric ``latency_ns``);
+everything above applies unchanged. Pair it with
+``gamma_penalties(model, cost="latency", table=table)`` so that λ, too, weighs
+each layer's channels by the time they cost.
+
 Its state (ρ, the measured cost) is logged every epoch (``logs["rho"]``,
 ``logs["pruned_macs_fraction"]`` or ``logs["pruned_params_fraction"]``, so it
 lands in ``History`` and TensorBoard) and kept in :attr:`CostTarget.history`.
@@ -114,11 +121,13 @@ import numpy as np
 from tf_gamma_prune.analysis.batchnorm import batchnorm_layers
 from tf_gamma_prune.analysis.channel_graph import ChannelGraph, channel_graph
 from tf_gamma_prune.analysis.flops import planned_macs, planned_params
+from tf_gamma_prune.analysis.latency_table import LatencyTable, planned_latency_ms
 from tf_gamma_prune.errors import ArgumentError, BudgetUnreachableError
 from tf_gamma_prune.prune.plan import plan_removal
 from tf_gamma_prune.sparsify.distillation import model_being_trained
 
 _STATE_FORMAT = 1
+LATENCY = "latency_ns"  # the metric of a latency budget: predicted nanoseconds (integers, like MACs)
 _FOLDS = ("auto", "carrier", "exact", "bias")
 
 
@@ -142,7 +151,17 @@ class CostTarget(keras.callbacks.Callback):
             when training starts, an int an absolute number of multiply-adds.
         params: a parameter budget, the same way (a fraction or an absolute
             count of the parameters the pruned model keeps, BatchNormalization
-            statistics included). Give exactly one of ``macs`` and ``params``.
+            statistics included).
+        latency_ms: a latency budget in milliseconds, predicted by ``table``
+            (:mod:`tf_gamma_prune.analysis.latency_table`: measured per layer,
+            tile effects included, so the controller removes the channels that
+            buy time on that device).
+        latency: a latency budget as a fraction in (0, 1) of the predicted
+            latency when training starts (``latency=0.5``: twice as fast).
+            Give exactly one of ``macs``, ``params``, ``latency_ms``, ``latency``.
+        table: with a latency budget, the model's
+            :class:`~tf_gamma_prune.analysis.latency_table.LatencyTable` (or its
+            ``to_json()`` dict, or the path of a saved one).
         every: measure and adapt every this many training steps.
         reach_at: fraction of the training steps by which the schedule reaches
             the budget (the rest of training holds it and recovers accuracy).
@@ -172,18 +191,23 @@ class CostTarget(keras.callbacks.Callback):
     """
 
     def __init__(self, macs: float | int | None = None, *, params: float | int | None = None,
-                 every: int = 50, reach_at: float = 0.75, rho_min: float = 1e-6,
+                 latency_ms: float | None = None, latency: float | None = None,
+                 table: "LatencyTable | dict | str | None" = None, every: int = 50, reach_at: float = 0.75, rho_min: float = 1e-6,
                  rho_max: float = 1e4, tolerance: float = 0.05, total_steps: int | None = None,
                  lookahead: int = 2, push_gain: float = 2.0, push_smoothing: float = 0.5,
                  rho_growth: float = 1.5, revive: bool = True, fold: str = "auto",
                  carrier_tile: int = 1):
         super().__init__()
-        if (macs is None) == (params is None):
-            raise ArgumentError("CostTarget takes exactly one budget: macs=... or params=... "
-                                f"(got macs={macs!r}, params={params!r}).")
-        self.metric = "macs" if macs is not None else "params"
+        given = {k: v for k, v in (("macs", macs), ("params", params), ("latency_ms", latency_ms),
+                                   ("latency", latency)) if v is not None}
+        if len(given) != 1:
+            raise ArgumentError("CostTarget takes exactly one budget: macs=..., params=..., "
+                                f"latency_ms=... or latency=... (got {given or 'none'}).")
+        self.metric = {"macs": "macs", "params": "params"}.get(next(iter(given)), LATENCY)
         self.macs = None if macs is None else _budget_value("macs", macs)
         self.params_budget = None if params is None else _budget_value("params", params)
+        self.latency_ms, self.latency = _latency_budget(latency_ms, latency)
+        self.table = _latency_table(table, self.metric == LATENCY)
         if not 0 < reach_at <= 1:
             raise ArgumentError(f"reach_at must be in (0, 1], got {reach_at}.")
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
@@ -237,7 +261,9 @@ class CostTarget(keras.callbacks.Callback):
     # ------------------------------------------------------------------ naming
     @property
     def budget_argument(self) -> float | int:
-        """The budget as given (``macs=`` or ``params=``)."""
+        """The budget as given: a fraction (float) or an absolute cost (int; latency in ns)."""
+        if self.metric == LATENCY:
+            return self.latency if self.latency is not None else int(round(self.latency_ms * 1e6))
         return self.macs if self.metric == "macs" else self.params_budget
 
     @property
@@ -247,9 +273,12 @@ class CostTarget(keras.callbacks.Callback):
 
     # ------------------------------------------------------------------ measuring
     def cost(self, graph: ChannelGraph, removed: np.ndarray) -> int:
-        """The budgeted cost of the model ``prune_model`` builds when removing ``removed``."""
+        """The budgeted cost of the model ``prune_model`` builds when removing ``removed``
+        (MACs, parameters, or predicted nanoseconds with a latency budget)."""
         if self.metric == "params":
             return planned_params(graph, removed)
+        if self.metric == LATENCY:
+            return int(round(planned_latency_ms(graph, removed, self.table) * 1e6))
         macs = planned_macs(graph, removed)
         if macs is None:
             raise ArgumentError("CostTarget(macs=...) needs static spatial input sizes to count "
@@ -604,7 +633,9 @@ class CostTarget(keras.callbacks.Callback):
         self.history = [dict(h) for h in state["history"]]
 
     def get_config(self) -> dict[str, Any]:
-        return {"macs": self.macs, "params": self.params_budget, "every": self.every,
+        return {"macs": self.macs, "params": self.params_budget, "latency_ms": self.latency_ms,
+                "latency": self.latency,
+                "table": None if self.table is None else self.table.to_json(), "every": self.every,
                 "reach_at": self.reach_at, "lookahead": self.lookahead, "rho_min": self.rho_min,
                 "rho_max": self.rho_max, "tolerance": self.tolerance,
                 "total_steps": self.total_steps, "push_gain": self.push_gain,
@@ -621,6 +652,31 @@ class CostTarget(keras.callbacks.Callback):
         if state is not None:
             target.set_state(state)
         return target
+
+
+def _latency_budget(latency_ms: Any, latency: Any) -> tuple[float | None, float | None]:
+    if latency_ms is not None and (isinstance(latency_ms, bool) or not isinstance(latency_ms, (int, float))
+                                   or not latency_ms > 0):
+        raise ArgumentError(f"latency_ms must be a positive number of milliseconds, got {latency_ms!r}.")
+    if latency is not None and (isinstance(latency, bool) or not isinstance(latency, (int, float))
+                                or not 0 < latency < 1):
+        raise ArgumentError(f"latency must be a fraction in (0, 1) of the model's predicted latency "
+                            f"when training starts, got {latency!r}; for milliseconds use latency_ms=.")
+    return (None if latency_ms is None else float(latency_ms)), (None if latency is None else float(latency))
+
+
+def _latency_table(table: Any, needed: bool) -> LatencyTable | None:
+    if table is None:
+        if needed:
+            raise ArgumentError("A latency budget needs table=...: a LatencyTable measured for this "
+                                "model, e.g. tf_gamma_prune.export.measure_latency_table(model), its "
+                                "to_json() dict, or the path of a saved table.")
+        return None
+    if isinstance(table, LatencyTable):
+        return table
+    if isinstance(table, str):
+        return LatencyTable.load(table)
+    return LatencyTable.from_json(table)
 
 
 def group_scores(graph: Any, optimizer: Any) -> np.ndarray:

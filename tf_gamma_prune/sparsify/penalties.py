@@ -28,7 +28,7 @@ from __future__ import annotations
 import inspect
 import math
 import warnings
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 import keras
 import numpy as np
@@ -37,6 +37,9 @@ from tf_gamma_prune.analysis.activations import activation_name
 from tf_gamma_prune.analysis.batchnorm import NoBatchNormError, is_batchnorm, resolve_layer_name
 from tf_gamma_prune.analysis.layer_graph import LayerGraph, layer_graph
 from tf_gamma_prune.errors import ArgumentError, InexactRescaleError  # noqa: F401
+
+if TYPE_CHECKING:
+    from tf_gamma_prune.analysis.latency_table import LatencyTable
 
 L = keras.layers
 
@@ -73,11 +76,19 @@ _SAME_SCALE_MERGES = (L.Add, L.Subtract, L.Average, L.Maximum, L.Minimum, L.Conc
 
 
 # ------------------------------------------------------------------ penalties
-def gamma_penalties(model: keras.Model) -> dict[str, float]:
+def gamma_penalties(model: keras.Model, cost: str = "memory",
+                    table: "LatencyTable | None" = None) -> dict[str, float]:
     """The paper's per-layer λ_l for every BatchNormalization γ of ``model``.
 
     Args:
         model: a built functional or Sequential model with a static input size.
+        cost: ``"memory"`` (default): the paper's memory cost per channel (module
+            docstring); ``"latency"``: the time one channel costs according to
+            ``table`` (its producer's output-channel share plus each consumer's
+            input-channel share, :meth:`LatencyTable.channel_ms`), divided by the
+            mean over the penalised layers, so ISTA shrinks first the channels
+            that buy the most time on the measured device.
+        table: the model's latency table, for ``cost="latency"``.
 
     Returns:
         ``{qualified_bn_name: λ_l}``, ready for ``GammaISTA(penalties=...)``.
@@ -86,6 +97,10 @@ def gamma_penalties(model: keras.Model) -> dict[str, float]:
         NoBatchNormError: the model has no BatchNormalization with a γ.
         ValueError: the input's spatial size is not static.
     """
+    if cost == "latency":
+        return _latency_penalties(model, table)
+    if cost != "memory":
+        raise ArgumentError(f"gamma_penalties: cost must be 'memory' or 'latency', got {cost!r}.")
     graph = layer_graph(model)
     input_area = _spatial_area(graph.shape(graph.inputs[0]))
     if input_area is None:
@@ -129,22 +144,30 @@ def _kernel_weights(layer: Any) -> int:
     return int(sum(math.prod(w.shape) for w in layer.trainable_weights if len(w.shape) >= 2))
 
 
-def _producer_cost(graph: LayerGraph, tensor: int) -> float:
-    """Producer weights per output channel, walking back through channel-wise layers."""
+def _producer(graph: LayerGraph, tensor: int) -> Any:
+    """The weight layer call that produces ``tensor``'s channels, walking back through
+    channel-wise layers; ``None`` where there is none."""
     call = graph.producer(tensor)
     while call is not None and not isinstance(call.layer, WEIGHT_LAYERS):
         if not isinstance(call.layer, _CHANNELWISE) or len(call.inputs) != 1:
-            return 0.0
+            return None
         call = graph.producer(call.inputs[0])
+    return call
+
+
+def _producer_cost(graph: LayerGraph, tensor: int) -> float:
+    """Producer weights per output channel."""
+    call = _producer(graph, tensor)
     if call is None:
         return 0.0
     channels = graph.shape(call.outputs[0])[-1]
     return _kernel_weights(call.layer) / channels
 
 
-def _consumer_cost(graph: LayerGraph, tensor: int) -> float:
-    """Consumer weights per channel of ``tensor``, summed over every consumer."""
-    total = 0.0
+def _consumers(graph: LayerGraph, tensor: int) -> list[tuple[Any, int, int]]:
+    """``(call, multiplier, in_features)`` of every weight layer reading ``tensor``'s channels
+    through channel-wise layers; ``multiplier`` inputs per channel (a Flatten's area)."""
+    found = []
     frontier = [(tensor, 1)]
     seen: set[int] = set()
     while frontier:
@@ -154,14 +177,46 @@ def _consumer_cost(graph: LayerGraph, tensor: int) -> float:
                 continue
             seen.add(id(call))
             if isinstance(call.layer, WEIGHT_LAYERS):
-                in_features = graph.shape(current)[-1]
-                total += _kernel_weights(call.layer) / in_features * multiplier
+                found.append((call, multiplier, graph.shape(current)[-1]))
             elif isinstance(call.layer, L.Flatten):
                 area = _spatial_area(graph.shape(current)) or 1
                 frontier.append((call.outputs[0], multiplier * area))
             elif isinstance(call.layer, _CHANNELWISE):
                 frontier.append((call.outputs[0], multiplier))
-    return total
+    return found
+
+
+def _consumer_cost(graph: LayerGraph, tensor: int) -> float:
+    """Consumer weights per channel of ``tensor``, summed over every consumer."""
+    return sum(_kernel_weights(call.layer) / in_features * multiplier
+               for call, multiplier, in_features in _consumers(graph, tensor))
+
+
+def _latency_penalties(model: keras.Model, table: "LatencyTable | None") -> dict[str, float]:
+    """λ_l ∝ the milliseconds one channel of BN l costs (see :func:`gamma_penalties`)."""
+    from tf_gamma_prune.analysis.latency_table import LatencyTable
+
+    if not isinstance(table, LatencyTable):
+        raise ArgumentError("gamma_penalties(cost='latency') needs table=LatencyTable (measure it "
+                            "with tf_gamma_prune.export.measure_latency_table(model)).")
+    graph = layer_graph(model)
+    raw: dict[str, float] = {}
+    for call in graph.calls:
+        if not is_batchnorm(call.layer) or getattr(call.layer, "gamma", None) is None or call.name in raw:
+            continue
+        producer = _producer(graph, call.inputs[0])
+        ms = 0.0
+        if producer is not None and producer.layer.name in table.layers:
+            ms += table.channel_ms(producer.layer.name, "out")
+        consumers = _consumers(graph, call.outputs[0])
+        for consumer, multiplier, _ in consumers:
+            if consumer.layer.name in table.layers:
+                ms += table.channel_ms(consumer.layer.name, "in") * multiplier
+        raw[call.name] = ms if consumers else 0.0
+    if not raw:
+        raise NoBatchNormError(f"Model '{model.name}' has no BatchNormalization with a γ (scale=True).")
+    mean = float(np.mean([v for v in raw.values() if v > 0] or [1.0]))
+    return {name: value / mean for name, value in raw.items()}
 
 
 # ----------------------------------------------------------------- rescaling
