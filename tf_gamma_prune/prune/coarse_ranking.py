@@ -200,9 +200,7 @@ class CoarseRanking(WrapsInnerOptimizer, keras.optimizers.Optimizer):
         state.model, state.graph, state.ranked, state.groups = model, graph, ranked, groups
         state.segment_ids = (np.concatenate([r.positions for r in ranked]).astype("int32")
                              if ranked else np.zeros(0, "int32"))
-        inner = self.inner_optimizer
-        with keras.name_scope(inner.name, caller=inner):
-            inner.build(var_list)
+        self._build_inner(var_list)
         self._scores = self.add_variable((max(len(groups), 1),), initializer="zeros",
                                          dtype="float32", aggregation="only_first_replica",
                                          name="taylor_scores")
@@ -212,10 +210,7 @@ class CoarseRanking(WrapsInnerOptimizer, keras.optimizers.Optimizer):
         super().build(var_list)
 
     # ------------------------------------------------------------------ apply
-    def apply(self, grads, trainable_variables=None):
-        if len(grads) == 0:
-            return
-        trainable_variables = self._built_for(trainable_variables)
+    def _apply_wrapped(self, grads, trainable_variables):
         self._accumulate(grads, trainable_variables)  # γ, β as the forward pass saw them
         self.inner_optimizer.apply(grads, trainable_variables)
 

@@ -226,10 +226,7 @@ class GammaISTA(WrapsInnerOptimizer, keras.optimizers.Optimizer):
         inner._exclude_from_weight_decay_cache = {}
 
     # ------------------------------------------------------------------ apply
-    def apply(self, grads, trainable_variables=None):
-        if len(grads) == 0:
-            return
-        trainable_variables = self._built_for(trainable_variables)
+    def _apply_wrapped(self, grads, trainable_variables):
         learning_rate = self.inner_optimizer.learning_rate  # η_t before the step
         rho = self.rho
         if self.gamma_step == "inner":

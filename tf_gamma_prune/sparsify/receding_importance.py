@@ -181,14 +181,10 @@ class BatchNormLRMultiplier(WrapsInnerOptimizer, keras.optimizers.Optimizer):
         inner = self.inner_optimizer
         if scaled:
             inner.exclude_from_weight_decay(var_list=scaled)
-        with keras.name_scope(inner.name, caller=inner):
-            inner.build(var_list)
+        self._build_inner(var_list)
         super().build(var_list)
 
-    def apply(self, grads, trainable_variables=None):
-        if len(grads) == 0:
-            return
-        trainable_variables = self._built_for(trainable_variables)
+    def _apply_wrapped(self, grads, trainable_variables):
         ids = self._state.gamma_ids
         grads = [g * ops.cast(self.multiplier, g.dtype) if g is not None and id(v) in ids else g
                  for g, v in zip(grads, trainable_variables)]

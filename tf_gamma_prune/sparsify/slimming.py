@@ -160,16 +160,11 @@ class NetworkSlimming(WrapsInnerOptimizer, keras.optimizers.Optimizer):
             targets = [(n, layer.gamma) for n, layer in named if n not in excluded]
         self._state.targets = targets
         self._state.gamma_ids = {id(v) for _, v in targets}
-        inner = self.inner_optimizer
-        with keras.name_scope(inner.name, caller=inner):
-            inner.build(var_list)
+        self._build_inner(var_list)
         super().build(var_list)
 
     # ------------------------------------------------------------------ apply
-    def apply(self, grads, trainable_variables=None):
-        if len(grads) == 0:
-            return
-        trainable_variables = self._built_for(trainable_variables)
+    def _apply_wrapped(self, grads, trainable_variables):
         grads = self.penalised_gradients(grads, trainable_variables)
         self.inner_optimizer.apply(grads, trainable_variables)
 

@@ -122,6 +122,22 @@ class WrapsInnerOptimizer:
             trainable_variables = self._trainable_variables
         return list(trainable_variables)
 
+    def _build_inner(self, var_list: list) -> None:
+        """Build the wrapped optimizer under its own name (its slots keep their paths)."""
+        inner = self.inner_optimizer
+        with keras.name_scope(inner.name, caller=inner):
+            inner.build(var_list)
+
+    def apply(self, grads, trainable_variables=None):
+        """Build on first use, then :meth:`_apply_wrapped` (no gradients: nothing to do)."""
+        if len(grads) == 0:
+            return
+        self._apply_wrapped(grads, self._built_for(trainable_variables))
+
+    def _apply_wrapped(self, grads: list, trainable_variables: list) -> None:
+        """The wrapper's step: by default the inner optimizer's alone."""
+        self.inner_optimizer.apply(grads, trainable_variables)
+
     def finalize_variable_values(self, var_list):
         self.inner_optimizer.finalize_variable_values(var_list)
 
