@@ -8,7 +8,8 @@
         --out benchmarks/results/compression_gpu.json               # the device (GPU) machine
 
 Two protocols. ``from_reference`` (presets ``cpu``, the default, and ``smoke``):
-every method (GammaISTA, Network Slimming, L1-norm filters, random channels)
+every method (GammaISTA, Network Slimming, L1-norm filters, random channels;
+then the seed papers' selection criteria and training-time sparsifiers)
 starts from a trained reference and gets the same budget after it, scratch
 trains GammaISTA's widths from a fresh initialisation, knobs tuned on a
 validation split. ``from_scratch`` (presets ``gpu``, ``cpu_short``): every
@@ -86,6 +87,16 @@ HELP = {
     "slimming_l1": "Network Slimming L1 strength.",
     "criteria_methods": "from_reference: seed-paper selection criteria run after the core "
                         "methods (JSON list).",
+    "training_methods": "from_reference: seed-paper training-time sparsifiers run after the "
+                        "criteria (receding_importance, admm); appending some continues a "
+                        "results file.",
+    "rni_strength": "receding_importance: RecedingImportanceRegularizer strength λ.",
+    "rni_shift": "receding_importance: the regulariser's shift b.",
+    "rni_bn_lr_multiplier": "receding_importance: BatchNormLRMultiplier factor.",
+    "rni_start_scale": "receding_importance: each BN's largest γ before w = logit(γ).",
+    "admm_rho": "admm: ADMMFilterPruning's starting ρ.",
+    "admm_rho_growth": "admm: ρ's factor after every Z/U update.",
+    "admm_updates": "admm: Z/U updates over the sparsify phase (update_every = its steps / this).",
     "tuning": "from_reference: JSON {method: [overrides, ...]} tried on the validation split.",
     "augment": "make_dataset augmentation (every method).",
     "match_tolerance": "Relative MAC tolerance when matching the baselines to gamma_ista.",

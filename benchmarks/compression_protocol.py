@@ -112,7 +112,9 @@ from typing import Any
 import numpy as np
 
 from common import machine_info
-from compression_presets import FROM_REFERENCE, FROM_SCRATCH, PRESETS, migrate_settings, protocol_of
+from compression_presets import (
+    ADDITIVE_SETTINGS, FROM_REFERENCE, FROM_SCRATCH, PRESETS, migrate_settings, protocol_of,
+)
 
 SCHEMA = 1
 
@@ -241,10 +243,19 @@ def settings_hash(settings: dict) -> str:
     """A short digest of the settings: the cache folder of one configuration.
 
     ``"protocol": "from_scratch"`` is left out, so the hashes of settings made
-    before protocols existed stay valid (gpu: ``e58b4d0dc110``).
+    before protocols existed stay valid (gpu: ``e58b4d0dc110``). from_reference:
+    the additive ``training_methods`` and their knobs
+    (``compression_presets.ADDITIVE_SETTINGS``) are left out too, so adding
+    those rows keeps the folder of the models already cached (the cpu preset's
+    ``449185f106f0``). Sharing it is harmless: a training method's cache files
+    are named by the method and a digest of its knobs
+    (``compression_reference.ReferenceRun.path``), and no other model depends
+    on them.
     """
     if settings.get("protocol") == FROM_SCRATCH:
         settings = {k: v for k, v in settings.items() if k != "protocol"}
+    elif settings.get("protocol") == FROM_REFERENCE:
+        settings = {k: v for k, v in settings.items() if k not in ADDITIVE_SETTINGS}
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -271,7 +282,8 @@ class Results:
         self.path = pathlib.Path(path)
         if self.path.exists() and not restart:
             doc = json.loads(self.path.read_text())
-            doc["settings"] = migrate_settings(doc.get("settings"))
+            doc["settings"] = self.continued_settings(migrate_settings(doc.get("settings")),
+                                                      settings)
             if doc.get("settings") != settings:
                 old = doc.get("settings") or {}
                 diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
@@ -284,6 +296,14 @@ class Results:
             self.doc = {"schema": SCHEMA, "benchmark": "compression", "settings": settings,
                         "records": []}
         self.done = {record_key(r) for r in self.doc["records"]}
+
+    def continued_settings(self, old: dict | None, settings: dict) -> dict | None:
+        """The file's settings as a run with ``settings`` continues them.
+
+        Here ``old`` as it is (any difference refuses the file);
+        ``ReferenceResults`` also continues a file with training methods appended.
+        """
+        return old
 
     def has(self, method: str, target: int | None, seed: int) -> bool:
         """Whether that run's record is in the file (measured, pending or unreachable)."""

@@ -8,15 +8,19 @@ Measuring (test accuracy, costs, ``.tflite`` sizes, int8 accuracy, latency
 against the reference) is ``compression_measure.RunBase``'s.
 
 Resumable: models are cached as ``.keras`` under ``--work_dir/<settings
-hash>/`` (git-ignored): a reference trained here, gamma_ista's pruned model
-before fine-tuning, slimming's sparsified model, and every run's final model
-(named by method, target and the tuning overrides). Every finished trial and
-record is saved to the JSON at once; a rerun skips them and never retrains a
-cached model. ``deadline_minutes`` starts no training after that long.
+hash>/`` (git-ignored): a reference trained here, gamma_ista's and admm's
+pruned models before fine-tuning, slimming's and receding_importance's
+sparsified models, and every run's final model (named by method, target, the
+tuning overrides and, for a training method, its knobs: the settings hash
+leaves those out, see ``compression_protocol.settings_hash``). Every finished
+trial and record is saved to the JSON at once; a rerun skips them and never
+retrains a cached model. ``deadline_minutes`` starts no training after that
+long.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import hashlib
@@ -33,8 +37,10 @@ import numpy as np
 from common import ROOT, tensorflow_available
 from compression_measure import Data, DeadlineReached, Outcome, RunBase, keras_predictions, loss
 from compression_protocol import REFERENCE, SettingsError, SettingsMismatchError, settings_hash
+from compression_presets import TRAINING_METHOD_SETTINGS
 from compression_reference_protocol import (
-    CRITERIA_METHODS, METHODS, ReferenceResults, chosen_trial, trials_of,
+    CRITERIA_METHODS, METHODS, TRAINING_METHODS, ReferenceResults, chosen_trial, method_groups,
+    trials_of,
 )
 
 HISTORY_POINTS = 50  # CostTarget history kept per record
@@ -85,6 +91,54 @@ def thin(history: list[dict], points: int = HISTORY_POINTS) -> list[dict]:
         return list(history)
     idx = np.unique(np.linspace(0, len(history) - 1, points).round().astype(int))
     return [history[i] for i in idx]
+
+
+@contextlib.contextmanager
+def unreachable_below(target: int):
+    """``TargetUnreachableError`` inside as :class:`Unreachable` (with the closest MACs)."""
+    from tf_gamma_prune import TargetUnreachableError
+
+    try:
+        yield
+    except TargetUnreachableError as e:
+        raise Unreachable(str(e), {"macs_target": target,
+                                   "closest_macs": int(e.closest_macs)}) from e
+
+
+def importance_tails(scores: dict[str, np.ndarray], prefix: str = "") -> dict[str, float]:
+    """The pooled importances' mass below 0.1 and above 0.9 (docs/rni_admm.md's statistic)
+    and their median."""
+    values = np.concatenate(list(scores.values()))
+    return {f"{prefix}below_0_1": round(float(np.mean(values < 0.1)), 4),
+            f"{prefix}above_0_9": round(float(np.mean(values > 0.9)), 4),
+            f"{prefix}median": round(float(np.median(values)), 4)}
+
+
+def pruned_norm_ratios(model, selection: dict, state: dict) -> dict[str, float]:
+    """How far ADMM drove the pruned filters to 0: per layer, the largest pruned filter's L2
+    norm over the median kept one's (and the same for the γ of the BN after it), summarised
+    over the layers by max and median."""
+    import keras
+
+    def ratios(values: np.ndarray, keep) -> float | None:
+        pruned = np.setdiff1d(np.arange(len(values)), keep)
+        return float(values[pruned].max() / np.median(values[keep])) if len(pruned) else None
+
+    kernel, gamma = [], []
+    for name, keep in selection.items():
+        w = keras.ops.convert_to_numpy(model.get_layer(name).kernel)
+        kernel.append(ratios(np.linalg.norm(w.reshape(-1, w.shape[-1]), axis=0), keep))
+        bn = state.get(name, {}).get("batchnorm")
+        if bn:
+            gamma.append(ratios(np.abs(keras.ops.convert_to_numpy(
+                model.get_layer(bn).gamma)), keep))
+    out = {}
+    for what, values in (("filter", kernel), ("gamma", gamma)):
+        values = [v for v in values if v is not None]
+        if values:
+            out[f"pruned_{what}_norm_ratio_max"] = round(max(values), 4)
+            out[f"pruned_{what}_norm_ratio_median"] = round(float(np.median(values)), 4)
+    return out
 
 
 def _plain(value: Any) -> Any:
@@ -158,7 +212,7 @@ class ReferenceRun(RunBase):
             return {"reference_epochs": self.ref.epochs}
         if method == "scratch":
             return {"scratch_epochs": self.scratch_epochs()}
-        if method in ("gamma_ista", "slimming"):
+        if method in ("gamma_ista", "slimming", *TRAINING_METHODS):
             return {"sparsify_epochs": sparsify, "finetune_epochs": finetune}
         return {"sparsify_epochs": 0, "finetune_epochs": sparsify + finetune}
 
@@ -178,8 +232,11 @@ class ReferenceRun(RunBase):
         return view
 
     def path(self, method: str, target: int | None, stage: str) -> pathlib.Path:
-        """Cache path of a model: method, target, tuning overrides, stage."""
-        tag = settings_hash(self.overrides) if self.overrides else "default"
+        """Cache path of a model: method, target, tuning overrides (and a training
+        method's knobs), stage."""
+        keys = {**{k: self.s[k] for k in TRAINING_METHOD_SETTINGS.get(method, ())},
+                **self.overrides}
+        tag = settings_hash(keys) if keys else "default"
         where = "" if target is None else f"_target{target}"
         return self.work / f"{method}{where}_{tag}_{stage}.keras"
 
@@ -217,16 +274,18 @@ class ReferenceRun(RunBase):
 
     def matched(self, model, criterion, k: int):
         """``model`` pruned by ``criterion`` to gamma_ista's MACs (±tolerance), and the target."""
-        from tf_gamma_prune import TargetUnreachableError, selection_for_macs
+        selection, extra = self.matched_selection(model, criterion, k)
+        return self.prune(model, selection), extra
+
+    def matched_selection(self, model, criterion, k: int):
+        """``criterion``'s selection at gamma_ista's MACs (±tolerance), and the target."""
+        from tf_gamma_prune import selection_for_macs
 
         target = int(self.gamma_record(k)["macs"])
-        try:
+        with unreachable_below(target):
             selection, _ = selection_for_macs(model, criterion, target,
                                               tolerance=self.s["match_tolerance"])
-        except TargetUnreachableError as e:
-            raise Unreachable(str(e), {"macs_target": target,
-                                       "closest_macs": int(e.closest_macs)}) from e
-        return self.prune(model, selection), {"macs_target": target}
+        return selection, {"macs_target": target}
 
     def matched_widths(self, k: int) -> list[int]:
         """gamma_ista's per-layer widths at target k (Unreachable where it emptied a layer)."""
@@ -346,6 +405,106 @@ class ReferenceRun(RunBase):
         pruned, extra = self.matched(self.ref.load(), criterion, k)
         return pruned, self.finetune_all(pruned, method, k), extra
 
+    def train_receding_importance(self, k: int):
+        """Reference → bounded BN, S epochs of receding importances (cached) → the global
+        quantile of sigmoid(w) at gamma_ista's MACs → standard BN → prune → F epochs."""
+        from tf_gamma_prune import receding_importance_selection, to_standard_batchnorm
+
+        # l1_norm's fine-tune rate does not touch the sparsify phase: one sparse model per seed
+        phase = self.with_overrides({key: value for key, value in self.overrides.items()
+                                     if key != "finetune_learning_rate"})
+        sparse, meta = self.cached(phase.path("receding_importance", None, "sparse"),
+                                   phase._recede)
+        selection, extra = self.matched_selection(sparse, receding_importance_selection, k)
+        pruned = self.prune(to_standard_batchnorm(sparse), selection)
+        info = {**meta["receding_importance"],
+                "validation_accuracy_pruned": accuracy(pruned, self.data.x_val, self.data.y_val)}
+        seconds = meta["seconds"] + self.phase2(pruned, self.s["finetune_epochs"])
+        return pruned, seconds, {**extra, "receding_importance": info}
+
+    def _recede(self):
+        """The reference after S epochs of receding importances (shared by every target).
+
+        Each BN is first rescaled so its largest γ is ``rni_start_scale`` (the
+        same function: ``rescale_gamma`` scales the consuming kernels back), so
+        that ``to_bounded_batchnorm(init="gamma", center=True)`` — w = logit(γ),
+        β as the shift — computes the reference's function exactly.
+        """
+        import keras
+
+        from tf_gamma_prune import (
+            BatchNormLRMultiplier, RecedingImportanceRegularizer, batchnorm_layers,
+            receding_importances, rescale_gamma, to_bounded_batchnorm,
+        )
+
+        s = self.s
+        model = self.ref.load()
+        for name, layer in batchnorm_layers(model):
+            largest = float(np.max(np.abs(keras.ops.convert_to_numpy(layer.gamma))))
+            rescale_gamma(model, s["rni_start_scale"] / largest, layers=[name])
+        model = to_bounded_batchnorm(
+            model, regularizer=RecedingImportanceRegularizer(s["rni_strength"],
+                                                             shift=s["rni_shift"]),
+            init="gamma", center=True)
+        start = receding_importances(model)
+        sgd = keras.optimizers.SGD(s["sparsify_learning_rate"], momentum=s["momentum"])
+        model.compile(BatchNormLRMultiplier(sgd, s["rni_bn_lr_multiplier"]), loss=loss(),
+                      metrics=["accuracy"])
+        self.log(f"seed {self.seed}: receding_importance: sparsify {s['sparsify_epochs']} epochs "
+                 f"{self.overrides or ''}")
+        seconds = self.fit(model, 0, s["sparsify_epochs"])
+        end = receding_importances(model)
+        info = {**importance_tails(start, "start_"), **importance_tails(end),
+                "layers_receded": sum(int(np.median(v) < 0.1) for v in end.values()),
+                "validation_accuracy_sparsified": accuracy(model, self.data.x_val,
+                                                           self.data.y_val)}
+        return model, {"seconds": seconds, "receding_importance": info}
+
+    def train_admm(self, k: int):
+        """Reference → ADMM towards gamma_ista's MACs, S epochs → L1 selection at the
+        targets → prune (cached) → F epochs.
+
+        Pruned like every other row, without ``calibration_data``: docs/rni_admm.md's
+        recipe folds the pruned channels' constants (≈ β) with it, but under the
+        benchmark's carrier fold that adds BorderCorrection maps (in the smoke run
+        3x the parameters at the same MACs, and TFLite ADDs), which would make the
+        row's size and latency incomparable; the F fine-tune epochs absorb the
+        dropped constants. ``validation_accuracy_pruned`` shows what the cut cost.
+        """
+        pruned, meta = self.cached(self.path("admm", k, "pruned"), lambda: self._admm(k))
+        seconds = meta["seconds"] + self.phase2(pruned, self.s["finetune_epochs"])
+        return pruned, seconds, {"macs_target": meta["macs_target"], "admm": meta["admm"]}
+
+    def _admm(self, k: int):
+        """The sparsify phase of admm at target k, up to the pruned model."""
+        import keras
+
+        from tf_gamma_prune import (
+            ADMMFilterPruning, admm_selection, admm_targets_for_macs, count_macs,
+        )
+
+        s = self.s
+        target = int(self.gamma_record(k)["macs"])
+        model = self.ref.load()
+        with unreachable_below(target):
+            widths = admm_targets_for_macs(model, target / count_macs(model),
+                                           tolerance=s["match_tolerance"])
+        every = max(1, round(s["sparsify_epochs"] * self.steps_per_epoch / s["admm_updates"]))
+        admm = ADMMFilterPruning(widths, rho=s["admm_rho"], update_every=every,
+                                 rho_growth=s["admm_rho_growth"])
+        model.compile(keras.optimizers.SGD(s["sparsify_learning_rate"], momentum=s["momentum"]),
+                      loss=loss(), metrics=["accuracy"])
+        self.log(f"seed {self.seed}: admm target {k}: sparsify {s['sparsify_epochs']} epochs "
+                 f"{self.overrides or ''}")
+        seconds = self.fit(model, 0, s["sparsify_epochs"], callbacks=[admm])
+        selection = admm_selection(model, widths)
+        pruned = self.prune(model, selection)
+        info = {**pruned_norm_ratios(model, selection, admm.state()),
+                "final_rho": admm.current_rho, "updates": admm.updates, "update_every": every,
+                "validation_accuracy_sparsified": accuracy(model, self.data.x_val, self.data.y_val),
+                "validation_accuracy_pruned": accuracy(pruned, self.data.x_val, self.data.y_val)}
+        return pruned, {"seconds": seconds, "macs_target": target, "admm": info}
+
     def finetune_all(self, model, method: str, k: int) -> float:
         """S + F fine-tune epochs (methods without a sparsify phase)."""
         epochs = self.s["sparsify_epochs"] + self.s["finetune_epochs"]
@@ -379,13 +538,14 @@ class ReferenceRun(RunBase):
         for k in range(len(self.s["mac_targets"])):
             for method in methods:
                 if not self.results.has(method, k, self.seed):
-                    if method in CRITERIA_METHODS:
+                    if method in CRITERIA_METHODS or method in TRAINING_METHODS:
                         self.run_criterion(method, k)
                     else:
                         self.run_method(method, k)
 
     def run_criterion(self, method: str, k: int) -> None:
-        """A selection criterion's record, with l1_norm's chosen fine-tuning overrides."""
+        """A selection criterion's or training method's record, with l1_norm's chosen
+        fine-tuning overrides."""
         best = chosen_trial(self.results.doc, "l1_norm", k)
         overrides = best["overrides"] if best else {}
         extra = {"overrides": overrides, "tuning": "l1_norm's chosen trial"}
@@ -560,7 +720,7 @@ def _run_seeds(settings: dict, results: ReferenceResults, root: pathlib.Path,
     results.doc["reference"] = info
     if results.reference_record() is None:
         maker.add(maker.reference_record())
-    for methods in (METHODS, tuple(settings.get("criteria_methods") or ())):
+    for methods in method_groups(settings):
         for seed in settings["seeds"]:
             ReferenceRun(settings, seed, data, root, results, log, stats, deadline,
                          reference).run(methods)

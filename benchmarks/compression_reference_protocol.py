@@ -49,6 +49,45 @@ Targets: MAC reductions ``mac_targets`` (``cpu``: 3× and 6×), i.e. a budget of
   from a fresh initialisation, trained with the reference's recipe for
   ``scratch_epochs`` epochs (0: the reference's own epoch count).
 
+After the core methods, for every seed: the seed papers' one-shot selection
+criteria (``criteria_methods``: the reference, the criterion matched to
+gamma_ista's MACs, S + F fine-tune epochs), then their training-time
+sparsifiers (``training_methods``, issue 18), shaped like slimming: S epochs
+of ``SGD(sparsify_learning_rate)`` from the reference with the method's own
+training, a selection matched to gamma_ista's MACs (±``match_tolerance``),
+``prune_model``, F fine-tune epochs. Both kinds have no tuning trials of their
+own: they fine-tune with l1_norm's chosen overrides (its fine-tune rate), and a
+training method's knobs are fixed settings taken from the package's docs and
+tests (``compression_presets.py`` says which and why), never tuned here.
+
+* **receding_importance** (Suteu & Guo): the reference with each BN rescaled
+  (``rescale_gamma``, the same function) so that its largest γ is
+  ``rni_start_scale``, ``to_bounded_batchnorm(init="gamma", center=True)`` (w =
+  logit(γ), β kept as the shift, so training starts from the reference's
+  function; the paper's layer has no shift and starts from N(0, 1), which would
+  throw the reference's BN away), S epochs with ``RecedingImportanceRegularizer
+  (rni_strength, shift=rni_shift)`` and ``BatchNormLRMultiplier(SGD,
+  rni_bn_lr_multiplier)`` (shared by every target), ``receding_importance_
+  selection`` (one global quantile of sigmoid(w), at least 3 channels a layer)
+  matched to the MACs, ``to_standard_batchnorm``, ``prune_model``, F epochs.
+  Its record's ``receding_importance`` holds the sparsify phase in a few
+  numbers: the pooled importances' mass below 0.1 / above 0.9 and median before
+  and after it, how many layers receded as a whole (median below 0.1), validation
+  accuracy after it and right after the cut.
+* **admm** (single-shot ADMM, Wang et al.): per target,
+  ``admm_targets_for_macs`` at gamma_ista's MACs (uniform per-layer filter
+  counts), S epochs with ``ADMMFilterPruning(rho=admm_rho, rho_growth=
+  admm_rho_growth)`` updating Z and U ``admm_updates`` times over the phase,
+  ``admm_selection``, ``prune_model`` (like every row, without the recipe's
+  ``calibration_data``: see ``ReferenceRun.train_admm``), F epochs. Its
+  record's ``admm``: the pruned filters' norm ratio (largest pruned filter /
+  median kept one, over the layers: max and median; the same for their γ), the
+  final ρ and number of updates, validation accuracy after the phase and right
+  after the cut.
+
+A results file written before ``training_methods`` existed (or with fewer of
+them) is continued, not refused: :func:`continued_settings`.
+
 Tuning, on the validation split: ``tuning`` = ``{method: [overrides, ...]}``,
 the same number of trials for every pruning method (``cpu``: 2 each, each
 method's own knob; scratch none). For the first seed only, each trial runs the
@@ -70,6 +109,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from compression_presets import ADDITIVE_SETTINGS, FROM_REFERENCE, TRAINING_METHOD_SETTINGS
 from compression_protocol import (
     METHODS, PRUNING_METHODS, REFERENCE, SUMMARY_FIELDS, TARGETS, Results, SettingsError,
     _compression_accuracy, _group, _small_and_accurate, _summary_row, _target,
@@ -80,6 +120,10 @@ from compression_protocol import (
 # epochs at l1_norm's tuned fine-tuning rate (they differ from l1_norm only in which
 # channels go, so they share its tuning instead of getting trials of their own).
 CRITERIA_METHODS = ("structural_redundancy", "redundancy_random", "prunenet")
+# The seed papers' training-time sparsifiers (issue 18), run after the criteria: S epochs of
+# their own training from the reference, a MAC-matched selection, F fine-tune epochs (at
+# l1_norm's tuned rate, like the criteria).
+TRAINING_METHODS = tuple(TRAINING_METHOD_SETTINGS)
 TUNABLE = ("sparsify_epochs", "sparsify_learning_rate", "finetune_learning_rate", "slimming_l1",
            "alpha", "min_channels", "cost_target_every", "cost_target_reach_at", "momentum",
            "scale_beta")
@@ -128,6 +172,27 @@ def check_settings(s: dict[str, Any]) -> None:
     unknown = sorted(set(s["criteria_methods"]) - set(CRITERIA_METHODS))
     if unknown:
         raise SettingsError(f"--criteria_methods {unknown}: known {CRITERIA_METHODS}.")
+    s["training_methods"] = list(s.get("training_methods") or [])
+    unknown = sorted(set(s["training_methods"]) - set(TRAINING_METHODS))
+    if unknown or len(set(s["training_methods"])) != len(s["training_methods"]):
+        raise SettingsError(f"--training_methods {s['training_methods']}: distinct names of "
+                            f"{TRAINING_METHODS}.")
+    _check_training_knobs(s)
+
+
+def _check_training_knobs(s: dict[str, Any]) -> None:
+    """The knobs of the training methods (numbers; each checked where it is used)."""
+    for key in ("rni_strength", "rni_shift", "rni_bn_lr_multiplier", "rni_start_scale",
+                "admm_rho", "admm_rho_growth"):
+        s[key] = float(s[key])
+    s["admm_updates"] = int(s["admm_updates"])
+    if s["rni_strength"] < 0 or s["rni_bn_lr_multiplier"] <= 0 \
+            or not 0 < s["rni_start_scale"] < 1:
+        raise SettingsError("--rni_strength must be >= 0, --rni_bn_lr_multiplier > 0 and "
+                            "--rni_start_scale in (0, 1).")
+    if s["admm_rho"] <= 0 or s["admm_rho_growth"] < 1 or s["admm_updates"] < 1:
+        raise SettingsError("--admm_rho must be > 0, --admm_rho_growth >= 1 and "
+                            "--admm_updates >= 1.")
 
 
 def _check_tuning(tuning: dict) -> None:
@@ -149,12 +214,53 @@ def _check_tuning(tuning: dict) -> None:
                             f"(the same tuning effort), got {counts}.")
 
 
+def method_groups(settings: dict) -> tuple[tuple[str, ...], ...]:
+    """The methods in the order they run, every seed's runs of a group before the next:
+    the core methods, the selection criteria, the training-time sparsifiers."""
+    return (METHODS, tuple(settings.get("criteria_methods") or ()),
+            tuple(settings.get("training_methods") or ()))
+
+
 def expected_keys(settings: dict) -> list[tuple[str, int, int]]:
     """Every (method, target, seed) record besides the shared reference's: the core
-    methods for every seed first, then the selection criteria's."""
+    methods for every seed first, then the selection criteria's, then the training
+    methods'."""
     targets = range(len(settings["mac_targets"]))
-    return [(m, k, seed) for methods in (METHODS, settings.get("criteria_methods") or ())
+    return [(m, k, seed) for methods in method_groups(settings)
             for seed in settings["seeds"] for k in targets for m in methods]
+
+
+def continued_settings(old: dict | None, settings: dict) -> dict | None:
+    """``settings`` where a results file with ``old`` may go on with them, else ``old``.
+
+    A from_reference file goes on when the two differ only by training methods
+    appended to ``old``'s ``training_methods`` (a file written before the key
+    existed has none) and by the knobs of methods ``old`` does not list: its
+    records stay valid (nothing they were made with changed), the new methods'
+    rows are simply missing. Anything else (a method removed or reordered, a
+    knob of a listed method changed, any other setting) keeps ``old``, which
+    the caller refuses as a mismatch.
+
+    >>> old = {"protocol": "from_reference", "seeds": [0]}
+    >>> new = {**old, "training_methods": ["admm"], "admm_rho": 0.3}
+    >>> continued_settings(old, new) == new
+    True
+    >>> continued_settings({**new, "admm_rho": 0.1}, new)["admm_rho"]  # a run made with 0.1
+    0.1
+    """
+    if old is None or old == settings or old.get("protocol") != FROM_REFERENCE:
+        return old
+    before = list(old.get("training_methods") or [])
+    after = list(settings.get("training_methods") or [])
+    if after[:len(before)] != before:
+        return old
+    kept = {key for m in before for key in TRAINING_METHOD_SETTINGS.get(m, ())}
+    ignored = set(ADDITIVE_SETTINGS) - kept
+
+    def rest(s: dict) -> dict:
+        return {k: v for k, v in s.items() if k not in ignored}
+
+    return settings if rest(old) == rest(settings) else old
 
 
 def trials_of(settings: dict, method: str) -> list[dict]:
@@ -171,13 +277,26 @@ class ReferenceResults(Results):
     """The from_reference JSON: also the shared reference's facts and the tuning trials."""
 
     def __init__(self, path, settings: dict, restart: bool = False):
+        self.added: list[str] | None = None  # training methods a continued file gains
         super().__init__(path, settings, restart=restart)
+        if self.added:
+            self.doc.setdefault("settings_extended", []).append(
+                {"training_methods_added": self.added, "records_before": len(self.doc["records"])})
         self.doc.setdefault("tuning", {
             "seed": settings["seeds"][0],
             "selected_on": f"validation accuracy ({settings['validation_examples']:,} held-out "
                            "training images); the best trial per (method, target) is used for "
                            "every seed",
             "trials": []})
+
+    def continued_settings(self, old: dict | None, settings: dict) -> dict | None:
+        """:func:`continued_settings`; the methods it adds are noted in the JSON's
+        ``settings_extended`` (records before that entry were made without them)."""
+        out = continued_settings(old, settings)
+        if out is settings and old != settings:
+            self.added = list(settings.get("training_methods") or [])[
+                len(old.get("training_methods") or []):]
+        return out
 
     def reference_record(self) -> dict | None:
         """The shared reference's record (whatever its seed), or None."""
@@ -253,6 +372,7 @@ def reference_notes(doc: dict) -> list[str]:
         f"min_channels {s['min_channels']}, scale_beta {bool(s.get('scale_beta', False))}.",
         f"tuning: seed {s['seeds'][0]} only; trials {_trial_counts(s)}; chosen on validation "
         "accuracy per (method, target), then used for every seed.",
+        *_training_notes(s),
         "latency: LiteRT CPU interpreter (XNNPACK) at 1 thread, batch 1, each model timed "
         f"alternately with the reference .tflite ({s['latency_timing']} timing); speed-up = "
         "reference median / model median.",
@@ -261,6 +381,19 @@ def reference_notes(doc: dict) -> list[str]:
         out.append("a training subset: the accuracy targets (made for full training) are not "
                    "expected to be met with this preset.")
     return out
+
+
+def _training_notes(s: dict) -> list[str]:
+    """One sentence on the training methods' knobs, when the settings list any."""
+    methods = s.get("training_methods") or []
+    if not methods:
+        return []
+    knobs = "; ".join(f"{m}: " + ", ".join(f"{key} {s[key]:g}" for key in
+                                          TRAINING_METHOD_SETTINGS[m]) for m in methods)
+    return [f"training-time sparsifiers ({', '.join(methods)}): {s['sparsify_epochs']} epochs "
+            f"from the reference at SGD {s['sparsify_learning_rate']}, matched to gamma_ista's "
+            f"MACs, {s['finetune_epochs']} fine-tune epochs at l1_norm's chosen rate; knobs fixed "
+            f"from the package's docs and tests, not tuned ({knobs})."]
 
 
 def _trial_counts(s: dict) -> dict[str, int]:
@@ -278,7 +411,8 @@ def summarize_reference(doc: dict) -> dict[str, Any]:
     groups: dict[tuple, list[dict]] = {}
     for r in records:
         groups.setdefault((r["method"], r["target"]), []).append(r)
-    order = {m: i for i, m in enumerate((REFERENCE, *METHODS, *CRITERIA_METHODS))}
+    order = {m: i for i, m in enumerate((REFERENCE, *METHODS, *CRITERIA_METHODS,
+                                         *TRAINING_METHODS))}
     rows = []
     for (method, target), recs in sorted(groups.items(), key=lambda kv: (
             kv[0][1] if kv[0][1] is not None else -1, order.get(kv[0][0], 99))):

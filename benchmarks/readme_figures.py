@@ -220,7 +220,8 @@ def results_table() -> str:
 NAMES = {"gamma_ista": "GammaISTA", "slimming": "Network Slimming", "l1_norm": "L1-norm filters",
          "random": "random channels at GammaISTA's widths", "scratch": "its widths trained from scratch",
          "structural_redundancy": "structural redundancy", "redundancy_random":
-         "redundancy-allocated random", "prunenet": "PruneNet"}
+         "redundancy-allocated random", "prunenet": "PruneNet",
+         "receding_importance": "receding importances", "admm": "single-shot ADMM"}
 
 
 def comparison_line() -> str:
@@ -237,7 +238,8 @@ def full_data_line(d: dict) -> str:
     s, groups = d["settings"], d["summary"]["groups"]
     ref = next(g for g in groups if g["method"] == "reference")
     done = len([r for r in d["records"] if r["method"] != "reference"])
-    expected = len(s["seeds"]) * len(s["mac_targets"]) * (5 + len(s.get("criteria_methods") or []))
+    expected = len(s["seeds"]) * len(s["mac_targets"]) * (
+        5 + len(s.get("criteria_methods") or []) + len(s.get("training_methods") or []))
     verdict = next(t for t in d["summary"]["targets"] if t["name"] == "beats_baselines")
     state = "complete" if done >= expected else f"in progress: {done} of {expected} records"
     parts, compared = [], False

@@ -2,9 +2,11 @@
 
 The end-to-end run (``--preset smoke``: a reference trained here for 3 epochs
 on 1,000 images, 1 + 1 epochs after it, two MAC targets, two seeds, two tuning
-trials per pruning method; ≈ 2.5 minutes on 2 cores) checks the JSON's
-invariants against independent computations; a second call must train nothing.
-The verdict code is checked on hand-made records.
+trials per pruning method, the seed papers' criteria and training-time
+sparsifiers; ≈ 3 minutes on 2 cores) checks the JSON's invariants against
+independent computations; a second call must train nothing. The verdict code
+is checked on hand-made records, and the continuation of a results file made
+before the training methods on a copy of the committed ``compression_cpu.json``.
 """
 
 from __future__ import annotations
@@ -43,8 +45,9 @@ def _by_key(doc) -> dict[tuple, dict]:
 def test_every_method_target_and_seed_has_a_record(smoke):
     doc, s = json.loads(smoke["out"].read_text()), smoke["settings"]
     records = _by_key(doc)
-    methods = (*compression.METHODS, *s["criteria_methods"])
+    methods = (*compression.METHODS, *s["criteria_methods"], *s["training_methods"])
     assert s["criteria_methods"], "the smoke run covers the seed papers' criteria too"
+    assert s["training_methods"] == list(protocol.TRAINING_METHODS), "and their sparsifiers"
     expected = {(m, k, seed) for seed in s["seeds"] for k in range(len(s["mac_targets"]))
                 for m in methods}
     references = [key for key in records if key[0] == "reference"]
@@ -55,11 +58,15 @@ def test_every_method_target_and_seed_has_a_record(smoke):
         if r.get("accuracy") is None:  # only what depends on a match may be unreachable
             assert r["method"] not in ("reference", "gamma_ista") and r["unreachable"]
             continue
-        if r["method"] in s["criteria_methods"]:  # l1_norm's tuned fine-tuning, same budget
-            l1 = records[("l1_norm", r["target"], r["seed"])]
+        if r["method"] in (*s["criteria_methods"], *s["training_methods"]):
+            l1 = records[("l1_norm", r["target"], r["seed"])]  # its tuned fine-tuning
             assert r["overrides"] == l1.get("overrides", {})
+        if r["method"] in s["criteria_methods"]:  # same budget, all of it fine-tuning
             assert (r["sparsify_epochs"], r["finetune_epochs"]) == (
                 0, s["sparsify_epochs"] + s["finetune_epochs"])
+        if r["method"] in s["training_methods"]:  # shaped like slimming
+            assert (r["sparsify_epochs"], r["finetune_epochs"]) == (
+                s["sparsify_epochs"], s["finetune_epochs"])
         assert 0.0 <= r["accuracy"] <= 1.0 and 0.0 <= r["validation_accuracy"] <= 1.0
         assert 0 < r["tflite_int8_bytes"] < r["tflite_float_bytes"] and r["speedup"] > 0
         assert r["measure_seconds"] > 0 and r["train_seconds"] > 0
@@ -84,7 +91,8 @@ def test_budgets_epochs_and_matching(smoke):
             assert r["macs_relative_difference"] == pytest.approx(
                 (r["macs"] - r["macs_budget"]) / r["macs_budget"])
             assert len(r["cost_target"]["history"]) <= 50
-        elif method in ("slimming", "l1_norm", *s["criteria_methods"]):  # matched MACs
+        elif method in ("slimming", "l1_norm", *s["criteria_methods"],
+                        *s["training_methods"]):  # matched MACs
             assert r["macs_target"] == gamma["macs"]
             assert abs(r["macs"] - gamma["macs"]) <= s["match_tolerance"] * gamma["macs"]
         else:  # random and scratch: exactly gamma_ista's widths
@@ -93,6 +101,35 @@ def test_budgets_epochs_and_matching(smoke):
             assert r["scratch_epochs"] == s["reference_epochs"]  # the reference's epoch count
         else:
             assert r["sparsify_epochs"] + r["finetune_epochs"] == budget
+
+
+def test_training_rows_record_their_sparsify_phase(smoke):
+    doc = json.loads(smoke["out"].read_text())
+    rows = [r for r in doc["records"] if r["method"] in protocol.TRAINING_METHODS
+            and r.get("accuracy") is not None]
+    assert {r["method"] for r in rows} == set(protocol.TRAINING_METHODS)
+    s = smoke["settings"]
+    for r in rows:
+        info = r[r["method"]]
+        assert len(json.dumps(info)) < 600  # a few numbers, no arrays
+        for key in ("validation_accuracy_sparsified", "validation_accuracy_pruned"):
+            assert 0.0 <= info[key] <= 1.0
+        if r["method"] == "receding_importance":
+            # it starts at the reference's γ scaled to <= rni_start_scale: nothing near 1
+            assert info["start_above_0_9"] == 0.0
+            assert 0.0 < info["start_median"] <= s["rni_start_scale"] + 1e-6
+            for key in ("start_below_0_1", "below_0_1", "above_0_9", "median"):
+                assert 0.0 <= info[key] <= 1.0
+            assert 0 <= info["layers_receded"] <= 6
+        else:  # ADMM: admm_updates updates over the phase, ρ grew at each
+            steps = s["sparsify_epochs"] * -(-s["train_examples"] // s["batch_size"])
+            assert info["update_every"] == max(1, round(steps / s["admm_updates"]))
+            assert info["updates"] == steps // info["update_every"]
+            assert info["final_rho"] == pytest.approx(
+                s["admm_rho"] * s["admm_rho_growth"] ** info["updates"], rel=1e-5)
+            for what in ("filter", "gamma"):  # 1 epoch of 20 steps: far from 0 in the smoke run
+                assert 0.0 < info[f"pruned_{what}_norm_ratio_median"] \
+                    <= info[f"pruned_{what}_norm_ratio_max"]
 
 
 def test_tuning_uses_validation_only_and_equal_effort(smoke):
@@ -213,6 +250,53 @@ def test_presets_and_settings_checks():
         compression.make_settings("cpu", mac_targets=[0.5])
     with pytest.raises(compression.SettingsError, match="Unknown settings"):
         compression.make_settings("cpu", rho_stages=[0.1])
+
+
+def test_results_before_the_training_methods_are_continued(tmp_path):
+    """A copy of the committed compression_cpu.json as written before ``training_methods``
+    existed (today's cpu settings) is accepted with the cpu preset, which lists them: its
+    records are kept, the missing rows are the rest plus every training row, and the
+    settings hash (the cache folder) is the same."""
+    from compression_presets import ADDITIVE_SETTINGS
+
+    doc = json.loads((ROOT / "benchmarks/results/compression_cpu.json").read_text())
+    doc["settings"] = {k: v for k, v in doc["settings"].items() if k not in ADDITIVE_SETTINGS}
+    doc["records"] = [r for r in doc["records"] if r["method"] not in protocol.TRAINING_METHODS]
+    path = tmp_path / "compression_cpu.json"
+    path.write_text(json.dumps(doc))
+    cpu = compression.make_settings("cpu")
+    assert cpu["training_methods"] == ["receding_importance", "admm"]
+    assert compression.settings_hash(doc["settings"]) == compression.settings_hash(cpu) \
+        == "449185f106f0"  # the folder the background run caches its models in
+
+    results = protocol.ReferenceResults(path, cpu)
+    assert results.doc["settings"] == cpu and results.doc["records"] == doc["records"]
+    assert results.doc["settings_extended"] == [
+        {"training_methods_added": cpu["training_methods"], "records_before": len(doc["records"])}]
+    missing = results.missing()
+    done = {compression.record_key(r) for r in doc["records"]}
+    assert done and not done & set(missing)
+    training = {(m, k, seed) for m in cpu["training_methods"] for seed in cpu["seeds"]
+                for k in range(len(cpu["mac_targets"]))}
+    assert training <= set(missing) and missing[-len(training):] == [  # the last rows to run
+        key for key in protocol.expected_keys(cpu) if key[0] in protocol.TRAINING_METHODS]
+    assert set(missing) == set(protocol.expected_keys(cpu)) - done  # the reference's is done
+
+    # one method listed already: another appended goes on; its knobs must not have changed
+    first = {**cpu, "training_methods": ["receding_importance"]}
+    assert protocol.continued_settings(first, cpu) == cpu
+    for other in ({**first, "rni_strength": 0.1}, {**first, "seeds": [0]},
+                  {**cpu, "training_methods": ["admm"]}):
+        assert protocol.continued_settings(other, cpu) is other
+        path.write_text(json.dumps({**doc, "settings": other}))
+        with pytest.raises(compression.SettingsMismatchError):
+            protocol.ReferenceResults(path, cpu)
+    changed_admm = {**first, "admm_rho": 9.0}  # not yet listed: its knobs are free to change
+    assert protocol.continued_settings(changed_admm, cpu) == cpu
+    with pytest.raises(compression.SettingsError, match="training_methods"):
+        compression.make_settings("cpu", training_methods=["admm", "admm"])
+    with pytest.raises(compression.SettingsError, match="admm_rho"):
+        compression.make_settings("cpu", admm_rho_growth=0.5)
 
 
 def test_old_results_read_as_cpu_short():
