@@ -101,6 +101,10 @@ def define_flags() -> None:
                       "--from_scratch: per-layer λ: Ye et al. or 1.")
     flags.DEFINE_string("out_dir", "saved_models/run", "Where models, plots and logs are written.")
     flags.DEFINE_integer("latency_runs", 100, "Timed TFLite runs per model.")
+    flags.DEFINE_integer("qat_epochs", 0, "Default flow: also fine-tune the pruned model with "
+                         "quantization-aware training (tfmot, isolated in a subprocess; needs the "
+                         "'tfmot' extra) for this many epochs and report its int8 .tflite next to "
+                         "post-training quantization's. 0: off (it adds minutes per epoch).")
     flags.DEFINE_integer("seed", 0, "Random seed.")
 
 
@@ -528,7 +532,8 @@ def prune_reference(reference, x, y, x_test, y_test, *, target_macs=DEFAULT_TARG
                     epochs=1, finetune_epochs=2, batch_size=128, learning_rate=0.005,
                     finetune_learning_rate=0.03, out_dir="saved_models/run", latency_runs=100,
                     seed=0, min_channels=4, cost_target_every=50, reach_at=0.6, verbose=1,
-                    tflite_eval_examples=None, run_name=None, clock=None) -> DemoResult:
+                    tflite_eval_examples=None, run_name=None, clock=None,
+                    qat_epochs=0) -> DemoResult:
     """The default demo: a trained model → GammaISTA + CostTarget → prune_model → fine-tune →
     float32 / int8 TFLite, timed and evaluated against ``reference`` (which is not modified).
 
@@ -538,7 +543,9 @@ def prune_reference(reference, x, y, x_test, y_test, *, target_macs=DEFAULT_TARG
 
     ``tflite_eval_examples``: test images the int8 ``.tflite`` files are evaluated
     on, one at a time (default all). ``clock`` (a :class:`StageClock`) collects the
-    seconds per stage.
+    seconds per stage. ``qat_epochs > 0`` adds an int8 row made by
+    :func:`tf_gamma_prune.qat.quantize_aware_finetune` (written to
+    ``pruned_int8_qat.tflite``) next to post-training quantization's.
     """
     import numpy as np
 
@@ -634,6 +641,11 @@ def prune_reference(reference, x, y, x_test, y_test, *, target_macs=DEFAULT_TARG
                  len(pruned_int8) / 1024, lat8.b.median_ms, reduction,
                  lat8.a.median_ms / lat8.b.median_ms),
     ]
+    if qat_epochs:
+        rows.append(qat_row(tuned, x, y, x_test[:n_eval], y_test[:n_eval], ref_int8, epochs=qat_epochs,
+                            path=os.path.join(os.path.dirname(paths["pruned_int8.tflite"]),
+                                              "pruned_int8_qat.tflite"),
+                            reduction=reduction, latency_runs=latency_runs, seed=seed, clock=clock))
     with clock("plots"):
         write_plots(recorder, report, [rows[0], rows[2], rows[3], rows[4]], model, paths,
                     gamma_title="Fashion-MNIST reference: sorted |γ| per layer before and after "
@@ -641,6 +653,27 @@ def prune_reference(reference, x, y, x_test, y_test, *, target_macs=DEFAULT_TARG
     check_outputs_exist(paths)
     print(f"after GammaISTA (unpruned): test accuracy {acc_sparse:.4f}; pruned: {acc_pruned:.4f}")
     return DemoResult(rows, report, paths, model, pruned, tuned, changed, controller, clock, n_eval)
+
+
+def qat_row(tuned, x, y, x_eval, y_eval, ref_int8: bytes, *, epochs: int, path: str, reduction: float,
+            latency_runs: int, seed: int, clock: StageClock) -> StageRow:
+    """The pruned model's int8 ``.tflite`` after quantization-aware training (tfmot, isolated):
+    its accuracy on ``x_eval``, size and 1-thread latency against the reference's int8."""
+    from tf_gamma_prune.analysis.flops import model_cost
+    from tf_gamma_prune.export import compare_latency
+    from tf_gamma_prune.qat import quantize_aware_finetune
+
+    print(f"quantization-aware training: {epochs} epoch(s) in an isolated tf_keras process")
+    with clock(f"QAT ({epochs} ep)"):
+        result = quantize_aware_finetune(tuned, (x, y), epochs=epochs, eval_data=(x_eval, y_eval),
+                                         path=path, seed=seed)
+        (lat,) = compare_latency(ref_int8, result.tflite, threads=(1,), runs=latency_runs)
+    print(f"QAT int8: accuracy {result.accuracy:.4f} on {result.n_eval:,} test images, agreement with "
+          f"the float model {result.agreement:.4f}")
+    cost = model_cost(tuned)
+    return StageRow("pruned + fine-tuned, int8 QAT", result.accuracy, cost.params, cost.macs,
+                    len(result.tflite) / 1024, lat.b.median_ms, reduction,
+                    lat.a.median_ms / lat.b.median_ms)
 
 
 def print_reference_result(result: DemoResult, n_test: int) -> None:
@@ -680,7 +713,7 @@ def main_pretrained(settings: dict, clock: StageClock) -> None:
         finetune_epochs=settings["finetune_epochs"], batch_size=FLAGS.batch_size,
         learning_rate=settings["learning_rate"],
         finetune_learning_rate=settings["finetune_learning_rate"], out_dir=FLAGS.out_dir,
-        latency_runs=FLAGS.latency_runs, seed=FLAGS.seed, clock=clock)
+        latency_runs=FLAGS.latency_runs, seed=FLAGS.seed, clock=clock, qat_epochs=FLAGS.qat_epochs)
     print_reference_result(result, len(x_test))
     print_files(result.paths)
 

@@ -306,3 +306,21 @@ def test_module_docstring_examples_run():
     for module in (tf_gamma_prune.sparsify.cost_target, tf_gamma_prune.analysis.flops):
         result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
         assert result.attempted > 0 and result.failed == 0
+
+
+def test_cost_target_steers_a_gamma_ista_inside_coarse_ranking():
+    """CoarseRanking(GammaISTA(...)): the controller finds the GammaISTA inside and meets the
+    budget, and the ranking still accumulates scores during the same steps."""
+    from tf_gamma_prune import CoarseRanking
+
+    model = small_vgg()
+    spread_gammas(model)
+    ranking = CoarseRanking(GammaISTA(keras.optimizers.SGD(0.02), min_channels=1))
+    model.compile(ranking, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    target = CostTarget(macs=0.5, every=4)
+    x, y = data()
+    model.fit(x, y, batch_size=16, epochs=3, verbose=0, callbacks=[target])
+    assert target._optimizer() is ranking.inner_optimizer
+    assert target.within_budget()
+    assert count_macs(prune_model(model)) == target.history[-1]["macs"]
+    assert float(keras.ops.convert_to_numpy(ranking._batches)) == 48

@@ -111,6 +111,32 @@ def test_fashion_mnist_default_flow_tiny(tmp_path, capsys):
         assert stage in seconds, stage
 
 
+@pytest.mark.slow
+def test_fashion_mnist_default_flow_reports_qat_next_to_ptq(tmp_path):
+    """--qat_epochs: an int8 row from quantization-aware training (tfmot, isolated process)."""
+    from tf_gamma_prune.qat import isolate
+
+    if isolate.missing_dependencies():  # checked without importing tfmot here
+        pytest.skip('needs the tfmot extra: pip install "tf-gamma-prune[tfmot]"')
+    import fashion_mnist
+
+    from tf_gamma_prune.data import load_fashion_mnist
+
+    (x, y), (x_test, y_test) = load_fashion_mnist(train_examples=512, test_examples=128)
+    reference = fashion_mnist.load_keras_model(os.path.join(SAVED, "fashion_vgg_reference.keras"))
+    result = fashion_mnist.prune_reference(
+        reference, x, y, x_test, y_test, target_macs=0.5, epochs=1, finetune_epochs=0,
+        batch_size=64, out_dir=str(tmp_path), latency_runs=3, cost_target_every=2, verbose=0,
+        tflite_eval_examples=128, run_name="qat", qat_epochs=1)
+    rows = {r.stage: r for r in result.rows}
+    qat, ptq = rows["pruned + fine-tuned, int8 QAT"], rows["pruned + fine-tuned, int8"]
+    assert 0.0 <= qat.accuracy <= 1.0 and qat.latency_ms > 0 and qat.macs == ptq.macs
+    assert os.path.exists(os.path.join(os.path.dirname(result.paths["pruned_int8.tflite"]),
+                                       "pruned_int8_qat.tflite"))
+    # the QAT file is int8 like PTQ's: about the same size, far below float32's
+    assert qat.tflite_kb < 0.5 * rows["pruned + fine-tuned"].tflite_kb
+
+
 def test_fashion_mnist_flags_pick_each_flows_defaults():
     import fashion_mnist
 

@@ -324,8 +324,11 @@ class CostTarget(keras.callbacks.Callback):
 
     # ------------------------------------------------------------------ callbacks
     def _optimizer(self) -> Any:
-        optimizer = self.model.optimizer
-        if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        """The GammaISTA whose ρ is steered, found through wrappers around it
+        (``LossScaleOptimizer``, ``CoarseRanking``, ...: anything with an ``inner_optimizer``)."""
+        top = optimizer = self.model.optimizer
+        while not (hasattr(optimizer, "rho") and hasattr(optimizer, "targets")) \
+                and hasattr(optimizer, "inner_optimizer"):
             optimizer = optimizer.inner_optimizer
         if not hasattr(optimizer, "rho") or not hasattr(optimizer, "targets"):
             raise ArgumentError(
@@ -335,9 +338,15 @@ class CostTarget(keras.callbacks.Callback):
         if getattr(optimizer, "_rho_schedule", None) is not None:
             raise ArgumentError("CostTarget sets GammaISTA's rho itself; build GammaISTA with a "
                                 "number for rho (e.g. rho=1e-3), not a schedule.")
-        if not optimizer.built:
-            optimizer.attach(model_being_trained(self.model))
-            optimizer.build(self.model.trainable_variables)
+        if not optimizer.built:  # build from the outermost wrapper: it builds the ones inside
+            wrapper = top
+            while True:
+                if hasattr(wrapper, "attach"):
+                    wrapper.attach(model_being_trained(self.model))
+                if wrapper is optimizer or not hasattr(wrapper, "inner_optimizer"):
+                    break
+                wrapper = wrapper.inner_optimizer
+            top.build(self.model.trainable_variables)
         return optimizer
 
     def _iterations(self, optimizer: Any) -> int:
