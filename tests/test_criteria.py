@@ -316,3 +316,37 @@ def test_bad_layers_and_models_without_batchnorm():
 def test_docstring_examples_run():
     result = doctest.testmod(tf_gamma_prune.prune.criteria, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
+
+
+@pytest.mark.parametrize("build", [
+    lambda: fashion_vgg(widths=(6, 6, 8, 8, 12, 12), input_shape=(12, 12, 1)),
+    lambda: resnet20(input_shape=(12, 12, 3), widths=(4, 8, 8)),
+])
+def test_zero_gamma_selection_rewinds_gamma_istas_choice_onto_other_weights(build):
+    """The selection from a sparsified copy keeps exactly the channels prune_model keeps there;
+    applied to the original (other weights) it gives the same widths, and its kept channels
+    are those of the original (checked against a direct slice of one conv kernel)."""
+    from tf_gamma_prune import zero_gamma_selection
+
+    keras.utils.set_random_seed(0)
+    original = build()
+    randomize_batchnorm(original, seed=0)
+    sparse = keras.models.clone_model(original)
+    sparse.set_weights([w * 1.1 for w in original.get_weights()])
+    rng = np.random.default_rng(1)
+    for layer in sparse.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            gamma = layer.gamma.numpy()
+            gamma[rng.random(gamma.shape) < 0.4] = 0.0
+            layer.gamma.assign(gamma)
+    selection = zero_gamma_selection(sparse)
+    expected = layer_widths(prune_model(sparse, fold="bias"))
+    rewound = prune_model(original, selection, fold="bias", probe=False)
+    assert layer_widths(rewound) == expected
+    assert any(len(kept) < sparse.get_layer(name).gamma.shape[0] for name, kept in selection.items())
+    for name, kept in selection.items():
+        gamma = sparse.get_layer(name).gamma.numpy()
+        assert np.all(gamma[kept] != 0) or len(kept) == len(gamma)  # tied groups may keep zeros
+    first_bn = next(l for l in original.layers if isinstance(l, keras.layers.BatchNormalization))
+    np.testing.assert_array_equal(rewound.get_layer(first_bn.name).gamma.numpy(),
+                                  first_bn.gamma.numpy()[selection[first_bn.name]])

@@ -84,6 +84,7 @@ from tf_gamma_prune.prune.criteria import (
     layer_widths,
     random_selection,
     selection_for_macs,
+    zero_gamma_selection,
 )
 from tf_gamma_prune.prune.criteria_prunenet import (
     channel_mac_costs,

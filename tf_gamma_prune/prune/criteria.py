@@ -13,6 +13,10 @@ given. The baselines:
 * :func:`random_selection` — random channels at given widths (with
   :func:`layer_widths` of a GammaISTA-pruned model: "same widths, random
   channels"), the control of the smaller-norm-less-informative question.
+* :func:`zero_gamma_selection` — the channels GammaISTA kept (non-zero γ) of a
+  sparsified model, to apply to another copy of it: *rewinding*, GammaISTA
+  choosing the channels and the widths and the original weights of the
+  survivors being fine-tuned.
 * :func:`selection_for_macs` — bisection on a criterion's prune fraction to hit a
   MAC budget, so that methods are compared at equal cost.
 
@@ -195,6 +199,37 @@ def l1_norm_selection(
         removed[order[: _removal_count(fraction, len(candidates))]] = True
     _keep_one_per_layer(members, removed, scores)
     return _selection(members, removed)
+
+
+def zero_gamma_selection(sparse_model: keras.Model, *, unknown_layers: str = "error") -> Selection:
+    """The channels of ``sparse_model`` that ``prune_model(sparse_model)`` would keep.
+
+    Every channel group whose output is constant (its BatchNormalization γ at 0,
+    as :class:`~tf_gamma_prune.GammaISTA` leaves it) and may be removed is
+    dropped; the rest are kept, per BatchNormalization layer. Apply it to the
+    model *before* sparsifying (the same architecture: layer names and widths)
+    to prune the original weights at GammaISTA's choice of channels, then
+    fine-tune (rewinding)::
+
+        selection = zero_gamma_selection(sparse)
+        small = prune_model(reference, selection, calibration_data=x_train[:512])
+
+    Example:
+
+    >>> import keras
+    >>> x = keras.Input((6, 6, 1))
+    >>> h = keras.layers.BatchNormalization(name="a")(keras.layers.Conv2D(3, 3)(x))
+    >>> h = keras.layers.BatchNormalization(name="b")(keras.layers.Conv2D(3, 3)(h))
+    >>> model = keras.Model(x, keras.layers.Dense(2)(keras.layers.Flatten()(h)))
+    >>> _ = model.get_layer("a").gamma.assign([0.5, 0.0, 2.0])
+    >>> _ = model.get_layer("b").gamma.assign([0.0, 0.0, -0.3])
+    >>> {k: v.tolist() for k, v in zero_gamma_selection(model).items()}
+    {'a': [0, 2], 'b': [2]}
+    """
+    graph = channel_graph(sparse_model, fold="bias", unknown_layers=unknown_layers)
+    names = _gamma_layers(sparse_model, graph, None)
+    removed = graph.removable_constant_groups()
+    return _selection({n: graph.layer_channels(n) for n in names}, removed)
 
 
 def random_selection(
