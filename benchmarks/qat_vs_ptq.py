@@ -18,6 +18,14 @@ int8 model, each int8 model's top-1 agreement with the float model, file sizes,
 and 1-thread LiteRT (XNNPACK) latency of each QAT model against PTQ, timed side
 by side (``tf_gamma_prune.export.compare_latency``, steady timing).
 
+With ``--pruned_model PATH`` the float model is that ``.keras`` file instead (a
+pruned, fine-tuned model such as the compression benchmark's GammaISTA result;
+nothing is trained before quantizing), and ``--train_examples`` images are
+only the calibration and QAT data:
+
+    .venv/bin/python benchmarks/qat_vs_ptq.py --pruned_model=gamma_ista_final.keras \
+        --output=benchmarks/results/qat_vs_ptq_gamma_ista.json
+
 Needs the ``tfmot`` extra (``pip install "tf-gamma-prune[tfmot]"``) and the
 real Fashion-MNIST (``tf_gamma_prune.data.load_fashion_mnist``).
 
@@ -29,7 +37,9 @@ Writes ``benchmarks/results/qat_vs_ptq.json`` atomically. Duration: ``benchmarks
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import time
 
 from absl import app, flags
@@ -38,6 +48,8 @@ import common
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("train_examples", 12000, "Training images used (the first ones).")
+flags.DEFINE_string("pruned_model", None, "A pruned, fine-tuned .keras model to quantize instead of "
+                    "training one (its training images: the calibration and QAT data).")
 flags.DEFINE_integer("float_epochs", 2, "Epochs of float training before pruning.")
 flags.DEFINE_float("prune_fraction", 0.25, "l1_norm_selection fraction per conv.")
 flags.DEFINE_string("fold", "exact", "prune_model fold (exact: BorderCorrection layers).")
@@ -84,7 +96,13 @@ def main(argv):
     (x_train, y_train), (x_test, y_test) = load_fashion_mnist()
     x_train, y_train = x_train[:FLAGS.train_examples], y_train[:FLAGS.train_examples]
     t0 = time.time()
-    original, model = _pruned_model(x_train, y_train)
+    if FLAGS.pruned_model:
+        from tf_gamma_prune.export import load_keras_model
+
+        model = load_keras_model(FLAGS.pruned_model)
+        original = model
+    else:
+        original, model = _pruned_model(x_train, y_train)
     train_s = time.time() - t0
     kinds = sorted({type(layer).__name__ for layer in model.layers})
     float_predictions = _keras_predictions(model, x_test)
@@ -106,7 +124,10 @@ def main(argv):
         "settings": {k: FLAGS[k].value for k in (
             "train_examples", "float_epochs", "prune_fraction", "fold", "calibration_examples",
             "qat_epochs", "qat_learning_rates", "runs", "seed")},
-        "model": {"params_before": int(original.count_params()),
+        "pruned_model": None if not FLAGS.pruned_model else {
+            "file": os.path.basename(FLAGS.pruned_model),
+            "sha256": hashlib.sha256(open(FLAGS.pruned_model, "rb").read()).hexdigest()},
+        "model": {"params_before": None if FLAGS.pruned_model else int(original.count_params()),
                   "params_after": int(model.count_params()), "layer_types": kinds},
         "float": {"accuracy": round(float(np.mean(float_predictions == y_test)), 4),
                   "size_bytes": len(float_tflite)},
