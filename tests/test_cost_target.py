@@ -324,3 +324,26 @@ def test_cost_target_steers_a_gamma_ista_inside_coarse_ranking():
     assert target.within_budget()
     assert count_macs(prune_model(model)) == target.history[-1]["macs"]
     assert float(keras.ops.convert_to_numpy(ranking._batches)) == 48
+
+
+@pytest.mark.parametrize("budget", [{"macs": 0.5}, {"params": 0.4}])
+def test_network_slimming_gets_its_threshold_at_the_budget(budget):
+    """With NetworkSlimming, CostTarget leaves l1 alone and sets the global |γ| threshold at the
+    end: the smallest-|γ| channels' γ become 0 and prune_model meets the budget."""
+    from tf_gamma_prune import NetworkSlimming
+
+    model = small_vgg()
+    spread_gammas(model)
+    model.compile(NetworkSlimming(keras.optimizers.SGD(0.02), l1=1e-3),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    target = CostTarget(**budget, fold="bias")
+    x, y = data()
+    model.fit(x, y, batch_size=16, epochs=2, verbose=0, callbacks=[target])
+    pruned = prune_model(model, fold="bias")
+    cost = count_macs(pruned) if "macs" in budget else pruned.count_params()
+    assert cost <= target.budget and cost >= 0.9 * target.budget  # the first step at or below it
+    assert cost == target.history[-1][target.metric]
+    # what was zeroed: the globally smallest |γ| among the surviving channels' layers
+    for name, kept in target.selection.items():
+        gamma = np.abs(model.get_layer(name).gamma.numpy())
+        assert np.count_nonzero(gamma) == len(kept) or len(kept) == 1

@@ -187,7 +187,10 @@ class CostTarget(keras.callbacks.Callback):
             are not counted.
 
     Use with :class:`~tf_gamma_prune.GammaISTA` (its ``rho`` must be a number,
-    not a schedule).
+    not a schedule), or with :class:`~tf_gamma_prune.NetworkSlimming`: its
+    penalty ``l1`` stays as given, and at the end of training the global |γ|
+    threshold that meets the budget is applied (:meth:`set_slimming_threshold`:
+    the γ below it become 0, ``prune_model`` removes them).
     """
 
     def __init__(self, macs: float | int | None = None, *, params: float | int | None = None,
@@ -246,6 +249,7 @@ class CostTarget(keras.callbacks.Callback):
         self.budget: int | None = None
         self.reachable: int | None = None  # the cost with every removable group gone
         self._start_iteration = 0
+        self.selection: dict[str, np.ndarray] | None = None  # NetworkSlimming: set at the end
         self._done = -1              # steps processed (measured/enforced) so far
         self._next_measure = 0
         self._locked: dict[str, np.ndarray] = {}   # per γ layer: channels held at zero
@@ -328,8 +332,13 @@ class CostTarget(keras.callbacks.Callback):
         (``LossScaleOptimizer``, ``CoarseRanking``, ...: anything with an ``inner_optimizer``)."""
         top = optimizer = self.model.optimizer
         while not (hasattr(optimizer, "rho") and hasattr(optimizer, "targets")) \
-                and hasattr(optimizer, "inner_optimizer"):
+                and not _is_slimming(optimizer) and hasattr(optimizer, "inner_optimizer"):
             optimizer = optimizer.inner_optimizer
+        if _is_slimming(optimizer):
+            if not optimizer.built:
+                optimizer.attach(model_being_trained(self.model))
+                top.build(self.model.trainable_variables)
+            return optimizer
         if not hasattr(optimizer, "rho") or not hasattr(optimizer, "targets"):
             raise ArgumentError(
                 f"CostTarget steers GammaISTA's rho; the model is compiled with "
@@ -354,6 +363,12 @@ class CostTarget(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         optimizer = self._optimizer()
+        if _is_slimming(optimizer):  # nothing to steer: the threshold is set at the end
+            if self.start_cost is None:
+                self.start_cost = self.measure()[3]
+                value = self.budget_argument
+                self.budget = int(round(value * self.start_cost)) if isinstance(value, float) else int(value)
+            return
         graph = self.measure_graph()
         self._layer_groups = {}
         for name, _, _ in optimizer.targets:
@@ -396,14 +411,75 @@ class CostTarget(keras.callbacks.Callback):
         self._done, self._next_measure = -1, 0
 
     def on_train_batch_begin(self, batch, logs=None):
-        self._catch_up(self._optimizer())
+        optimizer = self._optimizer()
+        if not _is_slimming(optimizer):
+            self._catch_up(optimizer)
 
     def on_train_end(self, logs=None):
         optimizer = self._optimizer()
+        if _is_slimming(optimizer):
+            self.set_slimming_threshold(optimizer)
+            return
         self._catch_up(optimizer)
         if self.total_steps and self._done >= self.total_steps and (not self.history
                                                or self.history[-1]["step"] != self._done):
             self.adapt()  # the end of the run: record the final cost
+
+    def set_slimming_threshold(self, optimizer: Any) -> dict[str, np.ndarray]:
+        """With :class:`~tf_gamma_prune.NetworkSlimming`: the global |γ| threshold that meets
+        the budget (Network Slimming's prune step), applied by setting the γ below it to 0.
+
+        The smallest-|γ| channels of the penalised layers, all layers pooled
+        (:func:`~tf_gamma_prune.gamma_threshold_selection`), are removed until the
+        cost of what ``prune_model`` builds is at most the budget (bisection on the
+        number removed); their γ become 0, so ``prune_model(model)`` removes them,
+        folding their β instead of dropping it. Returns the selection (also
+        :attr:`selection`). Called by ``on_train_end``.
+        """
+        from tf_gamma_prune.prune.criteria import gamma_threshold_selection
+
+        model = model_being_trained(self.model)
+        graph = self.measure_graph()
+        names = [name for name, _ in optimizer._state.targets]
+        constant = graph.removable_constant_groups()
+
+        def at(fraction: float) -> tuple[dict, np.ndarray, int]:
+            selection = gamma_threshold_selection(model, fraction, layers=names)
+            removed = constant.copy()
+            for name, kept in selection.items():
+                groups = graph.layer_channels(name)
+                drop = np.ones(len(groups), bool)
+                drop[kept] = False
+                removed[groups[drop]] = True
+            return selection, removed, self.cost(graph, removed)
+
+        lo, hi = 0.0, 1.0 - 1e-9
+        best = at(lo)
+        if best[2] > self.budget:
+            for _ in range(30):  # the cost falls as the fraction grows
+                mid = (lo + hi) / 2
+                found = at(mid)
+                if found[2] > self.budget:
+                    lo = mid
+                else:
+                    hi, best = mid, found
+            if best[2] > self.budget:
+                best = at(hi)
+        selection, removed, cost = best
+        for name, kept in selection.items():
+            layer = dict(batchnorm_layers(model))[name]
+            gamma = keras.ops.convert_to_numpy(layer.gamma).copy()
+            drop = np.ones(len(gamma), bool)
+            drop[kept] = False
+            gamma[drop] = 0.0
+            layer.gamma.assign(gamma)
+        final = self.measure()[3]
+        self.selection = selection
+        self.history.append({"step": self._iterations(optimizer) - self._start_iteration,
+                             self.metric: int(final), "target": float(self.budget),
+                             f"{self.metric}_fraction": final / self.start_cost, "rho": 0.0,
+                             "planned_fraction": cost / self.start_cost})
+        return selection
 
     def _catch_up(self, optimizer: Any) -> None:
         """Do the work due after the steps run so far: measure and adapt at every
@@ -661,6 +737,12 @@ class CostTarget(keras.callbacks.Callback):
         if state is not None:
             target.set_state(state)
         return target
+
+
+def _is_slimming(optimizer: Any) -> bool:
+    from tf_gamma_prune.sparsify.slimming import NetworkSlimming
+
+    return isinstance(optimizer, NetworkSlimming)
 
 
 def _latency_budget(latency_ms: Any, latency: Any) -> tuple[float | None, float | None]:
