@@ -129,7 +129,7 @@ def test_fashion_mnist_default_flow_reports_qat_next_to_ptq(tmp_path):
         batch_size=64, out_dir=str(tmp_path), latency_runs=3, cost_target_every=2, verbose=0,
         tflite_eval_examples=128, run_name="qat", qat_epochs=1)
     rows = {r.stage: r for r in result.rows}
-    qat, ptq = rows["pruned + fine-tuned, int8 QAT"], rows["pruned + fine-tuned, int8"]
+    qat, ptq = rows["pruned + tuned, int8 QAT"], rows["pruned + fine-tuned, int8"]
     assert 0.0 <= qat.accuracy <= 1.0 and qat.latency_ms > 0 and qat.macs == ptq.macs
     assert os.path.exists(os.path.join(os.path.dirname(result.paths["pruned_int8.tflite"]),
                                        "pruned_int8_qat.tflite"))
