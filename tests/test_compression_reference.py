@@ -392,3 +392,36 @@ def test_verdict_one_reports_the_compression_shortfall():
     first = _verdicts(records)["compression_accuracy"]
     assert first["value"] is None and not first["met"]
     assert first["compression_shortfall"]["param_reduction"] == 4.0
+
+
+@pytest.mark.slow
+def test_compression_qat_adds_ptq_and_qat_figures_for_gamma_records(smoke, tmp_path):
+    """benchmarks/compression_qat.py on the smoke run: one entry per gamma_ista record, from the
+    cached models; a rerun measures nothing again."""
+    import subprocess
+    import sys
+
+    from tf_gamma_prune.qat import isolate
+
+    if isolate.missing_dependencies():
+        pytest.skip('needs the tfmot extra: pip install "tf-gamma-prune[tfmot]"')
+    out = tmp_path / "qat.json"
+    command = [sys.executable, str(ROOT / "benchmarks" / "compression_qat.py"),
+               f"--results={smoke['out']}", f"--work_dir={smoke['work_dir']}", f"--output={out}",
+               "--train_examples=256", "--test_examples=128", "--runs=3", "--calibration_examples=64"]
+    subprocess.run(command, check=True, capture_output=True, timeout=1200, cwd=ROOT)
+    doc = json.loads(out.read_text())
+    records = json.loads(smoke["out"].read_text())["records"]
+    gamma = {f"gamma_ista/target{r['target']}/seed{r['seed']}": r for r in records
+             if r["method"] == "gamma_ista"}
+    assert set(doc["records"]) == set(gamma) and not doc["missing"]
+    for key, entry in doc["records"].items():
+        assert entry["record_int8_accuracy"] == gamma[key]["int8_accuracy"]
+        for kind in ("ptq", "qat"):
+            assert 0.0 <= entry[kind]["accuracy"] <= 1.0 and entry[kind]["tflite_bytes"] > 0
+            assert entry[kind]["latency_ms"] > 0
+        assert entry["qat_minus_ptq_points"] == pytest.approx(
+            100 * (entry["qat"]["accuracy"] - entry["ptq"]["accuracy"]))
+    before = out.read_text()
+    subprocess.run(command, check=True, capture_output=True, timeout=600, cwd=ROOT)
+    assert json.loads(out.read_text())["records"] == json.loads(before)["records"]
