@@ -45,6 +45,7 @@ from tf_gamma_prune.errors import (  # noqa: I001  (errors first: every stage ra
     InexactRescaleError,
     InputDataError,
     InputShapeError,
+    LatencyTableError,
     ModelFileError,
     NoBatchNormError,
     NonBuiltinOpError,

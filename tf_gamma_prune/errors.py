@@ -14,7 +14,8 @@ By pipeline stage:
   :class:`DatasetNotFoundError`, :class:`CorruptDatasetError`;
 * sparsify: :class:`NoBatchNormError`, :class:`NonFiniteGammaError`,
   :class:`InexactRescaleError`, :class:`ResumeError`,
-  :class:`BudgetUnreachableError` (an :class:`ArgumentError`);
+  :class:`BudgetUnreachableError` (an :class:`ArgumentError`),
+  :class:`LatencyTableError` (a latency table unreadable or for another model);
 * analyse: :class:`UnsupportedModelError` (:class:`UnsupportedLayerError`,
   :class:`SharedLayerError`), :class:`DynamicShapeError`;
 * prune: :class:`SelectionError` (:class:`CriterionError`,
