@@ -648,15 +648,13 @@ def prune_reference(reference, x, y, x_test, y_test, *, target_macs=DEFAULT_TARG
                  lat8.a.median_ms / lat8.b.median_ms),
     ]
     if qat_epochs:
+        qat_path = os.path.join(os.path.dirname(paths["pruned_int8.tflite"]), "pruned_int8_qat.tflite")
         row = qat_row(tuned, x[:qat_examples], y[:qat_examples], x_test[:n_eval], y_test[:n_eval],
-                      ref_int8, epochs=qat_epochs,
-                      path=os.path.join(os.path.dirname(paths["pruned_int8.tflite"]),
-                                        "pruned_int8_qat.tflite"),
-                      reduction=reduction, latency_runs=latency_runs, seed=seed, clock=clock)
+                      ref_int8, epochs=qat_epochs, path=qat_path, reduction=reduction,
+                      latency_runs=latency_runs, seed=seed, clock=clock)
         if row is not None:
             rows.append(row)
-            paths["pruned_int8_qat.tflite"] = os.path.join(
-                os.path.dirname(paths["pruned_int8.tflite"]), "pruned_int8_qat.tflite")
+            paths["pruned_int8_qat.tflite"] = qat_path
     with clock("plots"):
         write_plots(recorder, report, [rows[0], rows[2], rows[3], rows[4]], model, paths,
                     gamma_title="Fashion-MNIST reference: sorted |γ| per layer before and after "

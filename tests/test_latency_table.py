@@ -19,6 +19,7 @@ from tf_gamma_prune import (
     planned_latency_ms,
     prune_model,
 )
+from tf_gamma_prune.analysis.batchnorm import randomize_batchnorm
 from tf_gamma_prune.errors import LatencyTableError
 from tf_gamma_prune.reference_models import fashion_vgg
 
@@ -53,15 +54,6 @@ def synthetic_table(model, tile=4, seed=0):
     full = sum(e["out_ms"][-1] for e in layers.values())
     return LatencyTable(layers, model_ms=1.2 * full + 0.005,
                         model_points=[(full, 1.2 * full + 0.005), (full / 2, 0.6 * full + 0.005)])
-
-
-def zero_some_gammas(model, fraction, seed):
-    rng = np.random.default_rng(seed)
-    for layer in model.layers:
-        if isinstance(layer, L.BatchNormalization):
-            gamma = rng.uniform(0.5, 1.5, layer.gamma.shape).astype("float32")
-            gamma[rng.choice(len(gamma), int(fraction * len(gamma)), replace=False)] = 0.0
-            layer.gamma.assign(gamma)
 
 
 def test_lookup_is_a_staircase_and_the_model_map_is_affine():
@@ -107,7 +99,7 @@ def test_planned_latency_is_the_table_at_the_pruned_models_widths(fraction, seed
     """The plan (no rebuild) and the widths of the model prune_model builds give one prediction."""
     model = small_vgg()
     table = synthetic_table(model)
-    zero_some_gammas(model, fraction, seed)
+    randomize_batchnorm(model, seed=seed, zero_fraction=fraction)
     graph = channel_graph(model, fold="bias")
     planned = planned_latency_ms(graph, graph.removable_constant_groups(), table)
     pruned_graph, calls = mixing_calls(prune_model(model, fold="bias"))
@@ -208,7 +200,7 @@ def test_measured_table_predicts_pruned_fashion_vgg_within_25_percent():
     for fraction, seed in ((0.2, 0), (0.4, 1), (0.6, 2)):
         twin = keras.models.clone_model(model)
         twin.set_weights(model.get_weights())
-        zero_some_gammas(twin, fraction, seed)
+        randomize_batchnorm(twin, seed=seed, zero_fraction=fraction)
         graph = channel_graph(twin, fold="bias")
         predicted = planned_latency_ms(graph, graph.removable_constant_groups(), table)
         (c,) = compare_latency(original, to_tflite(prune_model(twin, fold="bias")), threads=[1],

@@ -455,8 +455,10 @@ class CostTarget(keras.callbacks.Callback):
 
         lo, hi = 0.0, 1.0 - 1e-9
         best = at(lo)
+        channels = len(np.unique(np.concatenate([graph.layer_channels(n) for n in names])))
         if best[2] > self.budget:
-            for _ in range(30):  # the cost falls as the fraction grows
+            # the cost falls as the fraction grows; a step finer than one channel changes nothing
+            while hi - lo > 0.5 / max(channels, 1):
                 mid = (lo + hi) / 2
                 found = at(mid)
                 if found[2] > self.budget:
@@ -466,8 +468,9 @@ class CostTarget(keras.callbacks.Callback):
             if best[2] > self.budget:
                 best = at(hi)
         selection, removed, cost = best
+        layers = dict(batchnorm_layers(model))
         for name, kept in selection.items():
-            layer = dict(batchnorm_layers(model))[name]
+            layer = layers[name]
             gamma = keras.ops.convert_to_numpy(layer.gamma).copy()
             drop = np.ones(len(gamma), bool)
             drop[kept] = False
