@@ -2,9 +2,12 @@
 
 The end-to-end run (``--preset smoke``: a reference trained here for 3 epochs
 on 1,000 images, 1 + 1 epochs after it, two MAC targets, two seeds, two tuning
-trials per pruning method, the seed papers' criteria and training-time
-sparsifiers; ≈ 3 minutes on 2 cores) checks the JSON's invariants against
-independent computations; a second call must train nothing. The verdict code
+trials per pruning method and the seed papers' criteria; ≈ 3 minutes on 2
+cores) checks the JSON's invariants against independent computations; a second
+call must train nothing. The seed papers' training-time sparsifiers (the
+preset's ``training_methods``) are added to a copy of that run by the slow
+``smoke_training`` continuation (≈ 2 more minutes), which also checks that
+adding them keeps every earlier record. The verdict code
 is checked on hand-made records, and the continuation of a results file made
 before the training methods on a copy of the committed ``compression_cpu.json``.
 """
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import shutil
 
 import pytest
 
@@ -28,7 +32,8 @@ def smoke(tmp_path_factory):
     pytest.importorskip("ai_edge_litert", reason="LiteRT interpreter needed for latency")
     require_real_fashion_mnist()
     tmp = tmp_path_factory.mktemp("smoke")
-    settings = compression.make_settings("smoke")
+    # the training rows (two sparsifiers x 2 targets x 2 seeds) are the slow continuation below
+    settings = compression.make_settings("smoke", training_methods=[])
     out, work_dir = tmp / "smoke.json", tmp / "work"
     first = compression.run_benchmark(settings, out, work_dir, log=lambda line: None,
                                       png=tmp / "smoke.png")
@@ -38,22 +43,54 @@ def smoke(tmp_path_factory):
                 png=tmp / "smoke.png", work_dir=work_dir)
 
 
+@pytest.fixture(scope="module")
+def smoke_training(smoke, tmp_path_factory):
+    """A copy of the smoke run continued with the preset's training methods (additive rows)."""
+    tmp = tmp_path_factory.mktemp("smoke_training")
+    out, work_dir = tmp / "smoke.json", tmp / "work"
+    shutil.copy(smoke["out"], out)
+    shutil.copytree(smoke["work_dir"], work_dir)
+    settings = compression.make_settings("smoke")
+    outcome = compression.run_benchmark(settings, out, work_dir, log=lambda line: None)
+    return dict(settings=settings, out=out, outcome=outcome, before=json.loads(smoke["text"]))
+
+
 def _by_key(doc) -> dict[tuple, dict]:
     return {(r["method"], r["target"], r["seed"]): r for r in doc["records"]}
 
 
 def test_every_method_target_and_seed_has_a_record(smoke):
-    doc, s = json.loads(smoke["out"].read_text()), smoke["settings"]
+    s = smoke["settings"]
+    assert s["criteria_methods"], "the smoke run covers the seed papers' criteria too"
+    assert s["training_methods"] == []  # they are the slow continuation's
+    expected = _check_records(json.loads(smoke["out"].read_text()), s)
+    assert smoke["first"].finished and smoke["first"].records_added == expected + 1
+
+
+@pytest.mark.slow
+def test_training_rows_continue_the_smoke_run(smoke_training):
+    s, outcome, before = smoke_training["settings"], smoke_training["outcome"], smoke_training["before"]
+    assert s["training_methods"] == list(protocol.TRAINING_METHODS)
+    doc = json.loads(smoke_training["out"].read_text())
+    _check_records(doc, s)
+    added = len(s["training_methods"]) * len(s["mac_targets"]) * len(s["seeds"])
+    assert outcome.finished and outcome.records_added == added and outcome.epochs_trained > 0
+    assert doc["records"][:len(before["records"])] == before["records"]  # nothing redone
+    assert doc["tuning"] == before["tuning"]  # the training rows have no trials of their own
+    assert doc["settings_extended"] == [{"training_methods_added": s["training_methods"],
+                                         "records_before": len(before["records"])}]
+    _check_budgets(doc, s)
+
+
+def _check_records(doc: dict, s: dict) -> int:
+    """Every (method, target, seed) of ``s`` has one sane record; returns their count."""
     records = _by_key(doc)
     methods = (*compression.METHODS, *s["criteria_methods"], *s["training_methods"])
-    assert s["criteria_methods"], "the smoke run covers the seed papers' criteria too"
-    assert s["training_methods"] == list(protocol.TRAINING_METHODS), "and their sparsifiers"
     expected = {(m, k, seed) for seed in s["seeds"] for k in range(len(s["mac_targets"]))
                 for m in methods}
     references = [key for key in records if key[0] == "reference"]
     assert references == [("reference", None, 0)]  # one shared reference, its own seed
     assert set(records) - set(references) == expected and len(doc["records"]) == len(records)
-    assert smoke["first"].finished and smoke["first"].records_added == len(expected) + 1
     for r in doc["records"]:
         if r.get("accuracy") is None:  # only what depends on a match may be unreachable
             assert r["method"] not in ("reference", "gamma_ista") and r["unreachable"]
@@ -72,13 +109,18 @@ def test_every_method_target_and_seed_has_a_record(smoke):
         assert r["measure_seconds"] > 0 and r["train_seconds"] > 0
     assert records[("reference", None, 0)]["accuracy"] > 0.2  # the reference learnt something
     assert doc["reference"]["source"].startswith("trained here")
+    return len(expected)
 
 
 def test_budgets_epochs_and_matching(smoke):
+    _check_budgets(json.loads(smoke["out"].read_text()), smoke["settings"])
+
+
+def _check_budgets(doc: dict, s: dict) -> None:
+    """Budgets, epoch splits and MAC matching of every record against ``s``."""
     from tf_gamma_prune import model_cost
     from tf_gamma_prune.reference_models import fashion_vgg
 
-    doc, s = json.loads(smoke["out"].read_text()), smoke["settings"]
     ref_macs = model_cost(fashion_vgg(widths=s["widths"])).macs
     budget = s["sparsify_epochs"] + s["finetune_epochs"]
     for (method, k, seed), r in _by_key(doc).items():
@@ -103,12 +145,13 @@ def test_budgets_epochs_and_matching(smoke):
             assert r["sparsify_epochs"] + r["finetune_epochs"] == budget
 
 
-def test_training_rows_record_their_sparsify_phase(smoke):
-    doc = json.loads(smoke["out"].read_text())
+@pytest.mark.slow
+def test_training_rows_record_their_sparsify_phase(smoke_training):
+    doc = json.loads(smoke_training["out"].read_text())
     rows = [r for r in doc["records"] if r["method"] in protocol.TRAINING_METHODS
             and r.get("accuracy") is not None]
     assert {r["method"] for r in rows} == set(protocol.TRAINING_METHODS)
-    s = smoke["settings"]
+    s = smoke_training["settings"]
     for r in rows:
         info = r[r["method"]]
         assert len(json.dumps(info)) < 600  # a few numbers, no arrays
@@ -192,7 +235,7 @@ def test_a_lost_record_is_measured_again_from_the_cache(smoke, tmp_path):
                                         log=lambda line: None)
     assert outcome.records_added == 1 and outcome.epochs_trained == 0 and outcome.finished
     again = _by_key(outcome.doc)[(lost["method"], lost["target"], lost["seed"])]
-    # the last record is a training row's, which may be an unreachable one (accuracy None, no "macs",
+    # the last record is a criteria row's, which may be an unreachable one (accuracy None, no "macs",
     # the reason and the closest MACs instead)
     for key in ("accuracy", "macs", "params", "unreachable", "closest_macs"):
         assert again.get(key) == lost.get(key), key

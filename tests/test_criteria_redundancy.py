@@ -57,18 +57,48 @@ def test_k_tight_clusters_give_n_over_k(n, k):
     assert layer_redundancy(model)["conv"] == pytest.approx(n / k)
 
 
-def test_random_filters_are_not_redundant():
-    rng = np.random.default_rng(0)
-    x = keras.Input((5, 5, 8))
-    h = L.Conv2D(16, 3, name="conv")(x)
+@pytest.mark.parametrize("in_ch", [1, 8, 128])
+def test_random_filters_are_not_redundant_in_any_dimension(in_ch):
+    """3x3 filters of 9, 72 and 1,152 numbers: the default ("auto") links no random pair."""
+    rng = np.random.default_rng(in_ch)
+    x = keras.Input((5, 5, in_ch))
+    h = L.Conv2D(32, 3, name="conv")(x)
     model = keras.Model(x, L.Dense(2)(L.Flatten()(h)))
-    model.get_layer("conv").kernel.assign(rng.normal(size=(3, 3, 8, 16)))
-    # independent check that no two unit filters are within the threshold
-    f = model.get_layer("conv").kernel.numpy().reshape(-1, 16).T
+    model.get_layer("conv").kernel.assign(rng.normal(size=(3, 3, in_ch, 32)))
+    # independent check: no two unit filters more alike than 4/sqrt(d) (at most 0.95) in cosine
+    f = model.get_layer("conv").kernel.numpy().reshape(-1, 32).T
     f /= np.linalg.norm(f, axis=1, keepdims=True)
-    d = np.linalg.norm(f[:, None] - f[None], axis=-1) + np.eye(16) * 9
-    assert d.min() > criteria_redundancy.DEFAULT_THRESHOLD
+    cosine = f @ f.T - 2 * np.eye(32)
+    assert cosine.max() < min(4 / np.sqrt(9 * in_ch), 0.95)
     assert layer_redundancy(model)["conv"] == pytest.approx(1.0)
+
+
+def test_auto_threshold_by_hand():
+    for d in (9, 17, 18, 72, 1152):
+        cosine = min(4 / np.sqrt(d), 0.95)
+        assert criteria_redundancy.auto_threshold(d) == pytest.approx(np.sqrt(2 - 2 * cosine))
+    with pytest.raises(CriterionError, match="dimension"):
+        criteria_redundancy.auto_threshold(0)
+
+
+def test_a_fixed_distance_misses_clusters_in_many_dimensions():
+    """Clusters whose members share half their direction (cosine ≈ 0.5, chance ≈ ±0.03 in
+    1,152 dimensions) are redundant for "auto"; the fixed 0.5 (cosine > 0.875) sees none."""
+    rng = np.random.default_rng(7)
+    x = keras.Input((5, 5, 128))
+    h = L.Conv2D(24, 3, name="conv")(x)
+    model = keras.Model(x, L.Dense(2)(L.Flatten()(h)))
+    kernel, labels = clustered_filters(rng, 24, 4, 1152, noise=1.0)
+    model.get_layer("conv").kernel.assign(kernel.reshape(3, 3, 128, 24))
+    f = kernel.T / np.linalg.norm(kernel.T, axis=1, keepdims=True)
+    cosine = f @ f.T
+    same = labels[:, None] == labels[None]
+    off = ~np.eye(24, dtype=bool)
+    assert cosine[same & off].min() > 0.3 and np.abs(cosine[~same]).max() < 0.118
+    assert layer_redundancy(model)["conv"] == pytest.approx(24 / 4)
+    assert layer_redundancy(model, threshold=0.5)["conv"] == pytest.approx(1.0)
+    with pytest.raises(CriterionError, match='"auto" or a number'):
+        layer_redundancy(model, threshold="relative")
 
 
 def test_redundancy_of_a_path_graph_by_hand():
@@ -206,7 +236,7 @@ def test_tied_convs_are_one_unit():
     v = np.concatenate(blocks, axis=1)
     v /= np.linalg.norm(v, axis=1, keepdims=True)
     d = np.linalg.norm(v[:, None] - v[None], axis=-1)
-    assert r["stem"] == pytest.approx(redundancy(d, criteria_redundancy.DEFAULT_THRESHOLD))
+    assert r["stem"] == pytest.approx(redundancy(d, criteria_redundancy.auto_threshold(27 + 72)))
     selection = structural_redundancy_selection(model, 0.25, layers=layers)
     assert selection["stem"].tolist() == selection["last"].tolist()
     kept = sum(len(v) for k, v in selection.items() if k != "last")  # a tied channel once

@@ -26,9 +26,10 @@ filters in ``k`` tight clusters give ``R = N / k``.
 
 What is not verified against the paper (its text was not available to us;
 these follow a third-party reading, see ``docs/criteria.md``): the threshold's
-scale (here a plain distance between unit vectors, default
-:data:`DEFAULT_THRESHOLD`; a reproduction used a much smaller value on what may
-be a differently normalised distance), the 0.35/0.65 weights, ℓ ∈ {1, 2}, and
+scale (here a distance between unit vectors chosen per layer from the filters'
+length, :func:`auto_threshold`, or one fixed distance; a reproduction used a
+much smaller value on what may be a differently normalised distance), the
+0.35/0.65 weights, ℓ ∈ {1, 2}, and
 removing one filter per step. Ties in ``R`` (e.g. layers without any edge, all
 ``R = 1``) go to the layer with more remaining filters, then to the first one.
 
@@ -79,11 +80,27 @@ from tf_gamma_prune.prune.criteria import (
     _units,
 )
 
-DEFAULT_THRESHOLD = 0.5
-"""Default edge threshold: the Euclidean distance between two unit-length
-filters (0 = parallel, √2 = orthogonal, 2 = opposite) below which they are
-linked. 0.5 links filters whose cosine similarity exceeds 0.875. Not taken from
-the paper (unverified); tune it with :func:`layer_redundancy`."""
+AUTO_SIGNIFICANCE = 4.0
+"""``threshold="auto"`` links two filters whose cosine similarity is this many
+standard deviations (``1/√d``) above that of two random directions in their
+``d`` dimensions."""
+
+AUTO_MAX_COSINE = 0.95
+"""``threshold="auto"`` never links filters less similar than this cosine (in
+fewer than about 18 dimensions ``AUTO_SIGNIFICANCE/√d`` would exceed it)."""
+
+DEFAULT_THRESHOLD = "auto"
+"""Default edge threshold: ``"auto"``, a distance per layer from the length
+``d`` of its filters (:func:`auto_threshold`), so that filters no more alike
+than random ones are never linked, whatever ``d``. A number instead is one
+Euclidean distance between unit-length filters (0 = parallel, √2 = orthogonal,
+2 = opposite) for every layer; e.g. 0.5 links filters whose cosine similarity
+exceeds 0.875. A fixed distance means different things at different ``d``:
+random unit vectors are at √2 ± 1/√(2d), so in a trained fashion_vgg (``d`` 9
+to 1,152) 0.5 links 1.4 % of conv1's 9-number filters and no pair of any other
+layer (every other ``R`` is 1), while ``"auto"`` links 0.4 % of conv1's, 4–8 %
+of conv2–conv5's and 30 % of conv6's pairs (``docs/criteria.md``). The paper's
+value and scale are unverified; inspect yours with :func:`layer_redundancy`."""
 
 COMPONENT_WEIGHT = 0.35
 """Weight of the number of connected components in ``R``'s denominator; the
@@ -101,7 +118,7 @@ _PROCESSES: collections.OrderedDict[tuple, _RedundancyProcess] = collections.Ord
 def layer_redundancy(
     model: keras.Model,
     *,
-    threshold: float = DEFAULT_THRESHOLD,
+    threshold: float | str = DEFAULT_THRESHOLD,
     layers: Sequence[str] | None = None,
     unknown_layers: str = "error",
 ) -> dict[str, float]:
@@ -109,7 +126,8 @@ def layer_redundancy(
 
     Args:
         model: a functional/Sequential Keras model.
-        threshold: the edge threshold (distance between unit-length filters).
+        threshold: the edge threshold: ``"auto"`` (default, per layer, see
+            :func:`auto_threshold`) or one distance between unit-length filters.
         layers: conv (or ``Dense``) layer names instead of the default (every
             conv whose output channels may be removed on their own). Named
             layers that share channels form one unit and get the unit's ``R``.
@@ -148,7 +166,7 @@ def structural_redundancy_selection(
     model: keras.Model,
     prune_fraction: float,
     *,
-    threshold: float = DEFAULT_THRESHOLD,
+    threshold: float | str = DEFAULT_THRESHOLD,
     layers: Sequence[str] | None = None,
     min_channels: int = 1,
     round_to: int = 1,
@@ -174,8 +192,9 @@ def structural_redundancy_selection(
     Args:
         model: a functional/Sequential Keras model.
         prune_fraction: in ``[0, 1)``, the fraction of the removable filters to cut.
-        threshold: the edge threshold (distance between unit-length filters;
-            see :data:`DEFAULT_THRESHOLD`).
+        threshold: the edge threshold: ``"auto"`` (default, per layer from the
+            filters' length, :func:`auto_threshold`) or one distance between
+            unit-length filters (see :data:`DEFAULT_THRESHOLD`).
         layers: conv (or ``Dense``) layer names to prune instead of the default
             (every conv whose output channels may be removed on their own;
             residual-tied convs only when named, then ranked as one unit).
@@ -223,7 +242,7 @@ def redundancy_random_selection(
     prune_fraction: float,
     *,
     seed: int = 0,
-    threshold: float = DEFAULT_THRESHOLD,
+    threshold: float | str = DEFAULT_THRESHOLD,
     layers: Sequence[str] | None = None,
     min_channels: int = 1,
     round_to: int = 1,
@@ -294,6 +313,37 @@ def redundancy_random_selection(
 
 
 # ------------------------------------------------------------------ redundancy
+def auto_threshold(dimension: int) -> float:
+    """The edge distance ``threshold="auto"`` uses for unit filters of ``dimension`` numbers.
+
+    Two random unit vectors in ``d`` dimensions have a cosine similarity of
+    about ``N(0, 1/d)``: a fixed distance links almost every random pair when
+    ``d`` is small and none, however alike, when it is large. ``"auto"`` links
+    a pair when its cosine exceeds ``AUTO_SIGNIFICANCE/√d`` (capped at
+    ``AUTO_MAX_COSINE``), i.e. when the two filters are far more alike than
+    chance makes them, so random filters get ``R ≈ 1`` in every layer. The
+    distance between unit vectors with cosine ``c`` is ``√(2 − 2c)``.
+
+    Args:
+        dimension: the number of weights of one (flattened) filter, ``≥ 1``.
+
+    Returns:
+        The distance below which two unit-length filters are linked.
+
+    Example:
+
+    >>> round(auto_threshold(1152), 3)   # 3x3x128: cosine above 0.118
+    1.328
+    >>> round(auto_threshold(9), 3)      # 3x3x1: cosine above the cap, 0.95
+    0.316
+    """
+    if isinstance(dimension, bool) or not isinstance(dimension, (int, np.integer)) \
+            or dimension < 1:
+        raise CriterionError(f"dimension must be an integer >= 1, got {dimension!r}.")
+    cosine = min(AUTO_SIGNIFICANCE / math.sqrt(int(dimension)), AUTO_MAX_COSINE)
+    return math.sqrt(2.0 - 2.0 * cosine)
+
+
 def redundancy(distances: np.ndarray, threshold: float) -> float:
     """``R = N / (0.35·k + 0.65·mean_ℓ cover_ℓ)`` of filters with these pairwise distances.
 
@@ -366,7 +416,7 @@ class _Unit:
     """One pruned layer, or several named layers that share channels."""
 
     def __init__(self, names: list[str], members: Mapping[str, np.ndarray],
-                 graph: ChannelGraph, scores: np.ndarray, threshold: float) -> None:
+                 graph: ChannelGraph, scores: np.ndarray, threshold: float | str) -> None:
         self.names = names
         self.groups = np.unique(np.concatenate([members[n] for n in names]))
         index = {int(g): i for i, g in enumerate(self.groups)}
@@ -374,13 +424,14 @@ class _Unit:
         self.local = [np.array([index[int(g)] for g in members[n]]) for n in names]
         self.removable = ~graph.pinned[self.groups]
         self.scores = scores[self.groups]
-        self.threshold = threshold
         vectors = _unit_vectors(graph, names, members, self.groups, index)
+        self.threshold = auto_threshold(_dimension(graph, names)) if threshold == "auto" \
+            else float(threshold)
         gram = np.clip(vectors @ vectors.T, -1.0, 1.0)
         sq = np.add.outer((vectors ** 2).sum(1), (vectors ** 2).sum(1)) - 2 * gram
         self.distances = np.sqrt(np.maximum(sq, 0.0))
         self.alive = np.ones(len(self.groups), bool)
-        self.redundancy = redundancy(self.distances, threshold)
+        self.redundancy = redundancy(self.distances, self.threshold)
         self._next: tuple[int | None] | None = None  # cached next_removal
 
     def can_remove(self, i: int, alive: np.ndarray, min_channels: int) -> bool:
@@ -414,7 +465,7 @@ class _Unit:
 class _RedundancyProcess:
     """The greedy removal order of one model state, extended on demand."""
 
-    def __init__(self, graph: ChannelGraph, names: list[str], threshold: float,
+    def __init__(self, graph: ChannelGraph, names: list[str], threshold: float | str,
                  min_channels: int) -> None:
         self.members = {n: graph.layer_channels(n) for n in names}
         self.scores = np.zeros(graph.num_groups)
@@ -482,7 +533,17 @@ def _unit_vectors(graph: ChannelGraph, names: list[str], members: Mapping[str, n
     return np.divide(vectors, norms, out=np.zeros_like(vectors), where=norms > 0)
 
 
-def _process(graph: ChannelGraph, layers: Sequence[str] | None, threshold: float,
+def _dimension(graph: ChannelGraph, names: list[str]) -> int:
+    """The number of weights in one (concatenated) filter of a unit's layers."""
+    size = 0
+    for name in names:
+        layer = next(c.layer for c in graph.layer_graph.calls if c.name == name)
+        shape = tuple(layer.kernel.shape)
+        size += math.prod(shape[:-1])
+    return max(size, 1)
+
+
+def _process(graph: ChannelGraph, layers: Sequence[str] | None, threshold: float | str,
              min_channels: int) -> _RedundancyProcess:
     """The (cached) removal process for this graph's pruned layers and kernels."""
     names = _filter_layers(graph, layers)
@@ -536,10 +597,13 @@ def _finish_widths(members: Mapping[str, np.ndarray], removed: np.ndarray,
             return
 
 
-def _checked_threshold(threshold: Any) -> float:
+def _checked_threshold(threshold: Any) -> float | str:
+    if threshold == "auto" and isinstance(threshold, str):
+        return "auto"
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.floating,
                                                                  np.integer)):
-        raise CriterionError(f"threshold must be a number in (0, 2], got {threshold!r}.")
+        raise CriterionError(f'threshold must be "auto" or a number in (0, 2], got '
+                             f"{threshold!r}.")
     value = float(threshold)
     if not 0.0 < value <= 2.0:
         raise CriterionError(
