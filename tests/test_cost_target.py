@@ -68,6 +68,7 @@ def started(target, model, total_steps=100):
     ({}, "exactly one budget"), ({"macs": 0.5, "params": 0.5}, "exactly one budget"),
     ({"macs": 0.5, "reach_at": 0}, "reach_at"), ({"macs": 0.5, "every": 0}, "every"),
     ({"macs": 0.5, "push_gain": -1}, "push_gain"), ({"macs": 0.5, "lookahead": -1}, "lookahead"),
+    ({"macs": 0.5, "unknown_layers": "skip"}, "unknown_layers"),
 ])
 def test_bad_arguments_are_refused(kwargs, match):
     with pytest.raises(ArgumentError, match=match):
@@ -347,3 +348,25 @@ def test_network_slimming_gets_its_threshold_at_the_budget(budget):
     for name, kept in target.selection.items():
         gamma = np.abs(model.get_layer(name).gamma.numpy())
         assert np.count_nonzero(gamma) == len(kept) or len(kept) == 1
+
+
+def test_a_model_with_a_composite_layer_needs_opaque_and_then_meets_the_budget():
+    """``unknown_layers="opaque"`` as in prune_model: the composite block's channels stay whole."""
+    from test_criteria_opaque import model_with_block
+
+    from tf_gamma_prune import UnsupportedLayerError
+
+    model = model_with_block()
+    model.compile(GammaISTA(keras.optimizers.SGD(0.02), min_channels=1),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((128, 12, 12, 3)).astype("float32"), rng.integers(0, 4, 128)
+    with pytest.raises(UnsupportedLayerError, match="unknown_layers"):
+        model.fit(x, y, batch_size=16, epochs=1, verbose=0, callbacks=[CostTarget(macs=0.7)])
+    target = CostTarget(macs=0.7, every=2, unknown_layers="opaque")
+    model.fit(x, y, batch_size=16, epochs=3, verbose=0, callbacks=[target])
+    pruned = prune_model(model, unknown_layers="opaque")
+    assert count_macs(pruned) == target.pruned_cost() == target.history[-1]["macs"]
+    assert abs(count_macs(pruned) - target.budget) <= 0.05 * target.budget
+    assert pruned.get_layer("block").filters == 8  # kept whole
+    assert CostTarget.from_config(target.get_config()).unknown_layers == "opaque"

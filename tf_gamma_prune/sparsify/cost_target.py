@@ -185,6 +185,9 @@ class CostTarget(keras.callbacks.Callback):
             ``"carrier"`` keep some constant channels back to carry the removed
             ones). With ``fold="exact"`` the border-correction maps' parameters
             are not counted.
+        unknown_layers: ``prune_model``'s option, passed on the same way:
+            ``"opaque"`` counts a model with composite custom layers, their
+            channels kept whole (then prune with ``unknown_layers="opaque"`` too).
 
     Use with :class:`~tf_gamma_prune.GammaISTA` (its ``rho`` must be a number,
     not a schedule), or with :class:`~tf_gamma_prune.NetworkSlimming`: its
@@ -199,7 +202,7 @@ class CostTarget(keras.callbacks.Callback):
                  rho_max: float = 1e4, tolerance: float = 0.05, total_steps: int | None = None,
                  lookahead: int = 2, push_gain: float = 2.0, push_smoothing: float = 0.5,
                  rho_growth: float = 1.5, revive: bool = True, fold: str = "auto",
-                 carrier_tile: int = 1):
+                 carrier_tile: int = 1, unknown_layers: str = "error"):
         super().__init__()
         given = {k: v for k, v in (("macs", macs), ("params", params), ("latency_ms", latency_ms),
                                    ("latency", latency)) if v is not None}
@@ -237,7 +240,10 @@ class CostTarget(keras.callbacks.Callback):
             raise ArgumentError(f"fold must be one of {_FOLDS} (prune_model's), got {fold!r}.")
         if isinstance(carrier_tile, bool) or not isinstance(carrier_tile, int) or carrier_tile < 1:
             raise ArgumentError(f"carrier_tile must be an integer >= 1, got {carrier_tile!r}.")
-        self.fold, self.carrier_tile = fold, carrier_tile
+        if unknown_layers not in ("error", "opaque"):
+            raise ArgumentError(f"unknown_layers must be 'error' or 'opaque' (prune_model's), "
+                                f"got {unknown_layers!r}.")
+        self.fold, self.carrier_tile, self.unknown_layers = fold, carrier_tile, unknown_layers
         self.total_steps = None if total_steps is None else int(total_steps)
         self._reset_state()
         self._layer_groups: dict[str, np.ndarray] | None = None  # per target: group of each channel
@@ -291,7 +297,8 @@ class CostTarget(keras.callbacks.Callback):
 
     def measure_graph(self) -> ChannelGraph:
         """The channel graph of the model as it is now (which channels are constant)."""
-        return channel_graph(model_being_trained(self.model), fold="bias")
+        return channel_graph(model_being_trained(self.model), fold="bias",
+                             unknown_layers=self.unknown_layers)
 
     def measure(self) -> tuple[ChannelGraph, np.ndarray, int, int]:
         """``(graph, removed, plain, cost)``: the bias-fold channel graph the plans use,
@@ -303,7 +310,8 @@ class CostTarget(keras.callbacks.Callback):
         plain = self.cost(graph, removed)
         if self.fold == "bias":
             return graph, removed, plain, plain
-        folded = channel_graph(model_being_trained(self.model), fold=self.fold)
+        folded = channel_graph(model_being_trained(self.model), fold=self.fold,
+                               unknown_layers=self.unknown_layers)
         kept = plan_removal(folded, None, carrier_tile=self.carrier_tile).removed
         return graph, removed, plain, self.cost(folded, kept)
 
@@ -729,7 +737,7 @@ class CostTarget(keras.callbacks.Callback):
                 "total_steps": self.total_steps, "push_gain": self.push_gain,
                 "push_smoothing": self.push_smoothing, "rho_growth": self.rho_growth,
                 "fold": self.fold,
-                "carrier_tile": self.carrier_tile,
+                "carrier_tile": self.carrier_tile, "unknown_layers": self.unknown_layers,
                 "revive": self.revive, "state": self.get_state()}
 
     @classmethod
