@@ -7,7 +7,8 @@ final model saved, its TFLite measurements left pending. This process (with
 TensorFlow) then calls the benchmark again with the same settings: it trains
 nothing and fills the TFLite fields in. Checked against independent
 computations: each final model re-evaluated here under TensorFlow gives the
-accuracy the JAX run recorded. About 3 minutes on 2 cores.
+accuracy the JAX run recorded. About 1.5 minutes on 2 cores, so marked slow (the
+deadline test, no training, stays in the default suite).
 """
 
 from __future__ import annotations
@@ -77,6 +78,7 @@ def jax_then_tf(tmp_path_factory):
     return dict(jax_run=jax_run, jax_doc=jax_doc, completed=completed, settings=settings)
 
 
+@pytest.mark.slow  # the GPU machine's path, ≈ 1.5 min: docs/testing.md
 def test_training_without_tensorflow_leaves_tflite_pending(jax_then_tf):
     run, doc = jax_then_tf["jax_run"], jax_then_tf["jax_doc"]
     assert run["loaded"] == []  # nothing of TensorFlow was imported
@@ -94,6 +96,7 @@ def test_training_without_tensorflow_leaves_tflite_pending(jax_then_tf):
     assert next(r for r in records if r["method"] == "reference")["accuracy"] > 0.2  # it learnt
 
 
+@pytest.mark.slow  # the GPU machine's path, ≈ 1.5 min: docs/testing.md
 def test_a_run_with_tensorflow_fills_in_the_pending_measurements(jax_then_tf):
     completed, jax_doc = jax_then_tf["completed"], jax_then_tf["jax_doc"]
     assert completed.finished is True
@@ -111,6 +114,7 @@ def test_a_run_with_tensorflow_fills_in_the_pending_measurements(jax_then_tf):
     assert completed.doc["summary"]["groups"][0]["speedup"] is not None
 
 
+@pytest.mark.slow  # the GPU machine's path, ≈ 1.5 min: docs/testing.md
 def test_models_trained_on_jax_give_the_same_accuracy_under_tensorflow(jax_then_tf):
     import keras
 
