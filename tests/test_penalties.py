@@ -69,6 +69,23 @@ def test_penalties_feed_gamma_ista_and_nested_names():
     assert {n for n, _, _ in opt.targets} == {f"{inner.name}/bn1", f"{inner.name}/bn2"}
 
 
+def test_gamma_scale_multiplies_each_lambda_by_its_layers_mean_abs_gamma():
+    inner = three_layer_net()
+    x = keras.Input((16, 16, 3))
+    model = keras.Model(x, inner(x))  # nested: qualified names
+    rng = np.random.default_rng(0)
+    gammas = {"bn1": rng.uniform(-0.5, 0.5, 8), "bn2": rng.uniform(1.0, 2.0, 4), "bn3": np.zeros(10)}
+    for name, value in gammas.items():
+        inner.get_layer(name).gamma.assign(value)
+    plain = gamma_penalties(model)
+    scaled = gamma_penalties(model, gamma_scale=True)
+    for name, value in gammas.items():
+        key = f"{inner.name}/{name}"
+        factor = np.mean(np.abs(value)) or 1.0  # all-zero γ: λ unchanged
+        assert scaled[key] == pytest.approx(plain[key] * factor)
+    assert gamma_penalties(model, gamma_scale=False) == plain
+
+
 def test_penalties_errors():
     with pytest.raises(NoBatchNormError):
         gamma_penalties(keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)]))
