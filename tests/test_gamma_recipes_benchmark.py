@@ -1,0 +1,60 @@
+"""benchmarks/gamma_recipes.py end to end at toy settings: records, paired differences, resume."""
+
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import pytest
+from test_compression_benchmark import require_real_fashion_mnist
+
+from tf_gamma_prune import count_macs
+from tf_gamma_prune.reference_models import fashion_vgg
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WIDTHS = (8, 8, 16, 16, 16, 16)
+
+
+def run(tmp_path, *extra):
+    return subprocess.run(
+        [sys.executable, os.path.join(ROOT, "benchmarks", "gamma_recipes.py"),
+         f"--reference={tmp_path / 'reference.keras'}", "--train_examples=256",
+         "--validation_examples=200", "--batch_size=64", "--every=2", "--targets=2", "--seeds=0",
+         f"--output={tmp_path / 'recipes.json'}", *extra],
+        capture_output=True, text=True, timeout=900, cwd=ROOT)
+
+
+def test_recipes_are_recorded_paired_and_resumed(tmp_path):
+    require_real_fashion_mnist()
+    keras.utils.set_random_seed(0)
+    reference = fashion_vgg(widths=WIDTHS)
+    reference.save(tmp_path / "reference.keras")
+    recipes = "--recipes=gamma_scale_s2,l1_norm,gamma_scale_rewind_s1"
+    proc = run(tmp_path, recipes)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads((tmp_path / "recipes.json").read_text())
+    records = doc["records"]
+    assert list(records) == ["l1_norm/2x/seed0", "gamma_scale_s2/2x/seed0",  # the baseline first
+                             "gamma_scale_rewind_s1/2x/seed0"]
+    base = records["l1_norm/2x/seed0"]
+    budget = round(count_macs(reference) / 2)
+    for key, r in records.items():
+        assert r["macs_budget"] == budget and 0.0 <= r["validation_accuracy"] <= 1.0
+        widths = [r["widths"][f"bn{i}"] for i in range(1, 7)]
+        assert all(1 <= w <= full for w, full in zip(widths, WIDTHS))
+        # independent: the MACs of a fresh fashion_vgg at the recorded widths
+        assert r["macs"] == count_macs(fashion_vgg(widths=widths)), key
+        if r["recipe"] != "l1_norm":
+            assert r["minus_l1_norm"] == pytest.approx(
+                round(100 * (r["validation_accuracy"] - base["validation_accuracy"]), 2))
+    assert abs(base["macs"] - budget) <= 0.05 * budget  # L1-norm is matched to the budget
+    assert "minus_l1_norm" not in base
+
+    again = run(tmp_path, recipes)  # nothing left to run: same file
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert json.loads((tmp_path / "recipes.json").read_text())["records"] == records
+    other = run(tmp_path, recipes, "--every=3")
+    assert other.returncode != 0 and "other settings" in other.stderr
+    unknown = run(tmp_path, "--recipes=l1_norm,magic")
+    assert unknown.returncode != 0 and "unknown ['magic']" in unknown.stderr
