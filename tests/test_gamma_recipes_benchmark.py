@@ -30,13 +30,13 @@ def test_recipes_are_recorded_paired_and_resumed(tmp_path):
     keras.utils.set_random_seed(0)
     reference = fashion_vgg(widths=WIDTHS)
     reference.save(tmp_path / "reference.keras")
-    recipes = "--recipes=gamma_scale_s2,l1_norm,gamma_scale_rewind_s1"
+    recipes = "--recipes=gamma_scale_s2,l1_norm,gamma_scale_rewind_s1,one_fit"
     proc = run(tmp_path, recipes)
     assert proc.returncode == 0, proc.stderr[-3000:]
     doc = json.loads((tmp_path / "recipes.json").read_text())
     records = doc["records"]
     assert list(records) == ["l1_norm/2x/seed0", "gamma_scale_s2/2x/seed0",  # the baseline first
-                             "gamma_scale_rewind_s1/2x/seed0"]
+                             "gamma_scale_rewind_s1/2x/seed0", "one_fit/2x/seed0"]
     base = records["l1_norm/2x/seed0"]
     budget = round(count_macs(reference) / 2)
     for key, r in records.items():
