@@ -167,21 +167,23 @@ def paired_differences(records: dict[str, dict]) -> None:
 
 def main(argv):
     del argv
-    from tf_gamma_prune.atomic_io import write_json_atomic
-    from tf_gamma_prune.data import load_fashion_mnist, validation_split
-    from tf_gamma_prune.errors import ArgumentError
-
+    # usage checks first, before Keras/TensorFlow load
     unknown = sorted(set(FLAGS.recipes) - set(RECIPES))
     if unknown:
-        raise ArgumentError(f"--recipes: unknown {unknown}; choose from {sorted(RECIPES)}.")
-    doc = {"settings": settings(), "machine": common.machine_info(), "records": {}}
+        raise app.UsageError(f"--recipes: unknown {unknown}; choose from {sorted(RECIPES)}.")
+    doc = {"settings": settings(), "machine": None, "records": {}}
     if os.path.exists(FLAGS.output):
         with open(FLAGS.output) as f:
             old = json.load(f)
         if old.get("settings") != doc["settings"]:
-            raise ArgumentError(f"{FLAGS.output} holds results of other settings; pass another "
-                                "--output (or delete it to start over).")
+            raise app.UsageError(f"{FLAGS.output} holds results of other settings; pass another "
+                                 "--output (or delete it to start over).")
         doc["records"] = old.get("records", {})
+
+    from tf_gamma_prune.atomic_io import write_json_atomic
+    from tf_gamma_prune.data import load_fashion_mnist, validation_split
+
+    doc["machine"] = common.machine_info()
     (x, y), _ = load_fashion_mnist()
     (x, y), (x_val, y_val) = validation_split(x, y, FLAGS.validation_examples, seed=0)
     if FLAGS.train_examples:
