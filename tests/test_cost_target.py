@@ -109,6 +109,23 @@ def test_hold_at_rho_min_when_the_cost_is_at_the_target():
     assert float(model.optimizer.rho) == pytest.approx(target.rho_min)
 
 
+def test_the_last_window_holds_a_cost_within_tolerance():
+    """Nothing after the last window can revive an overshoot: a cost within tolerance stays."""
+    model = compiled(small_vgg())
+    spread_gammas(model)
+    target = started(CostTarget(macs=0.5, every=10, total_steps=100, tolerance=0.05), model)
+    target.budget = round(target.start_cost / 1.04)  # 4 % above it: outside the hold band (2.5 %)
+    target._done = 80  # a window before the last: it still removes
+    assert target.adapt() > target.rho_min
+    model.optimizer.rho = 0.0
+    target.history.clear()
+    target._done = 90  # the last window (90 -> 100)
+    assert target.adapt() == target.rho_min and target.history[-1]["macs"] == target.start_cost
+    target.budget = round(target.start_cost / 1.06)  # outside the tolerance: it still removes
+    target._done = 90
+    assert target.adapt() > target.rho_min
+
+
 def test_hold_stays_at_rho_min_at_a_zero_learning_rate():
     # the end of a cosine schedule: nothing to remove must not read as "infinite rho"
     model = compiled(small_vgg(), learning_rate=0.0)

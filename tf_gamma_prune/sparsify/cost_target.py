@@ -53,7 +53,10 @@ follows a schedule down to the budget:
   10 steps at learning rate 0.02);
 * **hold**: once the cost is within ``tolerance / 2`` above the target, ρ is
   ``rho_min``: removal stops, the locked channels stay removed, and the others
-  recover for the rest of training;
+  recover for the rest of training. In the last window (nothing after it could
+  revive an overshoot) a cost within ``tolerance`` of the budget is held too: in
+  a tiny model one channel can be 10 % of the MACs, and a CLI test's last window
+  went from +4.8 % to −14 %;
 * **revive** (``revive=True``): when the cost fell more than ``tolerance / 2``
   below the budget (a window removed more than planned), the most recently
   locked groups whose return brings the cost closest to the budget are unlocked
@@ -557,6 +560,11 @@ class CostTarget(keras.callbacks.Callback):
         target = self.scheduled_cost(step + self.lookahead * self.every)
         band = self.tolerance / 2 * self.budget
         threshold, planned = 0.0, float(cost)
+        # the last window: nothing after it can revive an overshoot, so a cost already within
+        # tolerance is held (a tiny model's one channel can be 10 % of its MACs)
+        last = bool(self.total_steps) and self._next_measure >= self.total_steps
+        if last and cost <= self.budget * (1 + self.tolerance):
+            target = max(target, float(cost))
         if cost > target + band:
             push = np.maximum(np.nan_to_num(self._push, nan=0.0), 0.0)
             threshold, planned = self.threshold_for(graph, scores + self.push_gain * push,
