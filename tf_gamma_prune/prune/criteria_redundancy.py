@@ -515,8 +515,7 @@ def _unit_vectors(graph: ChannelGraph, names: list[str], members: Mapping[str, n
     the channel."""
     blocks = []
     for name in names:
-        layer = next(c.layer for c in graph.layer_graph.calls if c.name == name)
-        kernel = np.asarray(keras.ops.convert_to_numpy(layer.kernel), np.float64)
+        kernel = np.asarray(keras.ops.convert_to_numpy(_layer(graph, name).kernel), np.float64)
         filters = kernel.reshape(-1, kernel.shape[-1]).T  # (out positions, fan-in)
         norms = np.linalg.norm(filters, axis=1, keepdims=True)
         filters = np.divide(filters, norms, out=np.zeros_like(filters), where=norms > 0)
@@ -533,13 +532,14 @@ def _unit_vectors(graph: ChannelGraph, names: list[str], members: Mapping[str, n
     return np.divide(vectors, norms, out=np.zeros_like(vectors), where=norms > 0)
 
 
+def _layer(graph: ChannelGraph, name: str) -> Any:
+    """The layer of the call named ``name``."""
+    return next(c.layer for c in graph.layer_graph.calls if c.name == name)
+
+
 def _dimension(graph: ChannelGraph, names: list[str]) -> int:
     """The number of weights in one (concatenated) filter of a unit's layers."""
-    size = 0
-    for name in names:
-        layer = next(c.layer for c in graph.layer_graph.calls if c.name == name)
-        shape = tuple(layer.kernel.shape)
-        size += math.prod(shape[:-1])
+    size = sum(math.prod(tuple(_layer(graph, n).kernel.shape)[:-1]) for n in names)
     return max(size, 1)
 
 
