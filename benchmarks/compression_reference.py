@@ -379,14 +379,19 @@ class ReferenceRun(RunBase):
         """Reference → structural redundancy (Wang et al. 2021) at gamma_ista's MACs → S + F."""
         from tf_gamma_prune import structural_redundancy_selection
 
-        return self._train_criterion("structural_redundancy", structural_redundancy_selection, k)
+        def criterion(model, fraction):
+            return structural_redundancy_selection(model, fraction,
+                                                   min_channels=self.min_channels)
+
+        return self._train_criterion("structural_redundancy", criterion, k)
 
     def train_redundancy_random(self, k: int):
         """Reference → redundancy-driven random filters at gamma_ista's MACs → S + F."""
         from tf_gamma_prune import redundancy_random_selection
 
         def criterion(model, fraction):
-            return redundancy_random_selection(model, fraction, seed=self.seed)
+            return redundancy_random_selection(model, fraction, seed=self.seed,
+                                               min_channels=self.min_channels)
 
         return self._train_criterion("redundancy_random", criterion, k)
 
@@ -397,9 +402,16 @@ class ReferenceRun(RunBase):
         sample = self.data.x[:256]
 
         def criterion(model, fraction):
-            return global_importance_selection(model, fraction, data=sample)
+            return global_importance_selection(model, fraction, data=sample,
+                                               min_channels=self.min_channels)
 
         return self._train_criterion("prunenet", criterion, k)
+
+    @property
+    def min_channels(self) -> int:
+        """GammaISTA's floor per layer, given to every criterion that has one (fairness:
+        L1-norm and Network Slimming never came near it in the records)."""
+        return int(self.s["min_channels"])
 
     def _train_criterion(self, method: str, criterion, k: int):
         pruned, extra = self.matched(self.ref.load(), criterion, k)
@@ -415,7 +427,10 @@ class ReferenceRun(RunBase):
                                      if key != "finetune_learning_rate"})
         sparse, meta = self.cached(phase.path("receding_importance", None, "sparse"),
                                    phase._recede)
-        selection, extra = self.matched_selection(sparse, receding_importance_selection, k)
+        def criterion(model, fraction):
+            return receding_importance_selection(model, fraction, min_channels=self.min_channels)
+
+        selection, extra = self.matched_selection(sparse, criterion, k)
         pruned = self.prune(to_standard_batchnorm(sparse), selection)
         info = {**meta["receding_importance"],
                 "validation_accuracy_pruned": accuracy(pruned, self.data.x_val, self.data.y_val)}
