@@ -61,10 +61,13 @@ def reference_variance(model, x, reader="b"):
 def test_planted_variances_are_ranked_in_order(kernel, strides):
     model = planted_model(kernel, strides)
     x = planted_data()
-    scores = global_importance_scores(model, x, max_examples=96)["a"]
-    assert np.argsort(scores).tolist() == np.argsort(STDS).tolist()
     reference = reference_variance(model, x)
-    np.testing.assert_allclose(scores, reference / reference.sum(), rtol=1e-4)
+    for normalization, expected in (("layer_mean", reference / reference.mean()),
+                                    ("share", reference / reference.sum())):
+        scores = global_importance_scores(model, x, max_examples=96,
+                                          normalization=normalization)["a"]
+        assert np.argsort(scores).tolist() == np.argsort(STDS).tolist()
+        np.testing.assert_allclose(scores, expected, rtol=1e-4)
 
 
 def test_dense_reader_after_flatten_sums_positions():
@@ -74,12 +77,44 @@ def test_dense_reader_after_flatten_sums_positions():
     rng = np.random.default_rng(2)
     model.get_layer("head").kernel.assign(rng.normal(size=(36, 3)))
     data = rng.normal(size=(50, 3, 3, 4)).astype("float32") * [0.2, 1.0, 3.0, 0.7]
-    scores = global_importance_scores(model, data, batch_size=16)["a"]
     act = to_numpy(keras.Model(model.input, model.get_layer("a").output)(data)).reshape(50, -1)
     v = act.var(axis=0) * (model.get_layer("head").kernel.numpy() ** 2).sum(axis=1)
     channel = np.arange(36) % 4  # Flatten of (3, 3, 4): channel is the fastest axis
-    expected = np.bincount(channel, weights=v / v.sum())
-    np.testing.assert_allclose(scores, expected, rtol=1e-6)
+    share = np.bincount(channel, weights=v / v.sum())
+    for normalization, expected in (("share", share), ("layer_mean", share * 4)):
+        scores = global_importance_scores(model, data, batch_size=16,
+                                          normalization=normalization)["a"]
+        np.testing.assert_allclose(scores, expected, rtol=1e-6)
+
+
+def two_widths_model():
+    """conv 'narrow' (4 channels) and 'wide' (16) copy planted input channels, each
+    read by its own Dense head. Within each layer the channels' std follow one pattern."""
+    pattern = np.sqrt([1.0, 1.0, 1.5, 1.5])  # variances: half at 1, half at 1.5
+    xa, xb = keras.Input((4, 4, 4)), keras.Input((4, 4, 16))
+    narrow = L.Conv2D(4, 1, use_bias=False, name="narrow")(xa)
+    wide = L.Conv2D(16, 1, use_bias=False, name="wide")(xb)
+    heads = [L.Dense(3, name=f"head_{n}", kernel_initializer="ones")(L.Flatten()(t))
+             for n, t in (("narrow", narrow), ("wide", wide))]
+    model = keras.Model([xa, xb], L.Add()(heads))
+    model.get_layer("narrow").kernel.assign(np.eye(4).reshape(1, 1, 4, 4))
+    model.get_layer("wide").kernel.assign(np.eye(16).reshape(1, 1, 16, 16))
+    stds = np.concatenate([pattern, np.repeat(pattern, 4)])
+    data = (np.random.default_rng(7).normal(size=(256, 4, 4, 20)) * stds).astype("float32")
+    return model, (data[..., :4], data[..., 4:])
+
+
+def test_layer_mean_compares_layers_of_different_widths_fairly():
+    model, data = two_widths_model()
+    layers = ["narrow", "wide"]
+    keep = global_importance_selection(model, 0.5, data=data, layers=layers)
+    assert (len(keep["narrow"]), len(keep["wide"])) == (2, 8)   # each loses its weaker half
+    share = global_importance_selection(model, 0.5, data=data, layers=layers,
+                                        normalization="share")
+    # "share": a wide channel scores 1/20 or 1.5/20, a narrow one 1/5 or 1.5/5: all ten from "wide"
+    assert (len(share["narrow"]), len(share["wide"])) == (4, 6)
+    with pytest.raises(CriterionError, match="normalization"):
+        global_importance_scores(model, data, normalization="sum")
 
 
 def test_one_global_threshold_over_layers_matches_numpy():

@@ -13,17 +13,22 @@ costs (:func:`channel_mac_costs`), so expensive channels must earn their place.
 contribution of channel ``c`` to output ``o`` is ``z_{c,o} = W_{c,o} ⊛ a_c`` (the
 layer's convolution with channel ``c`` alone; bias and activation aside), and
 the channel's contributed variance is ``V_c = Σ_o Var(z_{c,o})``, the variance
-over examples and output positions. Its share ``V_c / Σ_c' V_c'`` makes the
-layers comparable (each reader's shares sum to 1); a channel read by several
-layers (a residual stream, a branch point) adds its shares. ``Dense`` and
+over examples and output positions. To compare layers, each reader's ``V_c`` are
+divided by their mean over the reader's channels (``normalization="layer_mean"``,
+the default: a channel as important as its layer's average scores 1 in every
+layer), or by their sum (``"share"``: each reader's scores sum to 1, so a channel
+of a 128-wide layer scores ~1/128 and one global threshold cuts the wide layers
+first; measured on the committed Fashion-MNIST reference at 6× fewer MACs it cut
+conv5 to 4 and conv6 to 6 channels, "layer_mean" 50 and 53). A channel read by
+several layers (a residual stream, a branch point) adds its scores. ``Dense`` and
 ``Conv1D``/``Conv2D`` readers are computed exactly (a depthwise convolution per
 channel); ``Conv3D``, transposed and separable readers use
 ``Var(a_c) · ‖W_c‖²``, which ignores the spatial correlation of ``a_c``.
 
 Unverified: the paper's text was not available to us, and the reading above
 (the variance a channel contributes to the next layer, normalised per layer,
-one global threshold) is ours, from its abstract: "a computationally
-light-weight yet effective data driven optimization step that discovers the
+one global threshold) is ours, the normalisation included, from its abstract:
+"a computationally light-weight yet effective data driven optimization step that discovers the
 necessary width per layer". Its actual optimization step may differ.
 
 Layers and tied channels are handled as in
@@ -87,6 +92,9 @@ MAX_EXAMPLES = 256
 """Default sample size: examples read from ``data`` (the score is a variance,
 which a few hundred examples estimate well for ranking)."""
 
+NORMALIZATIONS = ("layer_mean", "share")
+"""How each reader's contributed variances are made comparable across layers."""
+
 _CHUNK_ELEMENTS = 1 << 22  # per-channel contributions held at once (float32)
 _CACHE_SIZE = 2
 _SCORES: collections.OrderedDict[tuple, tuple[Any, np.ndarray]] = collections.OrderedDict()
@@ -99,6 +107,7 @@ def global_importance_scores(
     *,
     layers: Sequence[str] | None = None,
     cost_aware: bool = False,
+    normalization: str = "layer_mean",
     max_examples: int = MAX_EXAMPLES,
     batch_size: int = 32,
     unknown_layers: str = "error",
@@ -112,6 +121,9 @@ def global_importance_scores(
             :mod:`tf_gamma_prune.inputs`. At least 2 examples.
         layers: conv (or ``Dense``) layer names instead of the default.
         cost_aware: divide each score by the channel's MAC cost.
+        normalization: ``"layer_mean"`` (default) or ``"share"``: divide each
+            reader's contributed variances by their mean or by their sum (see
+            the module doc).
         max_examples: read at most this many examples.
         batch_size: split one in-memory batch into batches of this size.
         unknown_layers: ``"error"`` (default) or ``"opaque"``: keep layer types
@@ -127,7 +139,8 @@ def global_importance_scores(
         InputDataError: data that does not fit the model, non-finite values,
             fewer than 2 examples.
         CriterionError: unknown layer names, layers without a kernel, no
-            prunable conv, bad ``max_examples`` / ``batch_size``.
+            prunable conv, bad ``max_examples`` / ``batch_size`` /
+            ``normalization``.
         ArgumentError: ``cost_aware`` with a model whose MACs are not static.
 
     Example:
@@ -143,10 +156,12 @@ def global_importance_scores(
     >>> scores = global_importance_scores(model, data.astype("float32"))["conv"]
     >>> np.argsort(scores).tolist()        # variances 1 < 4 < 9
     [0, 2, 1]
+    >>> round(float(scores.mean()), 6)     # "layer_mean": the layer's average channel scores 1
+    1.0
     """
     graph = channel_graph(model, unknown_layers=unknown_layers)
     names = _filter_layers(graph, layers)
-    scores = _group_scores(model, graph, data, max_examples, batch_size)
+    scores = _group_scores(model, graph, data, max_examples, batch_size, normalization)
     if cost_aware:
         scores = _cost_aware(scores, channel_mac_costs(graph))
     return {n: scores[graph.layer_channels(n)] for n in names}
@@ -158,6 +173,7 @@ def global_importance_selection(
     *,
     data: Any,
     cost_aware: bool = False,
+    normalization: str = "layer_mean",
     layers: Sequence[str] | None = None,
     min_channels: int = 1,
     round_to: int = 1,
@@ -183,6 +199,8 @@ def global_importance_selection(
         prune_fraction: in ``[0, 1)``, the fraction of the pooled channels to cut.
         data: a small sample of model inputs (see :func:`global_importance_scores`).
         cost_aware: rank by score per MAC (:func:`channel_mac_costs`) instead of score.
+        normalization: ``"layer_mean"`` (default) or ``"share"`` (see
+            :func:`global_importance_scores`).
         layers: conv (or ``Dense``) layer names to prune instead of the default.
         min_channels: channels every pruned layer keeps at least (>= 1).
         round_to: keep each pruned layer's width at a multiple of this.
@@ -196,7 +214,7 @@ def global_importance_selection(
 
     Raises:
         CriterionError: fraction outside ``[0, 1)``, bad ``min_channels`` /
-            ``round_to``; unknown or unprunable layers.
+            ``round_to`` / ``normalization``; unknown or unprunable layers.
         InputDataError: unusable ``data`` (see :func:`global_importance_scores`).
         ArgumentError: ``cost_aware`` with a model whose MACs are not static.
 
@@ -217,7 +235,7 @@ def global_importance_selection(
     round_to = _checked_round_to(round_to)
     graph = channel_graph(model, unknown_layers=unknown_layers)
     names = _filter_layers(graph, layers)
-    scores = _group_scores(model, graph, data, max_examples, batch_size)
+    scores = _group_scores(model, graph, data, max_examples, batch_size, normalization)
     if cost_aware:
         scores = _cost_aware(scores, channel_mac_costs(graph))
     return pooled_selection(graph, names, scores, fraction, min_channels=min_channels,
@@ -320,8 +338,11 @@ def _cost_aware(scores: np.ndarray, costs: np.ndarray) -> np.ndarray:
 
 
 def _group_scores(model: keras.Model, graph: ChannelGraph, data: Any, max_examples: Any,
-                  batch_size: Any) -> np.ndarray:
-    """``(num_groups,)`` summed variance shares, cached per weights and data."""
+                  batch_size: Any, normalization: str = "layer_mean") -> np.ndarray:
+    """``(num_groups,)`` summed normalised variances, cached per weights and data."""
+    if normalization not in NORMALIZATIONS:
+        raise CriterionError(f"normalization must be one of {NORMALIZATIONS}, "
+                             f"got {normalization!r}.")
     for arg, value in (("max_examples", max_examples), ("batch_size", batch_size)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
             raise CriterionError(f"{arg} must be a positive integer, got {value!r}.")
@@ -337,7 +358,7 @@ def _group_scores(model: keras.Model, graph: ChannelGraph, data: Any, max_exampl
         key += ("stream", id(data))
         if key in _SCORES:
             _SCORES.move_to_end(key)
-            return _SCORES[key][1]
+            return _SCORES[key][1][normalization]
     batches = _sample(graph, data, int(max_examples), int(batch_size))
     if batches is None:
         raise InputDataError(
@@ -353,12 +374,12 @@ def _group_scores(model: keras.Model, graph: ChannelGraph, data: Any, max_exampl
         key += ("arrays", data_digest.hexdigest())
         if key in _SCORES:
             _SCORES.move_to_end(key)
-            return _SCORES[key][1]
-    scores = _variance_shares(graph, batches)
+            return _SCORES[key][1][normalization]
+    scores = _normalised_variances(graph, batches)
     _SCORES[key] = (data if stream else None, scores)  # keeps id(data) from being reused
     while len(_SCORES) > _CACHE_SIZE:
         _SCORES.popitem(last=False)
-    return scores
+    return scores[normalization]
 
 
 def _sample(graph: ChannelGraph, data: Any, max_examples: int,
@@ -398,7 +419,11 @@ def _model_digest(model: keras.Model, graph: ChannelGraph) -> str:
     return digest.hexdigest()
 
 
-def _variance_shares(graph: ChannelGraph, batches: list[list[np.ndarray]]) -> np.ndarray:
+def _normalised_variances(graph: ChannelGraph,
+                          batches: list[list[np.ndarray]]) -> dict[str, np.ndarray]:
+    """``{normalization: (num_groups,) scores}``: every reader's contributed
+    variances over their sum ("share") or their mean over the channel groups
+    the reader reads ("layer_mean"), summed per group."""
     readers: dict[TensorId, list[_SiteVariance]] = {}
     for call, t in graph.fold_sites():
         if not np.all(graph.pinned[graph.channels[t]]):
@@ -407,13 +432,16 @@ def _variance_shares(graph: ChannelGraph, batches: list[list[np.ndarray]]) -> np
         for t, arr in _activations(graph, batch):
             for site in readers.get(t, ()):
                 site.add(arr)
-    scores = np.zeros(graph.num_groups)
+    scores = {name: np.zeros(graph.num_groups) for name in NORMALIZATIONS}
     for t, sites in readers.items():
+        groups = graph.channels[t]
+        n_groups = len(np.unique(groups))  # a Flatten's reader: many entries per group
         for site in sites:
             v = site.variances()
             total = float(v.sum())
             if total > 0:
-                np.add.at(scores, graph.channels[t], v / total)
+                np.add.at(scores["share"], groups, v / total)
+                np.add.at(scores["layer_mean"], groups, v * (n_groups / total))
     return scores
 
 
