@@ -69,6 +69,7 @@ def started(target, model, total_steps=100):
     ({"macs": 0.5, "reach_at": 0}, "reach_at"), ({"macs": 0.5, "every": 0}, "every"),
     ({"macs": 0.5, "push_gain": -1}, "push_gain"), ({"macs": 0.5, "lookahead": -1}, "lookahead"),
     ({"macs": 0.5, "unknown_layers": "skip"}, "unknown_layers"),
+    ({"macs": 0.5, "round_to": 0}, "round_to"), ({"macs": 0.5, "round_to": 2.0}, "round_to"),
 ])
 def test_bad_arguments_are_refused(kwargs, match):
     with pytest.raises(ArgumentError, match=match):
@@ -227,6 +228,40 @@ def test_fit_logs_rho_and_the_measured_cost_equals_the_pruned_model():
         == count_macs(prune_model(model, fold="bias"))
 
 
+def aligned_fit(fold, scale_beta=True, budget=0.4):
+    keras.utils.set_random_seed(0)
+    model = compiled(fashion_vgg(widths=(16, 16, 32, 32, 32, 32), input_shape=(8, 8, 1)),
+                     scale_beta=scale_beta)
+    spread_gammas(model)
+    target = CostTarget(macs=budget, every=4, round_to=4, fold=fold)
+    x, y = data()
+    model.fit(x, y, batch_size=16, epochs=3, verbose=0, callbacks=[target])
+    return model, target
+
+
+@pytest.mark.parametrize("fold", ["auto", "bias"])
+def test_round_to_aligns_the_widths_within_the_budget(fold):
+    model, target = aligned_fit(fold)
+    pruned = prune_model(model, round_to=4, fold=fold)
+    widths = [layer.filters for layer in pruned.layers if isinstance(layer, L.Conv2D)]
+    assert all(w % 4 == 0 for w in widths), widths
+    assert count_macs(pruned) == target.history[-1]["macs"] == target.pruned_cost()
+    assert target.within_budget()
+    unaligned = [layer.filters for layer in prune_model(model, fold=fold).layers
+                 if isinstance(layer, L.Conv2D)]
+    assert unaligned == widths  # the widths are aligned in the model itself, no rounding needed
+    state = target.get_state()
+    assert state["aligned"] and CostTarget.from_config(target.get_config()).round_to == 4
+    assert target.history[-1]["rho"] == target.rho_min  # held since the alignment
+
+
+def test_round_to_warns_when_carriers_break_the_budget():
+    """Without scale_beta the zero-γ channels keep their β; under fold="auto" the
+    alignment can make their constants need a carrier block each."""
+    with pytest.warns(UserWarning, match="round_to=4"):
+        aligned_fit("auto", scale_beta=False)
+
+
 def test_parameter_budget():
     model = compiled(small_vgg())
     spread_gammas(model)
@@ -365,6 +400,22 @@ def test_network_slimming_gets_its_threshold_at_the_budget(budget):
     for name, kept in target.selection.items():
         gamma = np.abs(model.get_layer(name).gamma.numpy())
         assert np.count_nonzero(gamma) == len(kept) or len(kept) == 1
+
+
+def test_network_slimming_threshold_counts_the_rounded_widths():
+    from tf_gamma_prune import NetworkSlimming
+
+    keras.utils.set_random_seed(0)
+    model = fashion_vgg(widths=(16, 16, 32, 32, 32, 32), input_shape=(8, 8, 1))
+    spread_gammas(model)
+    model.compile(NetworkSlimming(keras.optimizers.SGD(0.02), l1=1e-3),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    target = CostTarget(macs=0.5, fold="bias", round_to=4)
+    x, y = data()
+    model.fit(x, y, batch_size=16, epochs=1, verbose=0, callbacks=[target])
+    pruned = prune_model(model, fold="bias", round_to=4)
+    assert all(layer.filters % 4 == 0 for layer in pruned.layers if isinstance(layer, L.Conv2D))
+    assert count_macs(pruned) == target.history[-1]["macs"] <= target.budget
 
 
 def test_a_model_with_a_composite_layer_needs_opaque_and_then_meets_the_budget():

@@ -479,6 +479,30 @@ def _carrier_usefulness(graph: ChannelGraph) -> np.ndarray:
     return useful
 
 
+def rounded_removal(graph: ChannelGraph, removed: np.ndarray, round_to: int) -> np.ndarray:
+    """``removed`` with channels put back until every conv/dense output width is a
+    multiple of ``round_to`` (or its full width), the largest |γ| first: what
+    ``prune_model(..., round_to=round_to)`` keeps. A copy; ``round_to=1`` changes nothing.
+
+    Example:
+
+    >>> import keras, numpy as np
+    >>> from tf_gamma_prune.analysis.channel_graph import channel_graph
+    >>> x = keras.Input((4, 4, 1))
+    >>> h = keras.layers.BatchNormalization(name="bn")(keras.layers.Conv2D(8, 1, name="c")(x))
+    >>> graph = channel_graph(keras.Model(x, keras.layers.Dense(2)(h)))
+    >>> removed = np.zeros(graph.num_groups, bool)
+    >>> removed[graph.layer_channels("c")[:3]] = True       # 5 of 8 kept
+    >>> int(np.count_nonzero(rounded_removal(graph, removed, 4)[graph.layer_channels("c")]))
+    0
+    """
+    if isinstance(round_to, bool) or not isinstance(round_to, (int, np.integer)) or round_to < 1:
+        raise ArgumentError(f"round_to must be an integer >= 1, got {round_to!r}.")
+    if round_to == 1:
+        return removed.copy()
+    return _round_widths(graph, removed, int(round_to), [])
+
+
 def _round_widths(graph: ChannelGraph, removed: np.ndarray, n: int,
                   notes: list[str]) -> np.ndarray:
     removed = removed.copy()

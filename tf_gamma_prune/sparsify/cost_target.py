@@ -126,8 +126,9 @@ from tf_gamma_prune.analysis.channel_graph import ChannelGraph, channel_graph
 from tf_gamma_prune.analysis.flops import planned_macs, planned_params
 from tf_gamma_prune.analysis.latency_table import LatencyTable, planned_latency_ms
 from tf_gamma_prune.errors import ArgumentError, BudgetUnreachableError
-from tf_gamma_prune.prune.plan import plan_removal
+from tf_gamma_prune.prune.plan import plan_removal, rounded_removal
 from tf_gamma_prune.sparsify.distillation import model_being_trained
+from tf_gamma_prune.sparsify.width_alignment import aligned_removal
 
 _STATE_FORMAT = 1
 LATENCY = "latency_ns"  # the metric of a latency budget: predicted nanoseconds (integers, like MACs)
@@ -191,6 +192,17 @@ class CostTarget(keras.callbacks.Callback):
         unknown_layers: ``prune_model``'s option, passed on the same way:
             ``"opaque"`` counts a model with composite custom layers, their
             channels kept whole (then prune with ``unknown_layers="opaque"`` too).
+        round_to: widths at multiples of this tile (XNNPACK's: 16 float32
+            channels on AVX-512, 8 on ARM NEON; a width between tiles costs the
+            next tile's time). Until the schedule reaches the budget the
+            controller steers as without it; then, once, it moves every width to
+            a multiple of ``round_to`` within the budget
+            (:func:`~tf_gamma_prune.sparsify.width_alignment.aligned_removal`:
+            the lowest ``|γ|/λ`` of a layer go to zero to drop a block, removed
+            channels come back to fill one) and holds those widths for the rest
+            of the fit. The model's own widths are then multiples of
+            ``round_to`` (zero-γ channels that fill a started block are woken
+            and train), so ``prune_model(model)`` builds them.
 
     Use with :class:`~tf_gamma_prune.GammaISTA` (its ``rho`` must be a number,
     not a schedule), or with :class:`~tf_gamma_prune.NetworkSlimming`: its
@@ -205,7 +217,7 @@ class CostTarget(keras.callbacks.Callback):
                  rho_max: float = 1e4, tolerance: float = 0.05, total_steps: int | None = None,
                  lookahead: int = 2, push_gain: float = 2.0, push_smoothing: float = 0.5,
                  rho_growth: float = 1.5, revive: bool = True, fold: str = "auto",
-                 carrier_tile: int = 1, unknown_layers: str = "error"):
+                 carrier_tile: int = 1, unknown_layers: str = "error", round_to: int = 1):
         super().__init__()
         given = {k: v for k, v in (("macs", macs), ("params", params), ("latency_ms", latency_ms),
                                    ("latency", latency)) if v is not None}
@@ -246,7 +258,10 @@ class CostTarget(keras.callbacks.Callback):
         if unknown_layers not in ("error", "opaque"):
             raise ArgumentError(f"unknown_layers must be 'error' or 'opaque' (prune_model's), "
                                 f"got {unknown_layers!r}.")
+        if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
+            raise ArgumentError(f"round_to must be an integer >= 1 (prune_model's), got {round_to!r}.")
         self.fold, self.carrier_tile, self.unknown_layers = fold, carrier_tile, unknown_layers
+        self.round_to = round_to
         self.total_steps = None if total_steps is None else int(total_steps)
         self._reset_state()
         self._layer_groups: dict[str, np.ndarray] | None = None  # per target: group of each channel
@@ -270,6 +285,7 @@ class CostTarget(keras.callbacks.Callback):
         self._frozen_beta: dict[str, np.ndarray] = {}  # per γ layer: β at lock time
         self._rho_active: float | None = None  # ρ of the last window that shrank
         self._rho_peak = 0.0                    # the largest ρ of such a window
+        self._aligned = False                   # round_to: widths moved to tiles, held since
 
     # ------------------------------------------------------------------ naming
     @property
@@ -303,20 +319,30 @@ class CostTarget(keras.callbacks.Callback):
         return channel_graph(model_being_trained(self.model), fold="bias",
                              unknown_layers=self.unknown_layers)
 
-    def measure(self) -> tuple[ChannelGraph, np.ndarray, int, int]:
+    def measure(self, rounded: bool = True) -> tuple[ChannelGraph, np.ndarray, int, int]:
         """``(graph, removed, plain, cost)``: the bias-fold channel graph the plans use,
         its removable groups, their cost with ``fold="bias"``, and the cost of what
-        ``prune_model(model, fold=self.fold, carrier_tile=self.carrier_tile)`` would
-        build now (carriers kept back included)."""
+        ``prune_model(model, fold=self.fold, carrier_tile=self.carrier_tile,
+        round_to=self.round_to)`` would build now (carriers kept back and widths
+        rounded up included; ``rounded=False``: not rounded)."""
         graph = self.measure_graph()
         removed = graph.removable_constant_groups()
         plain = self.cost(graph, removed)
+        round_to = self.round_to if rounded else 1
         if self.fold == "bias":
-            return graph, removed, plain, plain
+            return graph, removed, plain, self.rounded_cost(graph, removed, round_to)
         folded = channel_graph(model_being_trained(self.model), fold=self.fold,
                                unknown_layers=self.unknown_layers)
-        kept = plan_removal(folded, None, carrier_tile=self.carrier_tile).removed
+        kept = plan_removal(folded, None, carrier_tile=self.carrier_tile,
+                            round_to=round_to).removed
         return graph, removed, plain, self.cost(folded, kept)
+
+    def rounded_cost(self, graph: ChannelGraph, removed: np.ndarray,
+                     round_to: int | None = None) -> int:
+        """:meth:`cost` with the widths rounded up to ``round_to`` (default: this
+        controller's), as ``prune_model(..., round_to=...)`` keeps them."""
+        round_to = self.round_to if round_to is None else round_to
+        return self.cost(graph, rounded_removal(graph, removed, round_to))
 
     def pruned_cost(self) -> int:
         """The cost of the model if its zero-γ channels were removed now (no rebuild)."""
@@ -408,7 +434,8 @@ class CostTarget(keras.callbacks.Callback):
             raise ArgumentError(f"The budget ({self.budget:,} {self.metric}) is not below the "
                                 f"model's cost when training starts ({self.start_cost:,}).")
         scores = group_scores(graph, optimizer)
-        self.reachable = self.cost(graph, removed | np.isfinite(scores)) + self.start_cost - plain
+        self.reachable = (self.rounded_cost(graph, removed | np.isfinite(scores))
+                          + self.start_cost - self.rounded_cost(graph, removed))
         if self.budget < self.reachable:
             raise BudgetUnreachableError(
                 f"The budget of {self.budget:,} {self.metric} cannot be reached: with every "
@@ -462,7 +489,7 @@ class CostTarget(keras.callbacks.Callback):
                 drop = np.ones(len(groups), bool)
                 drop[kept] = False
                 removed[groups[drop]] = True
-            return selection, removed, self.cost(graph, removed)
+            return selection, removed, self.rounded_cost(graph, removed)
 
         lo, hi = 0.0, 1.0 - 1e-9
         best = at(lo)
@@ -551,7 +578,11 @@ class CostTarget(keras.callbacks.Callback):
         optimizer = self._optimizer()
         step = self._done = max(self._done, 0)
         self._next_measure = (step // self.every + 1) * self.every
-        graph, removed, plain, cost = self.measure()
+        if self.round_to > 1 and not self._aligned and self._alignment_due(step):
+            self.align_widths(optimizer)
+        if self._aligned:
+            return self._hold_aligned(optimizer, step)
+        graph, removed, plain, cost = self.measure(rounded=False)
         overhead = cost - plain  # carriers kept back by the fold
         scores = group_scores(graph, optimizer)
         learning_rate = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
@@ -595,6 +626,93 @@ class CostTarget(keras.callbacks.Callback):
             f"{self.metric}_fraction": cost / self.start_cost, "rho": float(rho),
             "planned_fraction": planned / self.start_cost})
         return rho
+
+    def _alignment_due(self, step: int) -> bool:
+        """Whether the schedule has reached the budget (or this is the last window)."""
+        total = self.total_steps or 0
+        return step >= self.reach_at * total or self._next_measure >= total
+
+    def align_widths(self, optimizer: Any | None = None) -> np.ndarray:
+        """``round_to``: move every width to a multiple of it within the budget, now
+        (see :func:`~tf_gamma_prune.sparsify.width_alignment.aligned_removal`):
+        the channels to drop get γ = β = 0 and are locked, those to bring back (and
+        the zero-γ channels that fill a started block) get a small γ and train
+        again, so the model's own widths are multiples of ``round_to``. The fold's carriers are an overhead on the budget,
+        measured before. Warns when the aligned model misses the budget by more
+        than ``tolerance`` (carriers the alignment made necessary). Returns the
+        removed groups; later windows hold them."""
+        optimizer = optimizer or self._optimizer()
+        graph = self.measure_graph()
+        removed = graph.removable_constant_groups()
+        carriers = self.measure()[3] - self.rounded_cost(graph, removed)
+        order = np.full(graph.num_groups, -1.0)
+        for group, step in self._lock_step.items():
+            order[group] = step
+        aligned = aligned_removal(graph, removed, group_scores(graph, optimizer), self.round_to,
+                                  self.budget - carriers, self.cost, tolerance=self.tolerance,
+                                  revive_order=order)
+        final = rounded_removal(graph, aligned, self.round_to)  # the blocks' fills kept too
+        self._zero_groups(optimizer, np.flatnonzero(final & ~removed))
+        back = np.flatnonzero(removed & ~final)
+        for group in back:
+            self._unlock(int(group))
+        self._wake_groups(optimizer, back)
+        self.enforce(optimizer)  # locks the new zeros
+        self._aligned = True
+        cost = self.measure()[3]
+        if abs(cost - self.budget) > self.tolerance * self.budget:
+            warnings.warn(
+                f"CostTarget(round_to={self.round_to}): the aligned model costs {cost:,} "
+                f"{self.metric}, {cost / self.budget - 1:+.1%} against the budget of "
+                f"{self.budget:,}. Under fold={self.fold!r} the constants of removed channels "
+                "may need carriers (a block each) or border corrections; GammaISTA("
+                "scale_beta=True) fades removed channels to 0 (nothing to carry), or use "
+                "fold='bias'.", UserWarning, stacklevel=2)
+        return final
+
+    def _wake_groups(self, optimizer: Any, groups: np.ndarray) -> None:
+        """γ = 1 % of the layer's mean nonzero |γ| for the channels of ``groups``: a
+        channel at γ = β = 0 outputs 0 before a ReLU and gets no gradient there, so
+        it would never grow back (and would not count as kept)."""
+        if groups.size == 0:
+            return
+        for name, variable, _ in optimizer.targets:
+            layer_groups = (self._layer_groups or {}).get(name)
+            mask = None if layer_groups is None else np.isin(layer_groups, groups)
+            if mask is None or not mask.any():
+                continue
+            value = np.asarray(keras.ops.convert_to_numpy(variable)).copy()
+            alive = np.abs(value[value != 0])
+            value[mask] = 0.01 * (float(alive.mean()) if alive.size else 1.0)
+            variable.assign(value)
+
+    def _zero_groups(self, optimizer: Any, groups: np.ndarray) -> None:
+        """γ = β = 0 for every penalised channel of ``groups``: removed as a plain pruning
+        would remove them (output 0 before the activation, nothing for the fold to carry;
+        a kept β would need carriers under fold="auto", each a block of ``round_to``)."""
+        if groups.size == 0:
+            return
+        for name, variable, _ in optimizer.targets:
+            layer_groups = (self._layer_groups or {}).get(name)
+            mask = None if layer_groups is None else np.isin(layer_groups, groups)
+            if mask is None or not mask.any():
+                continue
+            beta = (self._betas or {}).get(name)
+            for var in [variable] + ([] if beta is None else [beta]):
+                value = np.asarray(keras.ops.convert_to_numpy(var)).copy()
+                value[mask] = 0
+                var.assign(value)
+
+    def _hold_aligned(self, optimizer: Any, step: int) -> float:
+        """After :meth:`align_widths`: measure, no removal, no revive (the widths stay tiled)."""
+        cost = self.measure()[3]
+        optimizer.rho = self.rho_min
+        self._last = None
+        self.history.append({
+            "step": step, self.metric: int(cost), "target": float(self.budget),
+            f"{self.metric}_fraction": cost / self.start_cost, "rho": float(self.rho_min),
+            "planned_fraction": cost / self.start_cost})
+        return self.rho_min
 
     def _revive(self, graph: ChannelGraph, removed: np.ndarray, cost: int, budget: float) -> int:
         """Unlock the most recently locked groups that bring the cost closest to ``budget``."""
@@ -699,7 +817,7 @@ class CostTarget(keras.callbacks.Callback):
             "revived": sorted(self._revived),
             "frozen_beta": {k: floats(v) for k, v in self._frozen_beta.items()},
             "rho_active": self._rho_active, "rho_peak": self._rho_peak,
-            "history": [dict(h) for h in self.history],
+            "aligned": self._aligned, "history": [dict(h) for h in self.history],
         }
 
     def set_state(self, state: dict[str, Any]) -> None:
@@ -733,6 +851,7 @@ class CostTarget(keras.callbacks.Callback):
         self._warned = state["warned"]
         self._revived = set(state["revived"])
         self._rho_active, self._rho_peak = state["rho_active"], state["rho_peak"]
+        self._aligned = bool(state.get("aligned", False))
         self._frozen_beta = {k: np.nan_to_num(array(v)) for k, v in state["frozen_beta"].items()}
         self.history = [dict(h) for h in state["history"]]
 
@@ -746,7 +865,7 @@ class CostTarget(keras.callbacks.Callback):
                 "push_smoothing": self.push_smoothing, "rho_growth": self.rho_growth,
                 "fold": self.fold,
                 "carrier_tile": self.carrier_tile, "unknown_layers": self.unknown_layers,
-                "revive": self.revive, "state": self.get_state()}
+                "round_to": self.round_to, "revive": self.revive, "state": self.get_state()}
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> "CostTarget":
