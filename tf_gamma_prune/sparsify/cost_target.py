@@ -670,17 +670,21 @@ class CostTarget(keras.callbacks.Callback):
                 "fold='bias'.", UserWarning, stacklevel=2)
         return final
 
-    def _wake_groups(self, optimizer: Any, groups: np.ndarray) -> None:
-        """γ = 1 % of the layer's mean nonzero |γ| for the channels of ``groups``: a
-        channel at γ = β = 0 outputs 0 before a ReLU and gets no gradient there, so
-        it would never grow back (and would not count as kept)."""
+    def _channel_masks(self, optimizer: Any, groups: np.ndarray):
+        """``(name, γ variable, mask)`` for every penalised layer with channels in ``groups``."""
         if groups.size == 0:
             return
         for name, variable, _ in optimizer.targets:
             layer_groups = (self._layer_groups or {}).get(name)
             mask = None if layer_groups is None else np.isin(layer_groups, groups)
-            if mask is None or not mask.any():
-                continue
+            if mask is not None and mask.any():
+                yield name, variable, mask
+
+    def _wake_groups(self, optimizer: Any, groups: np.ndarray) -> None:
+        """γ = 1 % of the layer's mean nonzero |γ| for the channels of ``groups``: a
+        channel at γ = β = 0 outputs 0 before a ReLU and gets no gradient there, so
+        it would never grow back (and would not count as kept)."""
+        for _, variable, mask in self._channel_masks(optimizer, groups):
             value = np.asarray(keras.ops.convert_to_numpy(variable)).copy()
             alive = np.abs(value[value != 0])
             value[mask] = 0.01 * (float(alive.mean()) if alive.size else 1.0)
@@ -690,13 +694,7 @@ class CostTarget(keras.callbacks.Callback):
         """γ = β = 0 for every penalised channel of ``groups``: removed as a plain pruning
         would remove them (output 0 before the activation, nothing for the fold to carry;
         a kept β would need carriers under fold="auto", each a block of ``round_to``)."""
-        if groups.size == 0:
-            return
-        for name, variable, _ in optimizer.targets:
-            layer_groups = (self._layer_groups or {}).get(name)
-            mask = None if layer_groups is None else np.isin(layer_groups, groups)
-            if mask is None or not mask.any():
-                continue
+        for name, variable, mask in self._channel_masks(optimizer, groups):
             beta = (self._betas or {}).get(name)
             for var in [variable] + ([] if beta is None else [beta]):
                 value = np.asarray(keras.ops.convert_to_numpy(var)).copy()
