@@ -166,6 +166,33 @@ def test_locked_channels_stay_zero_and_revive_brings_the_cost_back_to_the_budget
     assert (~target._locked["bn6"][:5]).sum() == unlocked.sum()
 
 
+def test_revived_channels_get_a_gradient_before_a_relu():
+    """A trained network's zero-γ channel with β < 0 outputs relu(β) = 0 and gets no
+    gradient: revive wakes it (small γ, β ≥ 0) so it trains again."""
+    model = compiled(small_vgg(dropout=0.0))
+    spread_gammas(model)
+    target = started(CostTarget(macs=0.5, every=4, total_steps=100), model)
+    bn = model.get_layer("bn6")
+    bn.beta.assign(np.full(8, -0.3))
+    gamma = bn.gamma.numpy()
+    gamma[:5] = 0.0
+    bn.gamma.assign(gamma)
+    target._done += 1
+    target.enforce()  # locked at zero
+    graph = channel_graph(model, fold="bias")
+    cost = planned_macs(graph, graph.removable_constant_groups())
+    target.budget = cost + 3 * (target.start_cost - cost) // 5
+    target._done = 20
+    target.adapt()
+    woken = ~target._locked["bn6"][:5]
+    assert woken.any()
+    before = bn.gamma.numpy()[:5][woken]
+    assert np.all(before > 0) and np.all(bn.beta.numpy()[:5][woken] == 0)
+    x, y = data()
+    model.fit(x, y, batch_size=16, epochs=1, verbose=0)  # GammaISTA at the controller's rho_min
+    assert np.all(bn.gamma.numpy()[:5][woken] != before)
+
+
 def test_a_budget_below_the_reachable_minimum_is_refused():
     model = compiled(small_vgg(), min_channels=3)
     spread_gammas(model)

@@ -681,14 +681,21 @@ class CostTarget(keras.callbacks.Callback):
                 yield name, variable, mask
 
     def _wake_groups(self, optimizer: Any, groups: np.ndarray) -> None:
-        """γ = 1 % of the layer's mean nonzero |γ| for the channels of ``groups``: a
-        channel at γ = β = 0 outputs 0 before a ReLU and gets no gradient there, so
-        it would never grow back (and would not count as kept)."""
-        for _, variable, mask in self._channel_masks(optimizer, groups):
+        """γ = 1 % of the layer's mean nonzero |γ| and β = max(β, 0) for the channels of
+        ``groups``, so they can grow back: before a ReLU, a channel at γ = 0 with β ≤ 0
+        outputs 0 and gets no gradient (it would stay removed, and uncounted)."""
+        for name, variable, mask in self._channel_masks(optimizer, groups):
             value = np.asarray(keras.ops.convert_to_numpy(variable)).copy()
             alive = np.abs(value[value != 0])
             value[mask] = 0.01 * (float(alive.mean()) if alive.size else 1.0)
             variable.assign(value)
+            beta = (self._betas or {}).get(name)
+            if beta is not None:
+                b = np.asarray(keras.ops.convert_to_numpy(beta)).copy()
+                b[mask] = np.maximum(b[mask], 0)
+                beta.assign(b)
+            if name in self._frozen_beta:  # no longer held at its locked value
+                self._frozen_beta[name][mask] = np.maximum(self._frozen_beta[name][mask], 0)
 
     def _zero_groups(self, optimizer: Any, groups: np.ndarray) -> None:
         """γ = β = 0 for every penalised channel of ``groups``: removed as a plain pruning
@@ -725,6 +732,7 @@ class CostTarget(keras.callbacks.Callback):
                 cost = new
                 self._unlock(group)
                 self._revived.add(group)
+                self._wake_groups(self._optimizer(), np.array([group]))
             else:
                 removed[group] = True
             if cost >= budget - self.tolerance / 4 * self.budget:
