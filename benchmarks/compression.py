@@ -88,8 +88,8 @@ HELP = {
     "criteria_methods": "from_reference: seed-paper selection criteria run after the core "
                         "methods (JSON list).",
     "training_methods": "from_reference: seed-paper training-time sparsifiers run after the "
-                        "criteria (receding_importance, admm); appending some continues a "
-                        "results file.",
+                        "criteria (receding_importance, admm, coarse_ranking); appending some "
+                        "continues a results file.",
     "rni_strength": "receding_importance: RecedingImportanceRegularizer strength λ.",
     "rni_shift": "receding_importance: the regulariser's shift b.",
     "rni_bn_lr_multiplier": "receding_importance: BatchNormLRMultiplier factor.",

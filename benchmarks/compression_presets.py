@@ -36,6 +36,7 @@ TRAINING_METHOD_SETTINGS: dict[str, tuple[str, ...]] = {
     "receding_importance": ("rni_strength", "rni_shift", "rni_bn_lr_multiplier",
                             "rni_start_scale"),
     "admm": ("admm_rho", "admm_rho_growth", "admm_updates"),
+    "coarse_ranking": (),
 }
 # Left out of settings_hash; a results file may lack them (it is then continued with them).
 ADDITIVE_SETTINGS = ("training_methods",
@@ -123,7 +124,7 @@ _CPU: dict[str, Any] = {
     # sparsify_learning_rate, a MAC-matched selection, F fine-tune epochs at l1_norm's tuned
     # rate. Their knobs are fixed from the package's docs/tests (docs/rni_admm.md), never
     # tuned here (no validation trials: the core methods' equal tuning effort stays).
-    "training_methods": ["receding_importance", "admm"],
+    "training_methods": ["receding_importance", "admm", "coarse_ranking"],
     # λ, b: the values whose bimodality docs/rni_admm.md measured on fashion_vgg / Fashion-MNIST
     # (benchmarks/importance_histograms.py, test_receding_importance.py); the notes' VGG-16 /
     # CIFAR-10 values (1e-3, b = 3) were made for long training, not 2 epochs. Kept although

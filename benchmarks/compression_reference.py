@@ -475,6 +475,58 @@ class ReferenceRun(RunBase):
                                                            self.data.y_val)}
         return model, {"seconds": seconds, "receding_importance": info}
 
+    def train_coarse_ranking(self, k: int):
+        """Reference → S epochs of SGD under CoarseRanking (cached; its Taylor scores give the
+        selection at every target, matched to gamma_ista's MACs) → prune → F epochs."""
+        phase = self.with_overrides({key: value for key, value in self.overrides.items()
+                                     if key != "finetune_learning_rate"})
+        ranked, meta = self.cached(phase.path("coarse_ranking", None, "ranked"), phase._rank)
+        if str(k) not in meta["selections"]:
+            raise Unreachable(meta["unreachable"].get(str(k), "no selection at this target"))
+        selection = {name: np.asarray(kept, int) for name, kept in meta["selections"][str(k)].items()}
+        pruned = self.prune(ranked, selection)
+        info = {**meta["coarse_ranking"],
+                "validation_accuracy_pruned": accuracy(pruned, self.data.x_val, self.data.y_val)}
+        seconds = meta["seconds"] + self.phase2(pruned, self.s["finetune_epochs"])
+        return pruned, seconds, {"macs_target": meta["macs_targets"][str(k)], "coarse_ranking": info}
+
+    def _rank(self):
+        """The reference after S epochs of ``CoarseRanking(SGD)``, with the ranking's
+        selection at every target (the scores live in the optimizer, which the cache does
+        not keep, so every target's selection is made here, once)."""
+        import keras
+
+        from tf_gamma_prune import CoarseRanking, selection_for_macs
+
+        s = self.s
+        model = self.ref.load()
+        ranking = CoarseRanking(keras.optimizers.SGD(s["sparsify_learning_rate"],
+                                                     momentum=s["momentum"]))
+        model.compile(ranking, loss=loss(), metrics=["accuracy"])
+        self.log(f"seed {self.seed}: coarse_ranking: fine-tune {s['sparsify_epochs']} epochs "
+                 f"ranking {self.overrides or ''}")
+        seconds = self.fit(model, 0, s["sparsify_epochs"])
+
+        def criterion(m, fraction):
+            return ranking.criterion(m, fraction, min_channels=self.min_channels)
+
+        selections, targets, unreachable = {}, {}, {}
+        for k in range(len(s["mac_targets"])):
+            targets[str(k)] = target = int(self.gamma_record(k)["macs"])
+            try:
+                with unreachable_below(target):
+                    selection, _ = selection_for_macs(model, criterion, target,
+                                                      tolerance=s["match_tolerance"])
+            except Unreachable as error:
+                unreachable[str(k)] = str(error)
+                continue
+            selections[str(k)] = {name: np.asarray(kept).tolist()
+                                  for name, kept in selection.items()}
+        info = {"batches": int(ranking.batches),
+                "validation_accuracy_sparsified": accuracy(model, self.data.x_val, self.data.y_val)}
+        return model, {"seconds": seconds, "selections": selections, "macs_targets": targets,
+                       "unreachable": unreachable, "coarse_ranking": info}
+
     def train_admm(self, k: int):
         """Reference → ADMM towards gamma_ista's MACs, S epochs → L1 selection at the
         targets → prune (cached) → F epochs.

@@ -85,6 +85,14 @@ tests (``compression_presets.py`` says which and why), never tuned here.
   final ρ and number of updates, validation accuracy after the phase and right
   after the cut.
 
+* **coarse_ranking** (Taylor scores from the fine-tuning steps, issue 17's
+  ``CoarseRanking``): S epochs of ``SGD(sparsify_learning_rate)`` from the
+  reference under ``CoarseRanking`` (shared by every target), its selection
+  (per-layer L2-normalised Taylor scores, one global threshold, ``min_channels``)
+  matched to the MACs, ``prune_model``, F epochs. Its record's
+  ``coarse_ranking``: the batches ranked, validation accuracy after the phase
+  and right after the cut.
+
 A results file written before ``training_methods`` existed (or with fewer of
 them) is continued, not refused: :func:`continued_settings`.
 

@@ -221,7 +221,8 @@ NAMES = {"gamma_ista": "GammaISTA", "slimming": "Network Slimming", "l1_norm": "
          "random": "random channels at GammaISTA's widths", "scratch": "its widths trained from scratch",
          "structural_redundancy": "structural redundancy", "redundancy_random":
          "redundancy-allocated random", "prunenet": "PruneNet",
-         "receding_importance": "receding importances", "admm": "single-shot ADMM"}
+         "receding_importance": "receding importances", "admm": "single-shot ADMM",
+         "coarse_ranking": "Taylor (coarse ranking)"}
 
 
 def comparison_line() -> str:

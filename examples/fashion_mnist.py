@@ -7,10 +7,11 @@ accuracy; trained on the 55,000 images left after ``data.validation_split(x, y,
 5000, seed=0)``, see ``saved_models/fashion_vgg_reference.json``) and, on those same
 55,000 images:
 
-1. one epoch of ``GammaISTA(SGD(0.005, momentum=0.9), penalties=gamma_penalties(model),
-   min_channels=4, scale_beta=True)`` with ``CostTarget(macs=--target_macs, every=50,
-   reach_at=0.6)``, which sets ρ so the zero-γ channels take the model down to the
-   budget (default 1/3 of the MACs; no ρ to choose);
+1. one epoch of ``GammaISTA(SGD(0.03, momentum=0.9), penalties=gamma_penalties(model,
+   gamma_scale=True), min_channels=4, scale_beta=True)`` with ``CostTarget(macs=--target_macs,
+   every=50, reach_at=0.3)``, which sets ρ so the zero-γ channels take the model down to the
+   budget (default 1/3 of the MACs; no ρ to choose) within the first 30 % of the epoch;
+   the rest of the epoch trains the remaining channels;
 2. ``prune_model`` (exact: it changes no prediction; the run prints its deviation);
 3. two epochs of fine-tuning (SGD, cosine decay from 0.03, momentum 0.9, pad-crop-flip);
 4. float32 and int8 ``.tflite`` of the reference and of the pruned model, the int8
@@ -26,12 +27,12 @@ images), parameters, MACs, .tflite size (float32, int8), 1-thread latency, MAC
 reduction and speed-up; then the seconds each stage took. About 5–9 minutes on
 2 CPU cores.
 
-The default budget is 1/3 of the reference's MACs. Neither 1/3 nor 0.4 met the goal
-of at most 1 point of test accuracy lost (measured: 1/3 → 3.02×, 2.96× and 2.79× fewer
-MACs in three runs, −2.28, −2.47 and −1.94 points; 0.4 → 2.47×, −1.76; 1/3 with
-``--finetune_epochs 4`` → 3.05×, −1.81); 1/3 is the default because it is the one
-that reaches ≥ 2.5× fewer MACs. See docs/demo.md. Runs are not reproducible on
-CPU (same settings and seed, different MACs and accuracy).
+The default budget is 1/3 of the reference's MACs. The goal of at most 1 point of test
+accuracy lost at ≥ 2.5× fewer MACs is not met (docs/demo.md has every run). The recipe
+above (sparsify rate 0.03, the budget reached at 30 % of the epoch, λ times each layer's
+mean |γ|) lost 1.62–1.68 points at 3× in pilots, 1.28–1.46 at 2.5×; the earlier one (rate
+0.005, reached at 60 %, the paper's λ) 1.94–2.47 at 3×, 2.31 in the same pilot harness.
+Runs are not reproducible on CPU (same settings and seed, different MACs and accuracy).
 
     .venv/bin/python examples/fashion_mnist.py                      # the default: 1/3 of the MACs
     .venv/bin/python examples/fashion_mnist.py --target_macs 0.25   # 4x fewer MACs
@@ -72,7 +73,7 @@ FLAGS = flags.FLAGS
 REFERENCE = "saved_models/fashion_vgg_reference.keras"
 DEFAULT_TARGET_MACS = 1 / 3
 # Per-flow defaults of the flags that both flows share (a flag left unset takes these).
-PRETRAINED_DEFAULTS = {"epochs": 1, "finetune_epochs": 2, "learning_rate": 0.005,
+PRETRAINED_DEFAULTS = {"epochs": 1, "finetune_epochs": 2, "learning_rate": 0.03,
                        "finetune_learning_rate": 0.03, "train_examples": None}
 SCRATCH_DEFAULTS = {"epochs": 3, "finetune_epochs": 1, "learning_rate": 0.05,
                     "finetune_learning_rate": None, "train_examples": 15000}
@@ -86,12 +87,15 @@ def define_flags() -> None:
     flags.DEFINE_string("reference", REFERENCE, "The trained .keras model to prune (default flow).")
     flags.DEFINE_float("target_macs", DEFAULT_TARGET_MACS, "MAC budget of the pruned model, a "
                        "fraction of the reference's (default flow; 1/3: 3x fewer MACs).")
+    flags.DEFINE_integer("round_to", 1, "Default flow: conv widths at multiples of this "
+                         "(CostTarget(round_to=...): 16 matches XNNPACK's float32 tiles on AVX-512, "
+                         "8 on ARM NEON), so the speed-up follows the MAC reduction.")
     flags.DEFINE_integer("epochs", None, "Sparsifying (GammaISTA) epochs. Default 1; "
                          "--from_scratch: 3.")
     flags.DEFINE_integer("finetune_epochs", None, "Fine-tuning epochs after pruning. Default 2; "
                          "--from_scratch: 1.")
     flags.DEFINE_float("learning_rate", None, "SGD learning rate of the sparsifying phase. "
-                       "Default 0.005 (constant); --from_scratch: 0.05 (cosine decay).")
+                       "Default 0.03 (constant); --from_scratch: 0.05 (cosine decay).")
     flags.DEFINE_float("finetune_learning_rate", None, "Initial fine-tuning learning rate (cosine "
                        "decay). Default 0.03; --from_scratch: learning_rate / 5.")
     flags.DEFINE_integer("train_examples", None, "Training images used. Default: the reference's "
@@ -213,13 +217,15 @@ def fine_tune(model, x, y, *, epochs, batch_size, learning_rate, seed, verbose=1
 
 
 def sparsify_trained(model, x, y, *, epochs, batch_size, learning_rate, rho, seed, verbose=1,
-                     min_channels=0, scale_beta=False, augment="flip", callbacks=()):
+                     min_channels=0, scale_beta=False, gamma_scale=False, augment="flip",
+                     callbacks=()):
     """GammaISTA training of an already trained model, in place (constant SGD learning rate,
-    momentum 0.9, the paper's per-layer λ); returns the model.
+    momentum 0.9, the paper's per-layer λ, times each layer's mean |γ| with
+    ``gamma_scale``); returns the model.
 
-        sparsify_trained(model, x, y, epochs=1, batch_size=128, learning_rate=0.005, rho=1e-3,
-                         seed=0, min_channels=4, scale_beta=True, augment="pad_crop_flip",
-                         callbacks=[CostTarget(macs=1 / 3)])
+        sparsify_trained(model, x, y, epochs=1, batch_size=128, learning_rate=0.03, rho=1e-3,
+                         seed=0, min_channels=4, scale_beta=True, gamma_scale=True,
+                         augment="pad_crop_flip", callbacks=[CostTarget(macs=1 / 3, reach_at=0.3)])
 
     ``callbacks`` go to ``model.fit`` (after a SparsityMonitor when they contain none).
     """
@@ -230,8 +236,8 @@ def sparsify_trained(model, x, y, *, epochs, batch_size, learning_rate, rho, see
 
     keras.utils.set_random_seed(seed)
     optimizer = GammaISTA(keras.optimizers.SGD(learning_rate, momentum=0.9), rho=rho,
-                          penalties=gamma_penalties(model), min_channels=min_channels,
-                          scale_beta=scale_beta)
+                          penalties=gamma_penalties(model, gamma_scale=gamma_scale),
+                          min_channels=min_channels, scale_beta=scale_beta)
     model.compile(optimizer, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   metrics=["accuracy"])
     callbacks = list(callbacks)
@@ -535,11 +541,11 @@ class DemoResult:
 
 
 def prune_reference(reference, x, y, x_test, y_test, *, target_macs=DEFAULT_TARGET_MACS,
-                    epochs=1, finetune_epochs=2, batch_size=128, learning_rate=0.005,
+                    epochs=1, finetune_epochs=2, batch_size=128, learning_rate=0.03,
                     finetune_learning_rate=0.03, out_dir="saved_models/run", latency_runs=100,
-                    seed=0, min_channels=4, cost_target_every=50, reach_at=0.6, verbose=1,
+                    seed=0, min_channels=4, cost_target_every=50, reach_at=0.3, verbose=1,
                     tflite_eval_examples=None, run_name=None, clock=None,
-                    qat_epochs=0, qat_examples=12000) -> DemoResult:
+                    qat_epochs=0, qat_examples=12000, round_to=1) -> DemoResult:
     """The default demo: a trained model → GammaISTA + CostTarget → prune_model → fine-tune →
     float32 / int8 TFLite, timed and evaluated against ``reference`` (which is not modified).
 
@@ -551,7 +557,8 @@ def prune_reference(reference, x, y, x_test, y_test, *, target_macs=DEFAULT_TARG
     on, one at a time (default all). ``clock`` (a :class:`StageClock`) collects the
     seconds per stage. ``qat_epochs > 0`` adds an int8 row made by
     :func:`tf_gamma_prune.qat.quantize_aware_finetune` (written to
-    ``pruned_int8_qat.tflite``) next to post-training quantization's.
+    ``pruned_int8_qat.tflite``) next to post-training quantization's. ``round_to > 1``
+    aligns the pruned widths to that tile (:class:`~tf_gamma_prune.CostTarget`'s option).
     """
     import numpy as np
 
@@ -576,13 +583,15 @@ def prune_reference(reference, x, y, x_test, y_test, *, target_macs=DEFAULT_TARG
                        f"{len(x):,} images; TensorBoard: tensorboard --logdir "
                        f"{os.path.dirname(paths['logs'])}")
     model = copy_model(reference)
-    controller = CostTarget(macs=target_macs, every=cost_target_every, reach_at=reach_at)
+    controller = CostTarget(macs=target_macs, every=cost_target_every, reach_at=reach_at,
+                            round_to=round_to)
     recorder = example_plots.GammaRecorder()
     with clock(f"GammaISTA ({epochs} ep)"):
         # rho: a placeholder; CostTarget sets its own start value and steers it
         sparsify_trained(model, x, y, epochs=epochs, batch_size=batch_size,
                          learning_rate=learning_rate, rho=1e-3, seed=seed, verbose=verbose,
-                         min_channels=min_channels, scale_beta=True, augment="pad_crop_flip",
+                         min_channels=min_channels, scale_beta=True, gamma_scale=True,
+                         augment="pad_crop_flip",
                          callbacks=[controller, *monitoring_callbacks(paths["logs"]), recorder])
     print(sparsity_summary(model))
     if controller.history:
@@ -730,7 +739,7 @@ def main_pretrained(settings: dict, clock: StageClock) -> None:
         learning_rate=settings["learning_rate"],
         finetune_learning_rate=settings["finetune_learning_rate"], out_dir=FLAGS.out_dir,
         latency_runs=FLAGS.latency_runs, seed=FLAGS.seed, clock=clock, qat_epochs=FLAGS.qat_epochs,
-        qat_examples=FLAGS.qat_examples)
+        qat_examples=FLAGS.qat_examples, round_to=FLAGS.round_to)
     print_reference_result(result, len(x_test))
     print_files(result.paths)
 

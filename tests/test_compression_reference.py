@@ -164,6 +164,9 @@ def test_training_rows_record_their_sparsify_phase(smoke_training):
             for key in ("start_below_0_1", "below_0_1", "above_0_9", "median"):
                 assert 0.0 <= info[key] <= 1.0
             assert 0 <= info["layers_receded"] <= 6
+        elif r["method"] == "coarse_ranking":  # every step of the S epochs was ranked
+            steps = s["sparsify_epochs"] * -(-s["train_examples"] // s["batch_size"])
+            assert info["batches"] == steps
         else:  # ADMM: admm_updates updates over the phase, ρ grew at each
             steps = s["sparsify_epochs"] * -(-s["train_examples"] // s["batch_size"])
             assert info["update_every"] == max(1, round(steps / s["admm_updates"]))
@@ -313,7 +316,7 @@ def test_results_before_the_training_methods_are_continued(tmp_path):
     path = tmp_path / "compression_cpu.json"
     path.write_text(json.dumps(doc))
     cpu = compression.make_settings("cpu")
-    assert cpu["training_methods"] == ["receding_importance", "admm"]
+    assert cpu["training_methods"] == ["receding_importance", "admm", "coarse_ranking"]
     assert compression.settings_hash(doc["settings"]) == compression.settings_hash(cpu) \
         == "449185f106f0"  # the folder the background run caches its models in
 

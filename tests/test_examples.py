@@ -137,6 +137,27 @@ def test_fashion_mnist_default_flow_reports_qat_next_to_ptq(tmp_path):
     assert qat.tflite_kb < 0.5 * rows["pruned + fine-tuned"].tflite_kb
 
 
+def test_fashion_mnist_default_flow_aligns_widths_with_round_to(tmp_path):
+    """--round_to: CostTarget aligns the widths, the pruned model's convs are multiples of it."""
+    import keras
+
+    import fashion_mnist
+
+    from tf_gamma_prune.data import load_fashion_mnist
+
+    (x, y), (x_test, y_test) = load_fashion_mnist(train_examples=512, test_examples=128)
+    reference = fashion_mnist.load_keras_model(os.path.join(SAVED, "fashion_vgg_reference.keras"))
+    result = fashion_mnist.prune_reference(
+        reference, x, y, x_test, y_test, target_macs=0.5, epochs=1, finetune_epochs=0,
+        batch_size=64, out_dir=str(tmp_path), latency_runs=3, cost_target_every=2, verbose=0,
+        tflite_eval_examples=32, run_name="aligned", round_to=8)
+    pruned = keras.models.load_model(result.paths["pruned.keras"], compile=False)
+    widths = [layer.filters for layer in pruned.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert all(w % 8 == 0 for w in widths) and sum(widths) < 448, widths
+    rows = {r.stage: r for r in result.rows}
+    assert rows["pruned + fine-tuned"].macs <= 0.5 * rows["reference"].macs * 1.05
+
+
 def test_fashion_mnist_flags_pick_each_flows_defaults():
     import fashion_mnist
 
