@@ -20,12 +20,16 @@ Recipes (GammaISTA: SGD with momentum 0.9, ``scale_beta``, ``min_channels=4``, `
 * ``one_fit`` / ``gamma_scale_one_fit``: one ``fit`` of 5 epochs, SGD rate 0.03 on a cosine schedule,
   CostTarget reaching the budget at 20 % (then holding it: the removed channels stay locked at zero
   while the rest trains on), ``prune_model`` at the end, no separate fine-tuning (a validation pilot
-  on seed 0: 93.74 % at 2.96× fewer MACs, L1-norm 93.72 %).
+  on seed 0: 93.74 % at 2.96× fewer MACs, L1-norm 93.72 %);
+* ``mean_gamma_one_fit``: ``one_fit`` with λ = each layer's mean |γ| alone (no memory cost: a channel
+  goes when its |γ| is small *relative to its layer*, like PruneNet's ``layer_mean`` scores, which
+  matched L1-norm in the compression benchmark; a demo-harness pilot kept conv5 / conv6 at 49 / 71
+  where the paper's λ keeps 31–40 / 65–117).
 
 Records (one per recipe, target and seed): validation accuracy, MACs, parameters, widths, seconds, and
 for every row but ``l1_norm`` the paired difference to ``l1_norm`` of the same target and seed.
 Resumable: each finished record is written at once (atomically) and skipped on a rerun with the same
-settings. A 5,000-image validation split has a binomial standard error of 0.36 point at 93 %: read
+settings; recipes added to ``RECIPES`` later extend a results file (the recipes it has must be unchanged). A 5,000-image validation split has a binomial standard error of 0.36 point at 93 %: read
 differences below about 0.4 point as noise unless the seeds agree.
 
     .venv/bin/python benchmarks/gamma_recipes.py --recipes=l1_norm,gamma_scale_s2 --targets=6
@@ -58,6 +62,8 @@ RECIPES: dict[str, dict[str, Any]] = {
                 "reach_at": 0.2, "gamma_scale": False},
     "gamma_scale_one_fit": {"sparsify_epochs": 5, "sparsify_learning_rate": 0.03, "cosine": True,
                             "reach_at": 0.2, "gamma_scale": True},
+    "mean_gamma_one_fit": {"sparsify_epochs": 5, "sparsify_learning_rate": 0.03, "cosine": True,
+                           "reach_at": 0.2, "gamma_scale": True, "memory_cost": False},
 }
 """Each recipe's knobs; every recipe has 5 epochs after the reference in all."""
 
@@ -87,6 +93,19 @@ def settings() -> dict:
             "augment": "pad_crop_flip"}
 
 
+def same_settings(old: dict, new: dict) -> bool:
+    """Equal settings, except that ``new`` may define recipes ``old`` did not have.
+
+    >>> same_settings({"every": 50, "recipes": {"a": {}}}, {"every": 50, "recipes": {"a": {}, "b": {}}})
+    True
+    >>> same_settings({"every": 50, "recipes": {"a": {"x": 1}}}, {"every": 50, "recipes": {"a": {}}})
+    False
+    """
+    rest = [{k: v for k, v in d.items() if k != "recipes"} for d in (old, new)]
+    recipes = new.get("recipes", {})
+    return rest[0] == rest[1] and all(recipes.get(r) == v for r, v in old.get("recipes", {}).items())
+
+
 def record_key(recipe: str, target: float, seed: int) -> str:
     """``"gamma_scale_s2/6x/seed1"``."""
     return f"{recipe}/{target:g}x/seed{seed}"
@@ -113,6 +132,9 @@ def run_recipe(recipe: str, target: float, seed: int, data: dict) -> dict:
     else:
         model = reference
         penalties = gamma_penalties(model, gamma_scale=knobs["gamma_scale"])
+        if not knobs.get("memory_cost", True):  # λ = the layer's mean |γ| alone
+            penalties = {name: float(np.mean(np.abs(keras.ops.convert_to_numpy(layer.gamma))))
+                         for name, layer in batchnorm_layers(model) if name in penalties}
         rate = knobs.get("sparsify_learning_rate", 0.005)
         if knobs.get("cosine"):
             steps = -(-len(data["x"]) // FLAGS.batch_size)
@@ -175,7 +197,7 @@ def main(argv):
     if os.path.exists(FLAGS.output):
         with open(FLAGS.output) as f:
             old = json.load(f)
-        if old.get("settings") != doc["settings"]:
+        if not same_settings(old.get("settings") or {}, doc["settings"]):
             raise app.UsageError(f"{FLAGS.output} holds results of other settings; pass another "
                                  "--output (or delete it to start over).")
         doc["records"] = old.get("records", {})

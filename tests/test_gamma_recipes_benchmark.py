@@ -54,6 +54,22 @@ def test_recipes_are_recorded_paired_and_resumed(tmp_path):
     again = run(tmp_path, recipes)  # nothing left to run: same file
     assert again.returncode == 0, again.stderr[-3000:]
     assert json.loads((tmp_path / "recipes.json").read_text())["records"] == records
+    # a recipe added later extends the file; a changed one is refused
+    doc["settings"]["recipes"].pop("mean_gamma_one_fit")
+    (tmp_path / "recipes.json").write_text(json.dumps(doc))
+    extended = run(tmp_path, "--recipes=l1_norm,mean_gamma_one_fit")
+    assert extended.returncode == 0, extended.stderr[-3000:]
+    grown = json.loads((tmp_path / "recipes.json").read_text())
+    assert {k: grown["records"][k] for k in records} == records
+    new = grown["records"]["mean_gamma_one_fit/2x/seed0"]
+    assert new["minus_l1_norm"] == pytest.approx(
+        round(100 * (new["validation_accuracy"] - base["validation_accuracy"]), 2))
+    changed = {**grown, "settings": {**grown["settings"], "recipes": {
+        **grown["settings"]["recipes"], "one_fit": {"sparsify_epochs": 4}}}}
+    (tmp_path / "recipes.json").write_text(json.dumps(changed))
+    refused = run(tmp_path, recipes)
+    assert refused.returncode != 0 and "other settings" in refused.stderr
+    (tmp_path / "recipes.json").write_text(json.dumps(grown))
     other = run(tmp_path, recipes, "--every=3")
     assert other.returncode != 0 and "other settings" in other.stderr
     unknown = run(tmp_path, "--recipes=l1_norm,magic")
