@@ -111,6 +111,20 @@ def test_fashion_mnist_default_flow_tiny(tmp_path, capsys):
         assert stage in seconds, stage
 
 
+def tiny_default_flow(tmp_path, **kwargs):
+    """``prune_reference`` on the committed reference, 512 training and 128 test images, half the
+    MACs, 1 GammaISTA epoch, no fine-tuning (``kwargs`` add to / override these)."""
+    import fashion_mnist
+
+    from tf_gamma_prune.data import load_fashion_mnist
+
+    (x, y), (x_test, y_test) = load_fashion_mnist(train_examples=512, test_examples=128)
+    reference = fashion_mnist.load_keras_model(os.path.join(SAVED, "fashion_vgg_reference.keras"))
+    options = dict(target_macs=0.5, epochs=1, finetune_epochs=0, batch_size=64,
+                   out_dir=str(tmp_path), latency_runs=3, cost_target_every=2, verbose=0)
+    return fashion_mnist.prune_reference(reference, x, y, x_test, y_test, **{**options, **kwargs})
+
+
 @pytest.mark.slow
 def test_fashion_mnist_default_flow_reports_qat_next_to_ptq(tmp_path):
     """--qat_epochs: an int8 row from quantization-aware training (tfmot, isolated process)."""
@@ -118,16 +132,7 @@ def test_fashion_mnist_default_flow_reports_qat_next_to_ptq(tmp_path):
 
     if isolate.missing_dependencies():  # checked without importing tfmot here
         pytest.skip('needs the tfmot extra: pip install "tf-gamma-prune[tfmot]"')
-    import fashion_mnist
-
-    from tf_gamma_prune.data import load_fashion_mnist
-
-    (x, y), (x_test, y_test) = load_fashion_mnist(train_examples=512, test_examples=128)
-    reference = fashion_mnist.load_keras_model(os.path.join(SAVED, "fashion_vgg_reference.keras"))
-    result = fashion_mnist.prune_reference(
-        reference, x, y, x_test, y_test, target_macs=0.5, epochs=1, finetune_epochs=0,
-        batch_size=64, out_dir=str(tmp_path), latency_runs=3, cost_target_every=2, verbose=0,
-        tflite_eval_examples=128, run_name="qat", qat_epochs=1)
+    result = tiny_default_flow(tmp_path, tflite_eval_examples=128, run_name="qat", qat_epochs=1)
     rows = {r.stage: r for r in result.rows}
     qat, ptq = rows["pruned + tuned, int8 QAT"], rows["pruned + fine-tuned, int8"]
     assert 0.0 <= qat.accuracy <= 1.0 and qat.latency_ms > 0 and qat.macs == ptq.macs
@@ -141,16 +146,7 @@ def test_fashion_mnist_default_flow_aligns_widths_with_round_to(tmp_path):
     """--round_to: CostTarget aligns the widths, the pruned model's convs are multiples of it."""
     import keras
 
-    import fashion_mnist
-
-    from tf_gamma_prune.data import load_fashion_mnist
-
-    (x, y), (x_test, y_test) = load_fashion_mnist(train_examples=512, test_examples=128)
-    reference = fashion_mnist.load_keras_model(os.path.join(SAVED, "fashion_vgg_reference.keras"))
-    result = fashion_mnist.prune_reference(
-        reference, x, y, x_test, y_test, target_macs=0.5, epochs=1, finetune_epochs=0,
-        batch_size=64, out_dir=str(tmp_path), latency_runs=3, cost_target_every=2, verbose=0,
-        tflite_eval_examples=32, run_name="aligned", round_to=8)
+    result = tiny_default_flow(tmp_path, tflite_eval_examples=32, run_name="aligned", round_to=8)
     pruned = keras.models.load_model(result.paths["pruned.keras"], compile=False)
     widths = [layer.filters for layer in pruned.layers if isinstance(layer, keras.layers.Conv2D)]
     assert all(w % 8 == 0 for w in widths) and sum(widths) < 448, widths
