@@ -282,6 +282,23 @@ def test_round_to_aligns_the_widths_within_the_budget(fold):
     assert target.history[-1]["rho"] == target.rho_min  # held since the alignment
 
 
+def test_round_to_aligns_tied_residual_streams():
+    """A ResNet's residual streams are channel groups shared by several convs: aligned too."""
+    from tf_gamma_prune.reference_models import resnet20
+
+    keras.utils.set_random_seed(0)
+    model = compiled(resnet20(input_shape=(16, 16, 3), blocks_per_stage=1), scale_beta=True)
+    spread_gammas(model)
+    target = CostTarget(macs=0.5, every=4, round_to=8)
+    rng = np.random.default_rng(0)
+    x, y = rng.random((256, 16, 16, 3)).astype("float32"), rng.integers(0, 10, 256)
+    model.fit(x, y, batch_size=16, epochs=3, verbose=0, callbacks=[target])
+    pruned = prune_model(model)
+    widths = [layer.filters for layer in pruned.layers if isinstance(layer, L.Conv2D)]
+    assert all(w % 8 == 0 for w in widths), widths
+    assert count_macs(pruned) == target.history[-1]["macs"] and target.within_budget()
+
+
 def test_round_to_warns_when_carriers_break_the_budget():
     """Without scale_beta the zero-γ channels keep their β; under fold="auto" the
     alignment can make their constants need a carrier block each."""
