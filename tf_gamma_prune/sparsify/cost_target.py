@@ -637,14 +637,14 @@ class CostTarget(keras.callbacks.Callback):
         (see :func:`~tf_gamma_prune.sparsify.width_alignment.aligned_removal`):
         the channels to drop get γ = β = 0 and are locked, those to bring back (and
         the zero-γ channels that fill a started block) get a small γ and train
-        again, so the model's own widths are multiples of ``round_to``. The fold's carriers are an overhead on the budget,
-        measured before. Warns when the aligned model misses the budget by more
-        than ``tolerance`` (carriers the alignment made necessary). Returns the
-        removed groups; later windows hold them."""
+        again, so the model's own widths are multiples of ``round_to``. The fold's
+        carriers are an overhead on the budget, measured before. Warns when the
+        aligned model misses the budget by more than ``tolerance`` (carriers the
+        alignment made necessary). Returns the removed groups; later windows hold
+        them."""
         optimizer = optimizer or self._optimizer()
-        graph = self.measure_graph()
-        removed = graph.removable_constant_groups()
-        carriers = self.measure()[3] - self.rounded_cost(graph, removed)
+        graph, removed, _, cost = self.measure()
+        carriers = cost - self.rounded_cost(graph, removed)
         order = np.full(graph.num_groups, -1.0)
         for group, step in self._lock_step.items():
             order[group] = step
@@ -694,8 +694,6 @@ class CostTarget(keras.callbacks.Callback):
                 b = np.asarray(keras.ops.convert_to_numpy(beta)).copy()
                 b[mask] = np.maximum(b[mask], 0)
                 beta.assign(b)
-            if name in self._frozen_beta:  # no longer held at its locked value
-                self._frozen_beta[name][mask] = np.maximum(self._frozen_beta[name][mask], 0)
 
     def _zero_groups(self, optimizer: Any, groups: np.ndarray) -> None:
         """γ = β = 0 for every penalised channel of ``groups``: removed as a plain pruning
@@ -723,6 +721,7 @@ class CostTarget(keras.callbacks.Callback):
         """Unlock the most recently locked groups that bring the cost closest to ``budget``."""
         locked_groups = sorted(self._lock_step, key=lambda g: (-self._lock_step[g], g))
         removed = removed.copy()
+        woken = []
         for group in locked_groups:
             if not removed[group] or graph.pinned[group]:
                 continue
@@ -732,11 +731,12 @@ class CostTarget(keras.callbacks.Callback):
                 cost = new
                 self._unlock(group)
                 self._revived.add(group)
-                self._wake_groups(self._optimizer(), np.array([group]))
+                woken.append(group)
             else:
                 removed[group] = True
             if cost >= budget - self.tolerance / 4 * self.budget:
                 break
+        self._wake_groups(self._optimizer(), np.array(woken, int))
         return cost
 
     def _unlock(self, group: int) -> None:
