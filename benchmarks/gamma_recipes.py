@@ -131,10 +131,8 @@ def run_recipe(recipe: str, target: float, seed: int, data: dict) -> dict:
         pruned = prune_model(reference, selection)
     else:
         model = reference
-        penalties = gamma_penalties(model, gamma_scale=knobs["gamma_scale"])
-        if not knobs.get("memory_cost", True):  # λ = the layer's mean |γ| alone
-            penalties = {name: float(np.mean(np.abs(keras.ops.convert_to_numpy(layer.gamma))))
-                         for name, layer in batchnorm_layers(model) if name in penalties}
+        penalties = gamma_penalties(model, "memory" if knobs.get("memory_cost", True) else "uniform",
+                                    gamma_scale=knobs["gamma_scale"])
         rate = knobs.get("sparsify_learning_rate", 0.005)
         if knobs.get("cosine"):
             steps = -(-len(data["x"]) // FLAGS.batch_size)

@@ -84,6 +84,10 @@ def test_gamma_scale_multiplies_each_lambda_by_its_layers_mean_abs_gamma():
         factor = np.mean(np.abs(value)) or 1.0  # all-zero γ: λ unchanged
         assert scaled[key] == pytest.approx(plain[key] * factor)
     assert gamma_penalties(model, gamma_scale=False) == plain
+    uniform = gamma_penalties(model, "uniform", gamma_scale=True)  # λ = the mean |γ| alone
+    for name, value in gammas.items():
+        assert uniform[f"{inner.name}/{name}"] == pytest.approx(np.mean(np.abs(value)) or 1.0)
+    assert set(gamma_penalties(model, "uniform").values()) == {1.0}
 
 
 def test_penalties_errors():

@@ -88,7 +88,9 @@ def gamma_penalties(model: keras.Model, cost: str = "memory",
             ``table`` (its producer's output-channel share plus each consumer's
             input-channel share, :meth:`LatencyTable.channel_ms`), divided by the
             mean over the penalised layers, so ISTA shrinks first the channels
-            that buy the most time on the measured device.
+            that buy the most time on the measured device; ``"uniform"``: λ_l = 1
+            for every layer (with ``gamma_scale``: each layer's mean |γ| alone, so a
+            channel goes when its |γ| is small relative to its own layer).
         table: the model's latency table, for ``cost="latency"``.
         gamma_scale: multiply each λ_l by the mean |γ| of its layer (for a
             trained model). ISTA needs ``|γ|/(η·ρ·λ)`` steps to empty a channel,
@@ -104,8 +106,12 @@ def gamma_penalties(model: keras.Model, cost: str = "memory",
         NoBatchNormError: the model has no BatchNormalization with a γ.
         ValueError: the input's spatial size is not static.
     """
-    penalties = _latency_penalties(model, table) if cost == "latency" \
-        else _memory_penalties(model, cost)
+    if cost == "uniform":
+        penalties = {name: 1.0 for name in _memory_penalties(model, "memory")}
+    elif cost == "latency":
+        penalties = _latency_penalties(model, table)
+    else:
+        penalties = _memory_penalties(model, cost)
     return _scaled_by_gamma(model, penalties) if gamma_scale else penalties
 
 
@@ -122,7 +128,8 @@ def _scaled_by_gamma(model: keras.Model, penalties: dict[str, float]) -> dict[st
 def _memory_penalties(model: keras.Model, cost: str) -> dict[str, float]:
     """The paper's memory-cost λ_l (see :func:`gamma_penalties`)."""
     if cost != "memory":
-        raise ArgumentError(f"gamma_penalties: cost must be 'memory' or 'latency', got {cost!r}.")
+        raise ArgumentError(f"gamma_penalties: cost must be 'memory', 'latency' or 'uniform', "
+                            f"got {cost!r}.")
     graph = layer_graph(model)
     input_area = _spatial_area(graph.shape(graph.inputs[0]))
     if input_area is None:
