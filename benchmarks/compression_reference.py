@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -379,33 +380,21 @@ class ReferenceRun(RunBase):
         """Reference → structural redundancy (Wang et al. 2021) at gamma_ista's MACs → S + F."""
         from tf_gamma_prune import structural_redundancy_selection
 
-        def criterion(model, fraction):
-            return structural_redundancy_selection(model, fraction,
-                                                   min_channels=self.min_channels)
-
-        return self._train_criterion("structural_redundancy", criterion, k)
+        return self._train_criterion("structural_redundancy", structural_redundancy_selection, k)
 
     def train_redundancy_random(self, k: int):
         """Reference → redundancy-driven random filters at gamma_ista's MACs → S + F."""
         from tf_gamma_prune import redundancy_random_selection
 
-        def criterion(model, fraction):
-            return redundancy_random_selection(model, fraction, seed=self.seed,
-                                               min_channels=self.min_channels)
-
-        return self._train_criterion("redundancy_random", criterion, k)
+        return self._train_criterion("redundancy_random", redundancy_random_selection, k,
+                                     seed=self.seed)
 
     def train_prunenet(self, k: int):
         """Reference → PruneNet global importance (256 training images) at gamma_ista's MACs."""
         from tf_gamma_prune import global_importance_selection
 
-        sample = self.data.x[:256]
-
-        def criterion(model, fraction):
-            return global_importance_selection(model, fraction, data=sample,
-                                               min_channels=self.min_channels)
-
-        return self._train_criterion("prunenet", criterion, k)
+        return self._train_criterion("prunenet", global_importance_selection, k,
+                                     data=self.data.x[:256])
 
     @property
     def min_channels(self) -> int:
@@ -413,7 +402,9 @@ class ReferenceRun(RunBase):
         L1-norm and Network Slimming never came near it in the records)."""
         return int(self.s["min_channels"])
 
-    def _train_criterion(self, method: str, criterion, k: int):
+    def _train_criterion(self, method: str, criterion, k: int, **options):
+        """``criterion(model, fraction, min_channels=..., **options)`` at gamma_ista's MACs → S + F."""
+        criterion = functools.partial(criterion, min_channels=self.min_channels, **options)
         pruned, extra = self.matched(self.ref.load(), criterion, k)
         return pruned, self.finetune_all(pruned, method, k), extra
 
@@ -427,9 +418,7 @@ class ReferenceRun(RunBase):
                                      if key != "finetune_learning_rate"})
         sparse, meta = self.cached(phase.path("receding_importance", None, "sparse"),
                                    phase._recede)
-        def criterion(model, fraction):
-            return receding_importance_selection(model, fraction, min_channels=self.min_channels)
-
+        criterion = functools.partial(receding_importance_selection, min_channels=self.min_channels)
         selection, extra = self.matched_selection(sparse, criterion, k)
         pruned = self.prune(to_standard_batchnorm(sparse), selection)
         info = {**meta["receding_importance"],
@@ -507,9 +496,7 @@ class ReferenceRun(RunBase):
                  f"ranking {self.overrides or ''}")
         seconds = self.fit(model, 0, s["sparsify_epochs"])
 
-        def criterion(m, fraction):
-            return ranking.criterion(m, fraction, min_channels=self.min_channels)
-
+        criterion = functools.partial(ranking.criterion, min_channels=self.min_channels)
         selections, targets, unreachable = {}, {}, {}
         for k in range(len(s["mac_targets"])):
             targets[str(k)] = target = int(self.gamma_record(k)["macs"])
