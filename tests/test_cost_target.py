@@ -127,6 +127,62 @@ def test_the_last_window_holds_a_cost_within_tolerance():
     assert target.adapt() > target.rho_min
 
 
+def test_the_end_of_the_run_is_measured_and_nothing_is_revived():
+    """A channel revived when training is over would never train: it would only add cost
+    (a CLI run ended at 43.8 % of the MACs and its pruned model had 53.4 %)."""
+    model = compiled(small_vgg())
+    spread_gammas(model)
+    target = started(CostTarget(macs=0.5, every=10, total_steps=100), model)
+    bn = model.get_layer("bn6")
+    bn.gamma.assign(np.where(np.arange(8) < 5, 0.0, bn.gamma.numpy()))
+    target._done = 95
+    target.enforce()  # locked at step 95
+    graph = channel_graph(model, fold="bias")
+    cost = planned_macs(graph, graph.removable_constant_groups())
+    target.budget = cost + (target.start_cost - cost) // 2  # far below the band
+    target._done = 99
+    target.adapt()  # the last window still revives
+    assert (~target._locked["bn6"][:5]).any()
+    target._locked["bn6"][:5] = True
+    bn.gamma.assign(np.where(np.arange(8) < 5, 0.0, bn.gamma.numpy()))
+    target._done = 100  # the end of the run
+    assert target.adapt() == target.rho_min and target._locked["bn6"][:5].all()
+    assert (bn.gamma.numpy()[:5] == 0).all() and target.history[-1]["macs"] == cost
+
+
+def test_a_run_that_ends_above_the_budget_is_trimmed_to_it():
+    """Training over 20 % above the budget: the smallest |γ|/λ go to zero, β kept."""
+    for final_trim in (True, False):
+        model = compiled(small_vgg())
+        spread_gammas(model, seed=3)
+        graph = channel_graph(model, fold="bias")
+        scores = group_scores(graph, model.optimizer)
+        betas = {n: model.get_layer(n).beta.numpy() for n in ("bn1", "bn6")}
+        target = started(CostTarget(macs=0.5, every=10, total_steps=100, fold="bias",
+                                    final_trim=final_trim), model)
+        target.budget = round(target.start_cost / 1.2)
+        model.optimizer.iterations.assign(100)  # the run's last step done
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            target.on_train_end()
+        caught = [w for w in caught if issubclass(w.category, UserWarning)]
+        if not final_trim:
+            assert not caught and "trimmed" not in target.history[-1]
+            assert target.history[-1]["macs"] == target.start_cost and not target.within_budget()
+            assert CostTarget.from_config(target.get_config()).final_trim is False
+            continue
+        assert len(caught) == 1 and "set to γ = 0 to meet it" in str(caught[0].message)
+        last = target.history[-1]
+        assert target.history[-2]["macs"] == target.start_cost and target.within_budget()
+        assert count_macs(prune_model(model, fold="bias")) == last["macs"]
+        gone = channel_graph(model, fold="bias").removable_constant_groups()
+        assert last["trimmed"] == gone.sum() > 0
+        assert scores[gone].max() < scores[~gone & np.isfinite(scores)].min()  # the smallest
+        assert planned_macs(graph, gone) == last["macs"]  # independent count of the same plan
+        for name, beta in betas.items():
+            np.testing.assert_array_equal(model.get_layer(name).beta.numpy(), beta)
+
+
 def test_hold_stays_at_rho_min_at_a_zero_learning_rate():
     # the end of a cosine schedule: nothing to remove must not read as "infinite rho"
     model = compiled(small_vgg(), learning_rate=0.0)

@@ -166,7 +166,7 @@ def test_latency_penalties_weigh_channels_by_their_time():
     assert penalties == pytest.approx({k: v / mean for k, v in raw.items()})
     with pytest.raises(ArgumentError, match="needs table"):
         gamma_penalties(model, cost="latency")
-    with pytest.raises(ArgumentError, match="'memory' or 'latency'"):
+    with pytest.raises(ArgumentError, match="'memory', 'latency' or 'uniform'"):
         gamma_penalties(model, cost="flops")
 
 
