@@ -88,7 +88,8 @@ HELP = {
     "criteria_methods": "from_reference: seed-paper selection criteria run after the core "
                         "methods (JSON list).",
     "training_methods": "from_reference: seed-paper training-time sparsifiers run after the "
-                        "criteria (receding_importance, admm, coarse_ranking); appending some "
+                        "criteria (receding_importance, admm, coarse_ranking, gamma_ista_tiled); "
+                        "appending some "
                         "continues a results file.",
     "rni_strength": "receding_importance: RecedingImportanceRegularizer strength λ.",
     "rni_shift": "receding_importance: the regulariser's shift b.",
@@ -97,6 +98,7 @@ HELP = {
     "admm_rho": "admm: ADMMFilterPruning's starting ρ.",
     "admm_rho_growth": "admm: ρ's factor after every Z/U update.",
     "admm_updates": "admm: Z/U updates over the sparsify phase (update_every = its steps / this).",
+    "tile_round_to": "gamma_ista_tiled: CostTarget(round_to=...), the widths' tile.",
     "tuning": "from_reference: JSON {method: [overrides, ...]} tried on the validation split.",
     "augment": "make_dataset augmentation (every method).",
     "match_tolerance": "Relative MAC tolerance when matching the baselines to gamma_ista.",

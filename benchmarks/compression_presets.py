@@ -37,7 +37,12 @@ TRAINING_METHOD_SETTINGS: dict[str, tuple[str, ...]] = {
                             "rni_start_scale"),
     "admm": ("admm_rho", "admm_rho_growth", "admm_updates"),
     "coarse_ranking": (),
+    "gamma_ista_tiled": ("tile_round_to",),
 }
+# Training methods that are a variant of a core method: they run with that method's chosen
+# tuning trial (the others with l1_norm's fine-tuning) and meet the MAC budget themselves
+# instead of matching gamma_ista's MACs.
+TUNED_LIKE = {"gamma_ista_tiled": "gamma_ista"}
 # Left out of settings_hash; a results file may lack them (it is then continued with them).
 ADDITIVE_SETTINGS = ("training_methods",
                      *(key for keys in TRAINING_METHOD_SETTINGS.values() for key in keys))
@@ -124,7 +129,7 @@ _CPU: dict[str, Any] = {
     # sparsify_learning_rate, a MAC-matched selection, F fine-tune epochs at l1_norm's tuned
     # rate. Their knobs are fixed from the package's docs/tests (docs/rni_admm.md), never
     # tuned here (no validation trials: the core methods' equal tuning effort stays).
-    "training_methods": ["receding_importance", "admm", "coarse_ranking"],
+    "training_methods": ["receding_importance", "admm", "coarse_ranking", "gamma_ista_tiled"],
     # λ, b: the values whose bimodality docs/rni_admm.md measured on fashion_vgg / Fashion-MNIST
     # (benchmarks/importance_histograms.py, test_receding_importance.py); the notes' VGG-16 /
     # CIFAR-10 values (1e-3, b = 3) were made for long training, not 2 epochs. Kept although
@@ -144,6 +149,10 @@ _CPU: dict[str, Any] = {
     "admm_rho": 0.3,
     "admm_rho_growth": 1.3,
     "admm_updates": 12,
+    # gamma_ista_tiled: gamma_ista with CostTarget(round_to=...): XNNPACK's float32 tile on
+    # this machine (benchmarks/results/latency_table.json: conv2 4-16 outputs cost the same,
+    # 20-32 twice that), so every width is a multiple of it and no tile is paid half-used.
+    "tile_round_to": 16,
     "augment": "pad_crop_flip",
     "match_tolerance": 0.05,
     "fold": "auto",
@@ -170,6 +179,7 @@ _SMOKE: dict[str, Any] = {
     "alpha": 0.5,                    # exercises rescale → recalibrate → prune → rescale back
     "min_channels": 2,
     "cost_target_every": 2,
+    "tile_round_to": 4,              # widths 8-16: a tile of 16 would leave 0 or all
     "tuning": {
         "gamma_ista": [{"sparsify_learning_rate": 0.01}, {"sparsify_learning_rate": 0.03,
                                                           "scale_beta": False}],

@@ -38,7 +38,7 @@ import numpy as np
 from common import ROOT, tensorflow_available
 from compression_measure import Data, DeadlineReached, Outcome, RunBase, keras_predictions, loss
 from compression_protocol import REFERENCE, SettingsError, SettingsMismatchError, settings_hash
-from compression_presets import TRAINING_METHOD_SETTINGS
+from compression_presets import TRAINING_METHOD_SETTINGS, TUNED_LIKE
 from compression_reference_protocol import (
     CRITERIA_METHODS, METHODS, TRAINING_METHODS, ReferenceResults, chosen_trial, method_groups,
     trials_of,
@@ -266,12 +266,12 @@ class ReferenceRun(RunBase):
         """This seed's gamma_ista record at target k (what the baselines are matched to)."""
         return self.results.get("gamma_ista", k, self.seed)
 
-    def prune(self, model, selection=None):
-        """``prune_model`` with the settings' fold."""
+    def prune(self, model, selection=None, round_to: int = 1):
+        """``prune_model`` with the settings' fold (and ``round_to``)."""
         from tf_gamma_prune import prune_model
 
         return prune_model(model, selection, fold=self.s["fold"],
-                           carrier_tile=self.s["carrier_tile"])
+                           carrier_tile=self.s["carrier_tile"], round_to=round_to)
 
     def matched(self, model, criterion, k: int):
         """``model`` pruned by ``criterion`` to gamma_ista's MACs (±tolerance), and the target."""
@@ -305,8 +305,19 @@ class ReferenceRun(RunBase):
         seconds = meta["seconds"] + self.phase2(pruned, s["finetune_epochs"])
         return pruned, seconds, {"cost_target": meta["cost_target"]}
 
-    def _sparsify_and_prune(self, target: float):
-        """The sparsify phase of gamma_ista, up to the rescaled-back pruned model."""
+    def train_gamma_ista_tiled(self, k: int):
+        """gamma_ista with ``CostTarget(round_to=tile_round_to)``: the widths end at
+        multiples of the tile, within the budget (gamma_ista's chosen trial)."""
+        s, target = self.s, self.s["mac_targets"][k]
+        pruned, meta = self.cached(
+            self.path("gamma_ista_tiled", k, "pruned"),
+            lambda: self._sparsify_and_prune(target, round_to=s["tile_round_to"]))
+        seconds = meta["seconds"] + self.phase2(pruned, s["finetune_epochs"])
+        return pruned, seconds, {"cost_target": meta["cost_target"]}
+
+    def _sparsify_and_prune(self, target: float, round_to: int = 1):
+        """The sparsify phase of gamma_ista, up to the rescaled-back pruned model
+        (``round_to`` > 1: the controller's tile, for gamma_ista_tiled)."""
         import keras
 
         from tf_gamma_prune import (
@@ -324,14 +335,20 @@ class ReferenceRun(RunBase):
                                 min_channels=int(s["min_channels"]),
                                 scale_beta=bool(s.get("scale_beta", False))),
                       loss=loss(), metrics=["accuracy"])
+        # round_to > 1 also counts the model this run builds (fold, carrier_tile): the
+        # alignment decides widths, so a carrier block it did not count would break them
+        tiles = {} if round_to == 1 else {"round_to": round_to, "fold": s["fold"],
+                                          "carrier_tile": s["carrier_tile"]}
         controller = CostTarget(macs=1.0 / target, every=s["cost_target_every"],
-                                reach_at=s["cost_target_reach_at"])
-        self.log(f"seed {self.seed}: gamma_ista {target:g}x: sparsify {s['sparsify_epochs']} "
+                                reach_at=s["cost_target_reach_at"], **tiles)
+        name = "gamma_ista" if round_to == 1 else f"gamma_ista_tiled (round_to {round_to})"
+        self.log(f"seed {self.seed}: {name} {target:g}x: sparsify {s['sparsify_epochs']} "
                  f"epochs {self.overrides or ''}")
         seconds = self.fit(model, 0, s["sparsify_epochs"], callbacks=[controller])
         if alpha != 1:
             recalibrate_batchnorm(model, self.data.x, max_batches=40)
-        pruned = self.prune(model)
+        # round_to: the carriers a constant channel needs (scale_beta=False) come in tiles too
+        pruned = self.prune(model, round_to=round_to)
         if alpha != 1 and batchnorm_layers(pruned):
             rescale_gamma(pruned, 1.0 / alpha)
         info = {"budget_macs": controller.budget, "within_budget": controller.within_budget(),
@@ -599,10 +616,11 @@ class ReferenceRun(RunBase):
 
     def run_criterion(self, method: str, k: int) -> None:
         """A selection criterion's or training method's record, with l1_norm's chosen
-        fine-tuning overrides."""
-        best = chosen_trial(self.results.doc, "l1_norm", k)
+        fine-tuning overrides (a variant of a core method: that method's chosen trial)."""
+        source = TUNED_LIKE.get(method, "l1_norm")
+        best = chosen_trial(self.results.doc, source, k)
         overrides = best["overrides"] if best else {}
-        extra = {"overrides": overrides, "tuning": "l1_norm's chosen trial"}
+        extra = {"overrides": overrides, "tuning": f"{source}'s chosen trial"}
         self.add(self.with_overrides(overrides).record(method, k, extra))
 
     def run_method(self, method: str, k: int) -> None:
@@ -661,7 +679,7 @@ class ReferenceRun(RunBase):
         if method == "scratch":
             extra["scratch_recipe"] = "examples/reference_training.py compile_reference"
         record = self.measure(model, method, k, meta["seconds"], 0.0, extra)
-        if method == "gamma_ista":
+        if method in ("gamma_ista", *TUNED_LIKE):
             budget = record["macs_budget"] = round(self.reference_macs() / self.s["mac_targets"][k])
         else:
             budget = record.get("macs_target")

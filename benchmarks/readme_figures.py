@@ -222,7 +222,9 @@ NAMES = {"gamma_ista": "GammaISTA", "slimming": "Network Slimming", "l1_norm": "
          "structural_redundancy": "structural redundancy", "redundancy_random":
          "redundancy-allocated random", "prunenet": "PruneNet",
          "receding_importance": "receding importances", "admm": "single-shot ADMM",
-         "coarse_ranking": "Taylor (coarse ranking)"}
+         "coarse_ranking": "Taylor (coarse ranking)",
+         "gamma_ista_tiled": "GammaISTA with widths in 16-channel tiles"}
+SHOW_SPEEDUP = ("gamma_ista_tiled",)  # rows that differ from GammaISTA in their speed-up
 
 
 def comparison_line() -> str:
@@ -251,6 +253,7 @@ def full_data_line(d: dict) -> str:
         g = row.pop("gamma_ista")
         compared = compared or any(m in row for m in ("slimming", "l1_norm"))
         others = ", ".join(f"{NAMES.get(m, m)} {100 * o['accuracy']:.2f} %"
+                           + (f" ({o['speedup']:.2f}× faster)" if m in SHOW_SPEEDUP else "")
                            for m, o in row.items())
         parts.append(f"at {reduction:g}× fewer MACs GammaISTA reaches {100 * g['accuracy']:.2f} % "
                      f"({g['n']} seed{'s' if g['n'] > 1 else ''}, {g['params'] / 1e3:.0f}k parameters, "

@@ -23,6 +23,7 @@ import pytest
 from test_compression_benchmark import _cache_files, compression, require_real_fashion_mnist
 
 import compression_reference_protocol as protocol  # noqa: E402  (benchmarks/ is on sys.path)
+from compression_presets import TUNED_LIKE  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -96,8 +97,8 @@ def _check_records(doc: dict, s: dict) -> int:
             assert r["method"] not in ("reference", "gamma_ista") and r["unreachable"]
             continue
         if r["method"] in (*s["criteria_methods"], *s["training_methods"]):
-            l1 = records[("l1_norm", r["target"], r["seed"])]  # its tuned fine-tuning
-            assert r["overrides"] == l1.get("overrides", {})
+            tuned = TUNED_LIKE.get(r["method"], "l1_norm")  # l1_norm's tuned fine-tuning
+            assert r["overrides"] == records[(tuned, r["target"], r["seed"])].get("overrides", {})
         if r["method"] in s["criteria_methods"]:  # same budget, all of it fine-tuning
             assert (r["sparsify_epochs"], r["finetune_epochs"]) == (
                 0, s["sparsify_epochs"] + s["finetune_epochs"])
@@ -128,7 +129,7 @@ def _check_budgets(doc: dict, s: dict) -> None:
             continue
         gamma = _by_key(doc)[("gamma_ista", k, seed)]
         assert r["mac_target"] == s["mac_targets"][k]
-        if method == "gamma_ista":
+        if method in ("gamma_ista", *TUNED_LIKE):  # its own budget
             assert r["macs_budget"] == round(ref_macs / s["mac_targets"][k])
             assert r["macs_relative_difference"] == pytest.approx(
                 (r["macs"] - r["macs_budget"]) / r["macs_budget"])
@@ -153,6 +154,10 @@ def test_training_rows_record_their_sparsify_phase(smoke_training):
     assert {r["method"] for r in rows} == set(protocol.TRAINING_METHODS)
     s = smoke_training["settings"]
     for r in rows:
+        if r["method"] == "gamma_ista_tiled":  # every width a multiple of the tile
+            assert all(w % s["tile_round_to"] == 0 for w in r["widths"].values()), r["widths"]
+            assert r["cost_target"]["history"][-1]["rho"] == pytest.approx(1e-6)  # held
+            continue
         info = r[r["method"]]
         assert len(json.dumps(info)) < 600  # a few numbers, no arrays
         for key in ("validation_accuracy_sparsified", "validation_accuracy_pruned"):
@@ -316,7 +321,8 @@ def test_results_before_the_training_methods_are_continued(tmp_path):
     path = tmp_path / "compression_cpu.json"
     path.write_text(json.dumps(doc))
     cpu = compression.make_settings("cpu")
-    assert cpu["training_methods"] == ["receding_importance", "admm", "coarse_ranking"]
+    assert cpu["training_methods"] == ["receding_importance", "admm", "coarse_ranking",
+                                       "gamma_ista_tiled"]
     assert compression.settings_hash(doc["settings"]) == compression.settings_hash(cpu) \
         == "449185f106f0"  # the folder the background run caches its models in
 
