@@ -11,6 +11,7 @@ spatial    pooling, padding, cropping, upsampling               :mod:`.spatial`
 merge      Add, Multiply, Average, Maximum, ...                 :mod:`.merge`
 concat     Concatenate (channel axis)                           :mod:`.concat`
 reshape    Flatten, Reshape, Permute                            :mod:`.reshape`
+getitem    x[..., a:b], x[:, 1:-1] slicing (GetItem nodes)      :mod:`.getitem`
 opaque     Softmax, LayerNormalization, GroupNormalization ...  :mod:`.opaque`
 constant   ConstantFeature                                      :mod:`.constant`
 ========== ==================================================== ==================
@@ -41,6 +42,8 @@ from tf_gamma_prune.analysis.kinds.registry import (
     CONSTANT_KIND,
     DEPTHWISE,
     DEPTHWISE_KIND,
+    GETITEM,
+    GETITEM_KIND,
     KEPT_WHOLE_KIND,
     MERGE,
     MERGE_KIND,
@@ -62,8 +65,8 @@ from tf_gamma_prune.analysis.kinds.registry import (
 
 __all__ = [
     "BATCHNORM", "BATCHNORM_KIND", "CONCAT", "CONCAT_KIND", "CONSTANT", "CONSTANT_KIND",
-    "ChannelwiseKind", "DEPTHWISE", "DEPTHWISE_KIND", "KEPT_WHOLE_KIND", "LayerKind", "MERGE",
-    "MERGE_KIND", "MIXING", "MIXING_KIND", "OPAQUE", "OPAQUE_KIND", "POINTWISE", "POINTWISE_KIND",
-    "RESHAPE", "RESHAPE_KIND", "SPATIAL", "SPATIAL_KIND", "UNKNOWN_LAYERS", "kind_of_layer",
-    "layer_kind", "register_layer_kind",
+    "ChannelwiseKind", "DEPTHWISE", "DEPTHWISE_KIND", "GETITEM", "GETITEM_KIND",
+    "KEPT_WHOLE_KIND", "LayerKind", "MERGE", "MERGE_KIND", "MIXING", "MIXING_KIND", "OPAQUE",
+    "OPAQUE_KIND", "POINTWISE", "POINTWISE_KIND", "RESHAPE", "RESHAPE_KIND", "SPATIAL",
+    "SPATIAL_KIND", "UNKNOWN_LAYERS", "kind_of_layer", "layer_kind", "register_layer_kind",
 ]

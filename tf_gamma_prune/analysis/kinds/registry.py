@@ -26,7 +26,10 @@ reads or writes is kept, so it is rebuilt unchanged and stays exact):
   non-batch axis (like the ``Concatenate`` layer), opaque over the batch axis;
 * ``reshape``, ``transpose``, ``expand_dims``, ``squeeze``: ``reshape``, which
   follows the channels only where the batch axis provably stays first and the
-  channel axis last and intact (:mod:`.reshape`) and pins them otherwise.
+  channel axis last and intact (:mod:`.reshape`) and pins them otherwise;
+* ``x[key]`` slicing (``GetItem``): ``getitem`` for a static step-1 slice of the
+  channel axis and/or static slices (or integers) of spatial axes, the batch
+  axis whole (:mod:`.getitem`); opaque for any other key.
 
 Unknown layer classes (and unknown ops) raise :class:`UnsupportedLayerError`
 unless ``unknown="opaque"`` (``prune_model(..., unknown_layers="opaque")``):
@@ -53,6 +56,7 @@ from tf_gamma_prune.analysis.kinds.base import LayerKind
 from tf_gamma_prune.analysis.kinds.concat import ConcatKind
 from tf_gamma_prune.analysis.kinds.constant import ConstantKind
 from tf_gamma_prune.analysis.kinds.depthwise import DepthwiseKind
+from tf_gamma_prune.analysis.kinds.getitem import GetItemKind
 from tf_gamma_prune.analysis.kinds.merge import MergeKind
 from tf_gamma_prune.analysis.kinds.mixing import MixingKind
 from tf_gamma_prune.analysis.kinds.opaque import KeptWholeKind, OpaqueKind
@@ -67,6 +71,7 @@ L = keras.layers
 
 MIXING, DEPTHWISE, POINTWISE, BATCHNORM = "mixing", "depthwise", "pointwise", "batchnorm"
 SPATIAL, MERGE, CONCAT, RESHAPE = "spatial", "merge", "concat", "reshape"
+GETITEM = "getitem"
 OPAQUE, CONSTANT = "opaque", "constant"
 
 MIXING_KIND, DEPTHWISE_KIND = MixingKind(), DepthwiseKind()
@@ -74,6 +79,7 @@ POINTWISE_KIND, BATCHNORM_KIND, SPATIAL_KIND = PointwiseKind(), BatchNormKind(),
 MERGE_KIND, CONCAT_KIND, RESHAPE_KIND = MergeKind(), ConcatKind(), ReshapeKind()
 OPAQUE_KIND, CONSTANT_KIND = OpaqueKind(), ConstantKind()
 KEPT_WHOLE_KIND = KeptWholeKind()
+GETITEM_KIND = GetItemKind()
 
 UNKNOWN_LAYERS = ("error", "opaque")
 """What :func:`layer_kind` does with a layer class it does not know: raise, or keep it whole."""
@@ -239,10 +245,13 @@ def _op_kind(call: LayerCall) -> LayerKind | None:
         if len(tensors) == 1 and _scalar_operands(call):
             return POINTWISE_KIND
         return OPAQUE_KIND
-    if name not in _OP_UNARY | _OP_REDUCE | _OP_RESHAPE | {"Clip", "Pad", "Concatenate"}:
+    if name not in _OP_UNARY | _OP_REDUCE | _OP_RESHAPE | {"Clip", "Pad", "Concatenate",
+                                                           "GetItem"}:
         return None
     if name == "Concatenate":
         return CONCAT_KIND  # ConcatKind.refine reads op.axis like the layer's
+    if name == "GetItem":
+        return GETITEM_KIND  # GetItemKind.refine makes keys it cannot follow opaque
     if len(tensors) != 1 or len(call.outputs) != 1:
         return OPAQUE_KIND
     if name in _OP_UNARY:
