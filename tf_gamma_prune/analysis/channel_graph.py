@@ -345,9 +345,11 @@ class ChannelBuilder:
             self.notes.append(f"'{call.name}': constants not followed past it (dynamic "
                               "spatial size); those channels are kept")
             return
-        if out is not None and out.mask.any():
-            out.value = np.where(out.mask, out.value, 0.0)
-            self.constants[call.outputs[0]] = out
+        outs = out if isinstance(out, list) else [out]  # a list: one per output
+        for t, c in zip(call.outputs, outs):
+            if c is not None and c.mask.any():
+                c.value = np.where(c.mask, c.value, 0.0)
+                self.constants[t] = c
 
     def full_shape(self, t: TensorId, why: str) -> tuple[int, ...]:
         """``(1, *spatial, C)`` of a tensor with a static shape (else DynamicShapeError)."""

@@ -12,6 +12,7 @@ merge      Add, Multiply, Average, Maximum, ...                 :mod:`.merge`
 concat     Concatenate (channel axis)                           :mod:`.concat`
 reshape    Flatten, Reshape, Permute                            :mod:`.reshape`
 getitem    x[..., a:b], x[:, 1:-1] slicing (GetItem nodes)      :mod:`.getitem`
+split      keras.ops.split(x, 2, axis=-1) (Split nodes)         :mod:`.split`
 opaque     Softmax, LayerNormalization, GroupNormalization ...  :mod:`.opaque`
 constant   ConstantFeature                                      :mod:`.constant`
 ========== ==================================================== ==================
@@ -57,6 +58,8 @@ from tf_gamma_prune.analysis.kinds.registry import (
     RESHAPE_KIND,
     SPATIAL,
     SPATIAL_KIND,
+    SPLIT,
+    SPLIT_KIND,
     UNKNOWN_LAYERS,
     kind_of_layer,
     layer_kind,
@@ -68,5 +71,6 @@ __all__ = [
     "ChannelwiseKind", "DEPTHWISE", "DEPTHWISE_KIND", "GETITEM", "GETITEM_KIND",
     "KEPT_WHOLE_KIND", "LayerKind", "MERGE", "MERGE_KIND", "MIXING", "MIXING_KIND", "OPAQUE",
     "OPAQUE_KIND", "POINTWISE", "POINTWISE_KIND", "RESHAPE", "RESHAPE_KIND", "SPATIAL",
-    "SPATIAL_KIND", "UNKNOWN_LAYERS", "kind_of_layer", "layer_kind", "register_layer_kind",
+    "SPATIAL_KIND", "SPLIT", "SPLIT_KIND", "UNKNOWN_LAYERS", "kind_of_layer", "layer_kind",
+    "register_layer_kind",
 ]

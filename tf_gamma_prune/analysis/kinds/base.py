@@ -89,8 +89,12 @@ class LayerKind:
         raise NotImplementedError(f"{type(self).__name__}.connect")
 
     def propagate(self, b: Any, call: LayerCall,
-                  ins: list[Constants | None]) -> Constants | None:
-        """The constants of ``call``'s output given those of its inputs (``None``: none)."""
+                  ins: list[Constants | None]) -> Constants | list[Constants | None] | None:
+        """The constants of ``call``'s output given those of its inputs (``None``: none).
+
+        A kind with several outputs (:mod:`.split`) may return a list, one
+        entry per output.
+        """
         return None
 
     # --- rebuild -------------------------------------------------------------

@@ -29,7 +29,10 @@ reads or writes is kept, so it is rebuilt unchanged and stays exact):
   channel axis last and intact (:mod:`.reshape`) and pins them otherwise;
 * ``x[key]`` slicing (``GetItem``): ``getitem`` for a static step-1 slice of the
   channel axis and/or static slices (or integers) of spatial axes, the batch
-  axis whole (:mod:`.getitem`); opaque for any other key.
+  axis whole (:mod:`.getitem`); opaque for any other key;
+* ``split`` (several outputs): ``split`` along the channel axis or a spatial
+  axis with a static int or static sorted split points (:mod:`.split`); opaque
+  along the batch axis or with other arguments.
 
 Unknown layer classes (and unknown ops) raise :class:`UnsupportedLayerError`
 unless ``unknown="opaque"`` (``prune_model(..., unknown_layers="opaque")``):
@@ -63,6 +66,7 @@ from tf_gamma_prune.analysis.kinds.opaque import KeptWholeKind, OpaqueKind
 from tf_gamma_prune.analysis.kinds.pointwise import BatchNormKind, PointwiseKind
 from tf_gamma_prune.analysis.kinds.reshape import ReshapeKind
 from tf_gamma_prune.analysis.kinds.spatial import SpatialKind, pad_argument
+from tf_gamma_prune.analysis.kinds.split import SplitKind
 from tf_gamma_prune.analysis.layer_graph import LayerCall
 from tf_gamma_prune.errors import ArgumentError, UnsupportedLayerError
 from tf_gamma_prune.layers import BorderCorrection, ConstantFeature
@@ -71,7 +75,7 @@ L = keras.layers
 
 MIXING, DEPTHWISE, POINTWISE, BATCHNORM = "mixing", "depthwise", "pointwise", "batchnorm"
 SPATIAL, MERGE, CONCAT, RESHAPE = "spatial", "merge", "concat", "reshape"
-GETITEM = "getitem"
+GETITEM, SPLIT = "getitem", "split"
 OPAQUE, CONSTANT = "opaque", "constant"
 
 MIXING_KIND, DEPTHWISE_KIND = MixingKind(), DepthwiseKind()
@@ -79,7 +83,7 @@ POINTWISE_KIND, BATCHNORM_KIND, SPATIAL_KIND = PointwiseKind(), BatchNormKind(),
 MERGE_KIND, CONCAT_KIND, RESHAPE_KIND = MergeKind(), ConcatKind(), ReshapeKind()
 OPAQUE_KIND, CONSTANT_KIND = OpaqueKind(), ConstantKind()
 KEPT_WHOLE_KIND = KeptWholeKind()
-GETITEM_KIND = GetItemKind()
+GETITEM_KIND, SPLIT_KIND = GetItemKind(), SplitKind()
 
 UNKNOWN_LAYERS = ("error", "opaque")
 """What :func:`layer_kind` does with a layer class it does not know: raise, or keep it whole."""
@@ -246,12 +250,14 @@ def _op_kind(call: LayerCall) -> LayerKind | None:
             return POINTWISE_KIND
         return OPAQUE_KIND
     if name not in _OP_UNARY | _OP_REDUCE | _OP_RESHAPE | {"Clip", "Pad", "Concatenate",
-                                                           "GetItem"}:
+                                                           "GetItem", "Split"}:
         return None
     if name == "Concatenate":
         return CONCAT_KIND  # ConcatKind.refine reads op.axis like the layer's
     if name == "GetItem":
         return GETITEM_KIND  # GetItemKind.refine makes keys it cannot follow opaque
+    if name == "Split":
+        return SPLIT_KIND  # SplitKind.refine makes splits it cannot follow opaque
     if len(tensors) != 1 or len(call.outputs) != 1:
         return OPAQUE_KIND
     if name in _OP_UNARY:
