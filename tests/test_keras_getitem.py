@@ -1,11 +1,9 @@
 """``x[key]`` slicing of functional KerasTensors (``GetItem`` nodes): channel splits,
 spatial crops, and keys that are kept whole.
 
-Every model has a producer "p" -> "p_bn" -> ReLU whose BN has chosen channels at
-γ = 0 with β > 0 (nonzero constants after the ReLU), the other BNs random
-(:func:`randomize_batchnorms`). The pruned model is compared with the ORIGINAL on
-random inputs (≤ 1e-5 relative); the expected widths are computed from the γ
-array and the Python slice, not written down.
+The models and their γ come from :mod:`channel_split_helpers`; each pruned model is
+compared with the original on random inputs (≤ 1e-5 relative), and the expected widths
+are counted from the γ array, not written down.
 """
 
 from __future__ import annotations
@@ -14,20 +12,12 @@ import keras
 import numpy as np
 import pytest
 from keras import ops
-from test_surgery_helpers import assert_same_function, random_inputs, randomize_batchnorms
+from channel_split_helpers import head, kept, prepared, producer
+from test_surgery_helpers import assert_same_function, random_inputs
 
 from tf_gamma_prune import channel_graph, prune_model
 
 L = keras.layers
-
-
-def producer(x, filters=8):
-    x = L.Conv2D(filters, 3, padding="same", name="p")(x)
-    return L.ReLU()(L.BatchNormalization(name="p_bn")(x))
-
-
-def head(h):
-    return L.Dense(3)(L.GlobalAveragePooling2D()(h))
 
 
 def split_model():
@@ -37,25 +27,6 @@ def split_model():
     a, b = h[..., :4], h[..., 4:]
     h = L.Concatenate()([L.Conv2D(4, 1, name="ca")(a), L.Conv2D(4, 1, name="cb")(b)])
     return keras.Model(x, head(L.BatchNormalization(name="bn2")(h)))
-
-
-def prepared(builder, zeroed, seed=3):
-    model = builder()
-    randomize_batchnorms(model, seed=seed, zero_fraction=0.0)
-    bn = model.get_layer("p_bn")
-    gamma = np.asarray(bn.gamma).copy()
-    beta = np.asarray(bn.beta).copy()
-    gamma[zeroed] = 0.0
-    beta[zeroed] = np.linspace(0.4, 1.3, len(zeroed))
-    bn.gamma.assign(gamma)
-    bn.beta.assign(beta)
-    return model
-
-
-def kept(model, key):
-    """Independent count: channels of p_bn with γ != 0 inside the Python slice ``key``."""
-    gamma = np.asarray(model.get_layer("p_bn").gamma)
-    return int(np.count_nonzero(gamma[key]))
 
 
 def getitem_calls(graph):

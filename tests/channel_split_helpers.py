@@ -1,0 +1,42 @@
+"""Helpers shared by the channel-split tests (``x[..., a:b]`` and ``keras.ops.split``; no tests here).
+
+Every model has a producer "p" -> "p_bn" -> ReLU whose BN has chosen channels at
+γ = 0 with β > 0 (nonzero constants after the ReLU), the other BNs random.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+from test_surgery_helpers import randomize_batchnorms
+
+L = keras.layers
+
+
+def producer(x, filters=8):
+    x = L.Conv2D(filters, 3, padding="same", name="p")(x)
+    return L.ReLU()(L.BatchNormalization(name="p_bn")(x))
+
+
+def head(h):
+    return L.Dense(3)(L.GlobalAveragePooling2D()(h))
+
+
+def prepared(builder, zeroed, seed=3):
+    """``builder()`` with random BNs and p_bn's channels ``zeroed`` at γ = 0, β in [0.4, 1.3]."""
+    model = builder()
+    randomize_batchnorms(model, seed=seed, zero_fraction=0.0)
+    bn = model.get_layer("p_bn")
+    gamma = np.asarray(bn.gamma).copy()
+    beta = np.asarray(bn.beta).copy()
+    gamma[zeroed] = 0.0
+    beta[zeroed] = np.linspace(0.4, 1.3, len(zeroed))
+    bn.gamma.assign(gamma)
+    bn.beta.assign(beta)
+    return model
+
+
+def kept(model, key):
+    """Independent count: channels of p_bn with γ != 0 inside the Python slice ``key``."""
+    gamma = np.asarray(model.get_layer("p_bn").gamma)
+    return int(np.count_nonzero(gamma[key]))
