@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/compression.py --out benchmarks/results/compression_cpu.json
     .venv/bin/python benchmarks/compression.py --preset smoke --out /tmp/smoke.json
     .venv/bin/python benchmarks/compression.py --preset cpu_short   # the committed compression.json
-    .venv/bin/python benchmarks/compression_report.py --write     # docs table + Pareto plot
+    .venv/bin/python benchmarks/compression_report.py --write     # docs table + plot (compression_cpu.json)
     .venv/bin/python benchmarks/compression.py --preset gpu \\
         --out benchmarks/results/compression_gpu.json               # the device (GPU) machine
 

@@ -5,8 +5,9 @@
 
 docs/benchmarks.md keeps the rendering between ``<!-- compression:start -->`` and
 ``<!-- compression:end -->``; tests/test_compression_report.py fails when the
-block disagrees with the committed ``benchmarks/results/compression.json``, so a
-rerun of ``benchmarks/compression.py`` must be followed by ``--write``.
+block disagrees with the committed ``benchmarks/results/compression_cpu.json``
+(the full-data run; ``--json`` renders another, e.g. the short ``compression.json``),
+so a rerun of ``benchmarks/compression.py`` must be followed by ``--write``.
 Only the JSON is read: everything shown, the targets' verdicts included, was
 computed by ``benchmarks/compression.py`` (rendering the markdown imports no
 TensorFlow; ``--write`` writes through ``tf_gamma_prune.atomic_io``).
@@ -26,7 +27,7 @@ from compression_presets import FROM_REFERENCE, migrate_settings, protocol_of  #
 
 HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parent
-DEFAULT_JSON = HERE / "results" / "compression.json"
+DEFAULT_JSON = HERE / "results" / "compression_cpu.json"  # the full-data run
 README = ROOT / "docs" / "benchmarks.md"  # the page with the marked block
 START, END = "<!-- compression:start -->", "<!-- compression:end -->"
 
@@ -37,6 +38,13 @@ METHOD_LABELS = {
     "l1_norm": "L1-norm filters",
     "random": "random (GammaISTA widths)",
     "scratch": "scratch (GammaISTA widths)",
+    "structural_redundancy": "structural redundancy",
+    "redundancy_random": "redundancy-allocated random",
+    "prunenet": "PruneNet",
+    "receding_importance": "receding importances",
+    "admm": "single-shot ADMM",
+    "coarse_ranking": "Taylor (coarse ranking)",
+    "gamma_ista_tiled": "GammaISTA, widths in tiles of 16",
 }
 TARGET_LABELS = {
     "compression_accuracy": "(1) ≥ 3× fewer MACs and ≥ 5× fewer params, accuracy drop (points)",
@@ -50,6 +58,8 @@ REFERENCE_TARGET_LABELS = {
                        "≥ 0.3 over Slimming, L1-norm; ≥ 0 over scratch)",
     "latency_follows_macs": "(3) TFLite speed-up / MAC reduction, 1 thread, steady: smallest over "
                             "every GammaISTA model",
+    "latency_follows_macs_tiled": "(3) the same for GammaISTA with widths in tiles "
+                                  "(`gamma_ista_tiled`)",
 }
 
 
@@ -310,9 +320,12 @@ def plot(doc: dict, path: str | pathlib.Path) -> None:
 
     from tf_gamma_prune.atomic_io import write_atomic
 
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    fig, ax = plt.subplots(figsize=(9.5, 5.0))
+    colors = plt.get_cmap("tab10").colors + plt.get_cmap("Dark2").colors  # one per method
     markers = {"reference": "*", "gamma_ista": "o", "slimming": "s", "l1_norm": "^",
-               "random": "v", "scratch": "D"}
+               "random": "v", "scratch": "D", "structural_redundancy": "x",
+               "redundancy_random": "+", "prunenet": "P", "receding_importance": "<",
+               "admm": ">", "coarse_ranking": "h", "gamma_ista_tiled": "X"}
     groups = [g for g in doc["summary"]["groups"] if g["n"]]
     for method, label in METHOD_LABELS.items():
         rows = sorted((g for g in groups if g["method"] == method), key=lambda g: g["macs"])
@@ -321,6 +334,7 @@ def plot(doc: dict, path: str | pathlib.Path) -> None:
         ax.errorbar([g["macs"] / 1e6 for g in rows], [100 * g["accuracy"] for g in rows],
                     yerr=[100 * (g["accuracy_std"] or 0.0) for g in rows],
                     marker=markers[method], markersize=11 if method == "reference" else 6,
+                    color=colors[list(METHOD_LABELS).index(method) % len(colors)],
                     capsize=3, linewidth=1.8 if method == "gamma_ista" else 1.0, label=label)
     ax.set_xscale("log")
     from matplotlib.ticker import FuncFormatter
@@ -333,7 +347,7 @@ def plot(doc: dict, path: str | pathlib.Path) -> None:
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(plot_title(doc["settings"]), fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     import io
 
