@@ -1,7 +1,7 @@
 """``keras.ops.split`` nodes (``Split``, several outputs): CSP / YOLO channel splits,
 spatial splits, and splits that are kept whole.
 
-The models and their γ come from :mod:`channel_split_helpers`; each pruned model is
+The models and their γ come from :mod:`channel_op_helpers`; each pruned model is
 compared with the original on random inputs (≤ 1e-5 relative), and the expected widths
 are counted from the γ array, not written down.
 """
@@ -12,7 +12,7 @@ import keras
 import numpy as np
 import pytest
 from keras import ops
-from channel_split_helpers import head, kept, prepared, producer
+from channel_op_helpers import head, kept, prepared, producer
 from test_surgery_helpers import assert_same_function, random_inputs
 
 from tf_gamma_prune import channel_graph, prune_model

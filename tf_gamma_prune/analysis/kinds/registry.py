@@ -105,7 +105,7 @@ _BUILTIN_LAYERS = {
                    "GlobalMaxPooling2D", "GlobalMaxPooling3D", "GlobalAveragePooling1D",
                    "GlobalAveragePooling2D", "GlobalAveragePooling3D", "ZeroPadding1D",
                    "ZeroPadding2D", "ZeroPadding3D", "Cropping1D", "Cropping2D", "Cropping3D",
-                   "UpSampling1D", "UpSampling2D", "UpSampling3D"),
+                   "UpSampling1D", "UpSampling2D", "UpSampling3D", "Resizing"),
     MERGE_KIND: ("Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum"),
     CONCAT_KIND: ("Concatenate",),
     RESHAPE_KIND: ("Flatten", "Reshape", "Permute"),
@@ -250,7 +250,7 @@ def _op_kind(call: LayerCall) -> LayerKind | None:
             return POINTWISE_KIND
         return OPAQUE_KIND
     if name not in _OP_UNARY | _OP_REDUCE | _OP_RESHAPE | {"Clip", "Pad", "Concatenate",
-                                                           "GetItem", "Split"}:
+                                                           "GetItem", "Split", "Resize"}:
         return None
     if name == "Concatenate":
         return CONCAT_KIND  # ConcatKind.refine reads op.axis like the layer's
@@ -268,6 +268,8 @@ def _op_kind(call: LayerCall) -> LayerKind | None:
     rank = len(call.node.input_tensors[0].shape)
     if name == "Pad":
         return SPATIAL_KIND if _pads_space_only(call, rank) else OPAQUE_KIND
+    if name == "Resize":  # per channel over space (channels_first is refused by layer_kind)
+        return SPATIAL_KIND
     if name in _OP_REDUCE:
         axes = _axes(op.axis, rank)
         spatial = axes is not None and all(0 < a < rank - 1 for a in axes)

@@ -1,4 +1,4 @@
-"""Per-channel layers over space (pooling, padding, cropping, upsampling).
+"""Per-channel layers over space (pooling, padding, cropping, upsampling, resizing).
 
 Channel ``k`` stays channel ``k``. A spatially uniform constant stays uniform
 through pooling, cropping and upsampling; zero padding turns it into a map
@@ -12,7 +12,12 @@ The same kind serves the ``keras.ops`` nodes the registry declares spatial
   (computed by running the op, exact); ``"reflect"`` / ``"symmetric"`` keep a
   uniform constant uniform;
 * ``keras.ops.mean`` / ``max`` / ``min`` over spatial axes keep a uniform
-  constant uniform (like global pooling), with or without ``keepdims``.
+  constant uniform (like global pooling), with or without ``keepdims``;
+* ``keras.ops.image.resize`` (channels_last) and the ``Resizing`` layer: with
+  ``"nearest"`` or ``"bilinear"`` interpolation and no ``pad_to_aspect_ratio``
+  a uniform constant stays uniform (the weights of every output pixel sum to
+  1); otherwise the constant map is computed by running the op (exact, static
+  spatial sizes needed).
 
 >>> import keras
 >>> from tf_gamma_prune.analysis.kinds import kind_of_layer
@@ -65,6 +70,8 @@ def _keeps_uniform(call: LayerCall) -> bool:
     """The layer maps a spatially uniform input to itself (per channel)."""
     layer = call.layer
     name = op_name(layer)
+    if name == "Resize" or type(layer).__name__ == "Resizing":
+        return layer.interpolation in ("nearest", "bilinear") and not layer.pad_to_aspect_ratio
     if name is None:
         return keeps_uniform(layer)
     if name == "Pad":

@@ -1,4 +1,4 @@
-"""Helpers shared by the channel-split tests (``x[..., a:b]`` and ``keras.ops.split``; no tests here).
+"""Helpers shared by the keras.ops tests (slices, splits, resizing; no tests here).
 
 Every model has a producer "p" -> "p_bn" -> ReLU whose BN has chosen channels at
 γ = 0 with β > 0 (nonzero constants after the ReLU), the other BNs random.
