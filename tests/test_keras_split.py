@@ -1,9 +1,8 @@
 """``keras.ops.split`` nodes (``Split``, several outputs): CSP / YOLO channel splits,
 spatial splits, and splits that are kept whole.
 
-The models and their γ come from :mod:`channel_op_helpers`; each pruned model is
-compared with the original on random inputs (≤ 1e-5 relative), and the expected widths
-are counted from the γ array, not written down.
+Checked as in test_keras_getitem.py: against the original model's outputs, with widths
+counted from the γ array and the split points.
 """
 
 from __future__ import annotations
@@ -12,7 +11,7 @@ import keras
 import numpy as np
 import pytest
 from keras import ops
-from channel_op_helpers import head, kept, prepared, producer
+from channel_op_helpers import assert_kept_whole, head, kept, prepared, producer, reloaded
 from test_surgery_helpers import assert_same_function, random_inputs
 
 from tf_gamma_prune import channel_graph, prune_model
@@ -190,14 +189,7 @@ def empty_part():
 
 @pytest.mark.parametrize("builder", [batch_split, empty_part], ids=lambda b: b.__name__)
 def test_unfollowable_splits_pin_their_channels(builder):
-    model = prepared(builder, [1, 4, 6])
-    graph = channel_graph(model)
-    (call,) = split_calls(graph)
-    assert graph.kinds[call].name == "opaque"
-    assert graph.pinned[graph.layer_channels("p_bn")].all()
-    pruned = prune_model(model, fold="exact")
-    assert pruned.get_layer("p").filters == 8
-    assert_same_function(model, pruned, random_inputs(model, batch=4))
+    assert_kept_whole(builder, "Split")
 
 
 # --- (e) save and load -------------------------------------------------------------------------
@@ -207,12 +199,8 @@ def test_unfollowable_splits_pin_their_channels(builder):
     ids=["halves", "halves_second_removed", "three_middle_removed",
          "concatenated_first_removed", "padded_columns"])
 def test_pruned_splits_save_and_load(builder, zeroed, tmp_path):
-    # importing tf_gamma_prune registers its layers (BorderCorrection ...) for loading
     model = prepared(builder, zeroed)
     pruned = prune_model(model, fold="exact")
     assert pruned.get_layer("p").filters < 8
-    path = tmp_path / "split.keras"
-    pruned.save(path)
-    loaded = keras.models.load_model(path)
-    assert_same_function(model, loaded, random_inputs(model, batch=3))
+    loaded = reloaded(model, pruned, tmp_path / "split.keras")
     assert split_widths(loaded) == split_widths(pruned)
