@@ -257,6 +257,26 @@ def test_selection_for_macs_lands_within_tolerance(criterion):
         assert count_macs(prune_model(model, selection, probe=False)) == macs
 
 
+def test_selection_for_macs_counts_the_rounded_widths():
+    """With round_to the MACs are those of prune_model(..., round_to=...): tile steps."""
+    model = vgg(seed=9, widths=(32, 32, 64, 64, 128, 128))
+    half = count_macs(prune_model(model, l1_norm_selection(model, 0.5), probe=False))
+    selection, macs = selection_for_macs(model, l1_norm_selection, half, round_to=16)
+    pruned = prune_model(model, selection, round_to=16, probe=False)
+    assert count_macs(pruned) == macs and abs(macs - half) <= 0.05 * half
+    widths = [layer.filters for layer in pruned.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert all(w % 16 == 0 for w in widths), widths
+    # a third of the MACs lies between two tile steps of uniform widths (2.77x and 3.39x fewer)
+    third = count_macs(model) // 3
+    with pytest.raises(TargetUnreachableError) as err:
+        selection_for_macs(model, l1_norm_selection, third, round_to=16)
+    closest = err.value.closest_macs
+    assert abs(closest - third) > 0.05 * third
+    assert selection_for_macs(model, l1_norm_selection, third)[1] != closest  # unrounded: reachable
+    with pytest.raises(CriterionError, match="round_to"):
+        selection_for_macs(model, l1_norm_selection, half, round_to=0)
+
+
 def test_selection_for_macs_passes_kwargs_and_raises_when_unreachable():
     model = vgg(seed=10)
     full = count_macs(model)

@@ -365,6 +365,7 @@ def selection_for_macs(
     *,
     tolerance: float = 0.05,
     unknown_layers: str = "error",
+    round_to: int = 1,
     **criterion_kwargs: Any,
 ) -> tuple[Selection, int]:
     """Bisect a criterion's prune fraction until the pruned model's MACs hit a target.
@@ -387,6 +388,11 @@ def selection_for_macs(
             :func:`gamma_threshold_selection`); passed on to ``criterion`` when
             it has an ``unknown_layers`` parameter. Prune the result with
             ``prune_model(model, selection, unknown_layers="opaque")``.
+        round_to: count the MACs of ``prune_model(model, selection,
+            round_to=round_to)``, whose widths are rounded up to multiples of it
+            (XNNPACK's tiles); prune with the same ``round_to``. The MACs then
+            move in steps of whole tiles, so a target between two steps raises
+            :class:`TargetUnreachableError` naming the closest.
         **criterion_kwargs: passed to ``criterion`` (e.g. ``layers=[...]``).
 
     Returns:
@@ -409,6 +415,8 @@ def selection_for_macs(
     target = int(target_macs)
     if not (isinstance(tolerance, (int, float)) and 0 <= tolerance < 1):
         raise CriterionError(f"tolerance must be in [0, 1), got {tolerance!r}.")
+    if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
+        raise CriterionError(f"round_to must be an integer >= 1, got {round_to!r}.")
     graph = channel_graph(model, unknown_layers=unknown_layers)
     band = tolerance * target
     best: list[Any] = [None, None, None]  # fraction, selection, macs
@@ -417,7 +425,7 @@ def selection_for_macs(
 
     def evaluate(fraction: float) -> int:
         selection = criterion(model, fraction, **criterion_kwargs)
-        plan = plan_removal(graph, selection)
+        plan = plan_removal(graph, selection, round_to=round_to)
         macs = planned_macs(graph, plan.removed)
         if macs is None:
             raise ArgumentError(
