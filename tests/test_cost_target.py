@@ -355,11 +355,20 @@ def test_round_to_aligns_tied_residual_streams():
     assert count_macs(pruned) == target.history[-1]["macs"] and target.within_budget()
 
 
-def test_round_to_warns_when_carriers_break_the_budget():
-    """Without scale_beta the zero-γ channels keep their β; under fold="auto" the
-    alignment can make their constants need a carrier block each."""
-    with pytest.warns(UserWarning, match="round_to=4"):
-        aligned_fit("auto", scale_beta=False)
+def test_round_to_without_scale_beta_leaves_nothing_to_carry():
+    """Without scale_beta the zero-γ channels keep their β, whose constants would need a carrier
+    tile each under fold="auto"; the alignment sets every removed channel's β to 0 (and holds it)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=r"CostTarget\(round_to")  # "the aligned model costs"
+        model, target = aligned_fit("auto", scale_beta=False)
+    pruned = prune_model(model, round_to=4)
+    widths = [layer.filters for layer in pruned.layers if isinstance(layer, L.Conv2D)]
+    assert all(w % 4 == 0 for w in widths), widths
+    assert count_macs(pruned) == target.history[-1]["macs"] and target.within_budget()
+    for name, _, _ in model.optimizer.targets:  # removed: γ = β = 0
+        bn = model.get_layer(name)
+        gone = bn.gamma.numpy() == 0
+        assert gone.any() and not bn.beta.numpy()[gone].any()
 
 
 def test_parameter_budget():

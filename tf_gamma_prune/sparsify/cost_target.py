@@ -687,7 +687,8 @@ class CostTarget(keras.callbacks.Callback):
     def align_widths(self, optimizer: Any | None = None) -> np.ndarray:
         """``round_to``: move every width to a multiple of it within the budget, now
         (see :func:`~tf_gamma_prune.sparsify.width_alignment.aligned_removal`):
-        the channels to drop get γ = β = 0 and are locked, those to bring back (and
+        every removed channel gets γ = β = 0 (a kept β would need a carrier tile) and
+        is locked, those to bring back (and
         the zero-γ channels that fill a started block) get a small γ and train
         again, so the model's own widths are multiples of ``round_to``. The fold's
         carriers are an overhead on the budget, measured before. Warns when the
@@ -704,7 +705,9 @@ class CostTarget(keras.callbacks.Callback):
                                   self.budget - carriers, self.cost, tolerance=self.tolerance,
                                   revive_order=order)
         final = rounded_removal(graph, aligned, self.round_to)  # the blocks' fills kept too
-        self._zero_groups(optimizer, np.flatnonzero(final & ~removed))
+        # every removed channel, old or new, to γ = β = 0: nothing for the fold to carry (a
+        # carrier would cost a whole tile); a BN after the next layer absorbs the lost constant
+        self._zero_groups(optimizer, np.flatnonzero(final))
         back = np.flatnonzero(removed & ~final)
         for group in back:
             self._unlock(int(group))
@@ -748,15 +751,18 @@ class CostTarget(keras.callbacks.Callback):
                 beta.assign(b)
 
     def _zero_groups(self, optimizer: Any, groups: np.ndarray) -> None:
-        """γ = β = 0 for every penalised channel of ``groups``: removed as a plain pruning
-        would remove them (output 0 before the activation, nothing for the fold to carry;
-        a kept β would need carriers under fold="auto", each a block of ``round_to``)."""
+        """γ = β = 0 for every penalised channel of ``groups`` (their β held at 0 once
+        locked): removed as a plain pruning would remove them (output 0 before the
+        activation, nothing for the fold to carry; a kept β would need carriers under
+        fold="auto", each a block of ``round_to``)."""
         for name, variable, mask in self._channel_masks(optimizer, groups):
             beta = (self._betas or {}).get(name)
             for var in [variable] + ([] if beta is None else [beta]):
                 value = np.asarray(keras.ops.convert_to_numpy(var)).copy()
                 value[mask] = 0
                 var.assign(value)
+            if name in self._frozen_beta:
+                self._frozen_beta[name][mask] = 0.0
 
     def _measure_and_hold(self, optimizer: Any, step: int) -> float:
         """Measure and record the cost at ρ = ``rho_min``, nothing removed or revived: after
