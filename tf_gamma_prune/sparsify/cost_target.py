@@ -491,10 +491,7 @@ class CostTarget(keras.callbacks.Callback):
         scores = group_scores(graph, optimizer)
         threshold, _ = self.threshold_for(graph, scores, self.budget - (cost - plain), removed)
         groups = np.flatnonzero(~removed & np.isfinite(scores) & (scores <= threshold))
-        for name, variable, mask in self._channel_masks(optimizer, groups):
-            value = np.asarray(keras.ops.convert_to_numpy(variable)).copy()
-            value[mask] = 0
-            variable.assign(value)
+        self._zero_groups(optimizer, groups, beta=False)
         for group in groups:
             self._lock_step.setdefault(int(group), self._done)
         self._revived.difference_update(int(g) for g in groups)
@@ -750,18 +747,19 @@ class CostTarget(keras.callbacks.Callback):
                 b[mask] = np.maximum(b[mask], 0)
                 beta.assign(b)
 
-    def _zero_groups(self, optimizer: Any, groups: np.ndarray) -> None:
+    def _zero_groups(self, optimizer: Any, groups: np.ndarray, beta: bool = True) -> None:
         """γ = β = 0 for every penalised channel of ``groups`` (their β held at 0 once
         locked): removed as a plain pruning would remove them (output 0 before the
         activation, nothing for the fold to carry; a kept β would need carriers under
-        fold="auto", each a block of ``round_to``)."""
+        fold="auto", each a block of ``round_to``). ``beta=False``: γ only (ISTA's own
+        removal, the constant β carried by the fold)."""
         for name, variable, mask in self._channel_masks(optimizer, groups):
-            beta = (self._betas or {}).get(name)
-            for var in [variable] + ([] if beta is None else [beta]):
+            shift = (self._betas or {}).get(name) if beta else None
+            for var in [variable] + ([] if shift is None else [shift]):
                 value = np.asarray(keras.ops.convert_to_numpy(var)).copy()
                 value[mask] = 0
                 var.assign(value)
-            if name in self._frozen_beta:
+            if beta and name in self._frozen_beta:
                 self._frozen_beta[name][mask] = 0.0
 
     def _measure_and_hold(self, optimizer: Any, step: int) -> float:
