@@ -489,7 +489,12 @@ class CostTarget(keras.callbacks.Callback):
         if cost <= self.budget * (1 + self.tolerance):
             return 0
         scores = group_scores(graph, optimizer)
-        threshold, _ = self.threshold_for(graph, scores, self.budget - (cost - plain), removed)
+        limit = self.budget * (1 + self.tolerance) - (cost - plain)
+        threshold, planned = self.threshold_for(graph, scores, self.budget - (cost - plain), removed)
+        if planned > limit:  # the closest stays above the tolerance: the next step down
+            above = np.unique(scores[np.isfinite(scores) & (scores > threshold)])
+            threshold = next((float(c) for c in above
+                              if self.cost(graph, removed | (scores <= c)) <= limit), threshold)
         groups = np.flatnonzero(~removed & np.isfinite(scores) & (scores <= threshold))
         self._zero_groups(optimizer, groups, beta=False)
         for group in groups:
