@@ -3,8 +3,8 @@
 The compression benchmark (``compression.py --preset cpu``) fixes one GammaISTA recipe per run; this
 script is where a new recipe earns its place first (issue 13, docs/evidence.md §5). From the committed
 reference (``saved_models/fashion_vgg_reference.keras``), for each ``--targets`` (MAC reductions) and
-each ``--seeds``, every recipe of ``--recipes`` spends the same 5 epochs after the reference (the cpu
-preset's budget) on the training images left after the 5,000 validation images (seed 0, the
+each ``--seeds``, every recipe of ``--recipes`` spends the same ``--epochs`` after the reference (default
+5, the cpu preset's budget; :func:`phase_epochs` splits them) on the training images left after the 5,000 validation images (seed 0, the
 reference's own hold-out), and is scored on those validation images. The test set is never read.
 
 Recipes (GammaISTA: SGD with momentum 0.9, ``scale_beta``, ``min_channels=4``, ``CostTarget(macs=
@@ -65,10 +65,9 @@ RECIPES: dict[str, dict[str, Any]] = {
     "mean_gamma_one_fit": {"sparsify_epochs": 5, "sparsify_learning_rate": 0.03, "cosine": True,
                            "reach_at": 0.2, "gamma_scale": True, "memory_cost": False},
 }
-"""Each recipe's knobs; every recipe has 5 epochs after the reference in all."""
+"""Each recipe's knobs, for the default budget of 5 epochs after the reference (``--epochs``)."""
 
 BASELINE = "l1_norm"
-EPOCHS = 5
 
 FLAGS = flags.FLAGS
 common.define_output_flag("gamma_recipes")
@@ -77,6 +76,9 @@ flags.DEFINE_list("targets", ["3", "6"], "MAC reductions (budget = reference MAC
 flags.DEFINE_list("seeds", ["0", "1"], "Seeds (data order, augmentation, initial state of ISTA).")
 flags.DEFINE_string("reference", str(common.ROOT / "saved_models" / "fashion_vgg_reference.keras"),
                     "The trained model every recipe starts from.")
+flags.DEFINE_integer("epochs", 5, "Epochs after the reference, the same for every recipe (the cpu "
+                     "preset's 5). A one-fit recipe spans them all; the others keep their "
+                     "sparsify epochs and fine-tune for the rest.")
 flags.DEFINE_integer("train_examples", 0, "Training images after the validation hold-out (0: all).")
 flags.DEFINE_integer("validation_examples", 5000, "Validation images held out (seed 0).")
 flags.DEFINE_integer("batch_size", 128, "Batch size.")
@@ -88,7 +90,7 @@ def settings() -> dict:
     """What the records depend on (a rerun with other settings is refused)."""
     return {"reference": os.path.basename(FLAGS.reference), "train_examples": FLAGS.train_examples,
             "validation_examples": FLAGS.validation_examples, "batch_size": FLAGS.batch_size,
-            "every": FLAGS.every, "epochs": EPOCHS, "recipes": {r: RECIPES[r] for r in RECIPES},
+            "every": FLAGS.every, "epochs": FLAGS.epochs, "recipes": {r: RECIPES[r] for r in RECIPES},
             "sparsify_learning_rate": 0.005, "min_channels": 4, "reach_at": 0.6,  # unless a recipe says
             "augment": "pad_crop_flip"}
 
@@ -104,6 +106,24 @@ def same_settings(old: dict, new: dict) -> bool:
     rest = [{k: v for k, v in d.items() if k != "recipes"} for d in (old, new)]
     recipes = new.get("recipes", {})
     return rest[0] == rest[1] and all(recipes.get(r) == v for r, v in old.get("recipes", {}).items())
+
+
+def phase_epochs(knobs: dict[str, Any], epochs: int) -> tuple[int, int]:
+    """(GammaISTA epochs, fine-tune epochs) of a recipe within a budget of ``epochs``.
+
+    A one-fit recipe (``cosine``: one schedule, pruned at the end) sparsifies for the whole
+    budget; the others keep their ``sparsify_epochs`` and fine-tune for the rest.
+
+    >>> phase_epochs(RECIPES["paper_s2"], 5), phase_epochs(RECIPES["paper_s2"], 12)
+    ((2, 3), (2, 10))
+    >>> phase_epochs(RECIPES["one_fit"], 12), phase_epochs(RECIPES["l1_norm"], 12)
+    ((12, 0), (0, 12))
+    """
+    sparsify = epochs if knobs.get("cosine") else knobs["sparsify_epochs"]
+    if not 0 <= sparsify <= epochs:
+        raise ValueError(f"a budget of {epochs} epochs is shorter than the recipe's {sparsify} "
+                         "sparsify epochs: pass a larger --epochs.")
+    return sparsify, epochs - sparsify
 
 
 def record_key(recipe: str, target: float, seed: int) -> str:
@@ -122,11 +142,12 @@ def run_recipe(recipe: str, target: float, seed: int, data: dict) -> dict:
     )
 
     knobs = RECIPES[recipe]
+    sparsify_epochs, finetune_epochs = phase_epochs(knobs, FLAGS.epochs)
     keras.utils.set_random_seed(seed)
     reference = keras.models.load_model(FLAGS.reference, compile=False)
     budget = round(count_macs(reference) / target)
     started = time.time()
-    if knobs["sparsify_epochs"] == 0:
+    if sparsify_epochs == 0:
         selection, _ = selection_for_macs(reference, l1_norm_selection, budget, tolerance=0.05)
         pruned = prune_model(reference, selection)
     else:
@@ -136,11 +157,11 @@ def run_recipe(recipe: str, target: float, seed: int, data: dict) -> dict:
         rate = knobs.get("sparsify_learning_rate", 0.005)
         if knobs.get("cosine"):
             steps = -(-len(data["x"]) // FLAGS.batch_size)
-            rate = keras.optimizers.schedules.CosineDecay(rate, knobs["sparsify_epochs"] * steps)
+            rate = keras.optimizers.schedules.CosineDecay(rate, sparsify_epochs * steps)
         model.compile(GammaISTA(keras.optimizers.SGD(rate, momentum=0.9), rho=1e-3,
                                 penalties=penalties, min_channels=4, scale_beta=True),
                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-        model.fit(_dataset(data, seed), epochs=knobs["sparsify_epochs"], verbose=0,
+        model.fit(_dataset(data, seed), epochs=sparsify_epochs, verbose=0,
                   callbacks=[CostTarget(macs=1 / target, every=FLAGS.every,
                                         reach_at=knobs.get("reach_at", 0.6))])
         if knobs.get("rewind"):
@@ -149,7 +170,6 @@ def run_recipe(recipe: str, target: float, seed: int, data: dict) -> dict:
                                  calibration_data=data["x"][:512])
         else:
             pruned = prune_model(model)
-    finetune_epochs = EPOCHS - knobs["sparsify_epochs"]
     if finetune_epochs:
         steps = -(-len(data["x"]) // FLAGS.batch_size)
         schedule = keras.optimizers.schedules.CosineDecay(knobs["finetune_learning_rate"],

@@ -72,5 +72,33 @@ def test_recipes_are_recorded_paired_and_resumed(tmp_path):
     (tmp_path / "recipes.json").write_text(json.dumps(grown))
     other = run(tmp_path, recipes, "--every=3")
     assert other.returncode != 0 and "other settings" in other.stderr
+    longer = run(tmp_path, recipes, "--epochs=12")  # another budget: another file
+    assert longer.returncode != 0 and "other settings" in longer.stderr
     unknown = run(tmp_path, "--recipes=l1_norm,magic")
     assert unknown.returncode != 0 and "unknown ['magic']" in unknown.stderr
+
+
+PHASES = """
+import runpy, sys
+script = runpy.run_path(sys.argv[1], run_name="recipes")  # defines absl flags: its own process
+phase_epochs, recipes = script["phase_epochs"], script["RECIPES"]
+for epochs in (5, 12):
+    for name, knobs in recipes.items():
+        sparsify, finetune = phase_epochs(knobs, epochs)
+        assert sparsify + finetune == epochs, name
+        assert sparsify == (epochs if knobs.get("cosine") else knobs["sparsify_epochs"]), name
+assert phase_epochs(recipes["paper_s2"], 12) == (2, 10)
+try:
+    phase_epochs(recipes["paper_s2"], 1)
+except ValueError as e:
+    assert "larger --epochs" in str(e)
+else:
+    raise AssertionError("a budget shorter than the sparsify phase was accepted")
+print("ok")
+"""
+
+
+def test_phase_epochs_split_every_budget():
+    proc = subprocess.run([sys.executable, "-c", PHASES, os.path.join(ROOT, "benchmarks", "gamma_recipes.py")],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
