@@ -7,7 +7,7 @@ mixing     Conv*, SeparableConv*, Conv*Transpose, Dense         :mod:`.mixing`
 depthwise  DepthwiseConv1D/2D                                   :mod:`.depthwise`
 batchnorm  BatchNormalization                                   :mod:`.pointwise`
 pointwise  activations, Dropout, Rescaling, Normalization ...   :mod:`.pointwise`
-spatial    pooling, padding, cropping, upsampling               :mod:`.spatial`
+spatial    pooling, padding, cropping, resizing, augmentation   :mod:`.spatial`
 merge      Add, Multiply, Average, Maximum, ...                 :mod:`.merge`
 concat     Concatenate (channel axis)                           :mod:`.concat`
 reshape    Flatten, Reshape, Permute                            :mod:`.reshape`

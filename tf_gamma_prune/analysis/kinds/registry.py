@@ -65,7 +65,12 @@ from tf_gamma_prune.analysis.kinds.mixing import MixingKind
 from tf_gamma_prune.analysis.kinds.opaque import KeptWholeKind, OpaqueKind
 from tf_gamma_prune.analysis.kinds.pointwise import BatchNormKind, PointwiseKind
 from tf_gamma_prune.analysis.kinds.reshape import ReshapeKind
-from tf_gamma_prune.analysis.kinds.spatial import SpatialKind, pad_argument
+from tf_gamma_prune.analysis.kinds.spatial import (
+    AUGMENTATION_LAYERS,
+    COLOR_MIXING_AUGMENTATION_LAYERS,
+    SpatialKind,
+    pad_argument,
+)
 from tf_gamma_prune.analysis.kinds.split import SplitKind
 from tf_gamma_prune.analysis.layer_graph import LayerCall
 from tf_gamma_prune.errors import ArgumentError, UnsupportedLayerError
@@ -105,11 +110,13 @@ _BUILTIN_LAYERS = {
                    "GlobalMaxPooling2D", "GlobalMaxPooling3D", "GlobalAveragePooling1D",
                    "GlobalAveragePooling2D", "GlobalAveragePooling3D", "ZeroPadding1D",
                    "ZeroPadding2D", "ZeroPadding3D", "Cropping1D", "Cropping2D", "Cropping3D",
-                   "UpSampling1D", "UpSampling2D", "UpSampling3D", "Resizing"),
+                   "UpSampling1D", "UpSampling2D", "UpSampling3D", "Resizing", "CenterCrop",
+                   *AUGMENTATION_LAYERS),
     MERGE_KIND: ("Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum"),
     CONCAT_KIND: ("Concatenate",),
     RESHAPE_KIND: ("Flatten", "Reshape", "Permute"),
-    OPAQUE_KIND: ("Softmax", "LayerNormalization", "GroupNormalization", "UnitNormalization"),
+    OPAQUE_KIND: ("Softmax", "LayerNormalization", "GroupNormalization", "UnitNormalization",
+                  *COLOR_MIXING_AUGMENTATION_LAYERS),
 }
 
 # keras.ops operations that appear as nodes in functional models (see the module docstring).

@@ -1,4 +1,4 @@
-"""Per-channel layers over space (pooling, padding, cropping, upsampling, resizing).
+"""Per-channel layers over space (pooling, padding, cropping, upsampling, resizing, augmentation).
 
 Channel ``k`` stays channel ``k``. A spatially uniform constant stays uniform
 through pooling, cropping and upsampling; zero padding turns it into a map
@@ -17,7 +17,20 @@ The same kind serves the ``keras.ops`` nodes the registry declares spatial
   ``"nearest"`` or ``"bilinear"`` interpolation and no ``pad_to_aspect_ratio``
   a uniform constant stays uniform (the weights of every output pixel sum to
   1); otherwise the constant map is computed by running the op (exact, static
-  spatial sizes needed).
+  spatial sizes needed). ``CenterCrop`` crops (or, for a smaller input, resizes
+  bilinearly): a uniform constant stays uniform.
+
+Keras' image augmentation layers inside a model (``RandomFlip``,
+``RandomRotation``, ``RandomZoom``, ``RandomContrast`` ... :data:`AUGMENTATION_LAYERS`,
+the ``data_augmentation = keras.Sequential([...])`` of the Keras tutorials) are
+the identity at inference and keep channels apart in training: they are
+spatial, and a constant goes through them unchanged (the inference function,
+which is what ``prune_model`` keeps). During training a constant channel would
+have been shifted or moved like the others; the folded bias is not (a
+training-time difference only, like Dropout's). Augmentations that mix colour
+channels (``RandomHue``, ``RandomGrayscale`` ... :data:`COLOR_MIXING_AUGMENTATION_LAYERS`)
+are opaque: their channels are kept (they read the image, whose channels are
+never removed anyway).
 
 >>> import keras
 >>> from tf_gamma_prune.analysis.kinds import kind_of_layer
@@ -39,6 +52,22 @@ from tf_gamma_prune.analysis.constants import (
 )
 from tf_gamma_prune.analysis.kinds.base import ChannelwiseKind, run_exact
 from tf_gamma_prune.analysis.layer_graph import LayerCall
+
+
+AUGMENTATION_LAYERS = (
+    "RandomFlip", "RandomRotation", "RandomZoom", "RandomTranslation", "RandomCrop",
+    "RandomShear", "RandomPerspective", "RandomElasticTransform", "RandomErasing",
+    "RandomGaussianBlur", "RandomSharpness", "RandomContrast", "RandomBrightness",
+    "RandomInvert", "RandomPosterization", "Solarization",
+)
+"""Keras image augmentation layers that are the identity at inference and keep channels apart in
+training (tests check both on every one this Keras has)."""
+
+COLOR_MIXING_AUGMENTATION_LAYERS = (
+    "RandomHue", "RandomSaturation", "RandomGrayscale", "RandomColorJitter",
+    "RandomColorDegeneration", "AugMix", "RandAugment", "AutoContrast", "Equalization",
+)
+"""Augmentation and colour layers that mix channels (or rescale each by its own range): opaque."""
 
 
 def op_name(layer: Any) -> str | None:
@@ -73,7 +102,8 @@ def _keeps_uniform(call: LayerCall) -> bool:
     if name == "Resize" or type(layer).__name__ == "Resizing":
         return layer.interpolation in ("nearest", "bilinear") and not layer.pad_to_aspect_ratio
     if name is None:
-        return keeps_uniform(layer)
+        cls = type(layer).__name__
+        return keeps_uniform(layer) or cls == "CenterCrop" or cls in AUGMENTATION_LAYERS
     if name == "Pad":
         return layer.mode in ("reflect", "symmetric")
     return name in ("Mean", "Max", "Min")
