@@ -34,6 +34,9 @@ reads or writes is kept, so it is rebuilt unchanged and stays exact):
   axis with a static int or static sorted split points (:mod:`.split`); opaque
   along the batch axis or with other arguments.
 
+Keras' recurrent, attention, embedding and wrapper layers (:data:`KEPT_WHOLE_LAYERS`) are
+always kept whole (see below), so the convolutional part around them prunes.
+
 Unknown layer classes (and unknown ops) raise :class:`UnsupportedLayerError`
 unless ``unknown="opaque"`` (``prune_model(..., unknown_layers="opaque")``):
 they are then kept whole (:class:`~.opaque.KeptWholeKind`: all their channels
@@ -90,6 +93,15 @@ OPAQUE_KIND, CONSTANT_KIND = OpaqueKind(), ConstantKind()
 KEPT_WHOLE_KIND = KeptWholeKind()
 GETITEM_KIND, SPLIT_KIND = GetItemKind(), SplitKind()
 
+KEPT_WHOLE_LAYERS = ("Embedding", "SimpleRNN", "LSTM", "GRU", "RNN", "Bidirectional",
+                     "TimeDistributed", "ConvLSTM1D", "ConvLSTM2D", "ConvLSTM3D",
+                     "MultiHeadAttention", "GroupQueryAttention", "Attention", "AdditiveAttention",
+                     "EinsumDense")
+"""Keras layers with weights that mix channels in ways the channel graph does not follow
+(recurrences, attention, wrappers, einsum): always kept whole, like an unknown layer under
+``unknown_layers="opaque"`` (every channel they read or write kept, weights copied unchanged,
+named in the report's notes), so CNN-RNN, CNN-attention and text-CNN models prune around them."""
+
 UNKNOWN_LAYERS = ("error", "opaque")
 """What :func:`layer_kind` does with a layer class it does not know: raise, or keep it whole."""
 
@@ -117,6 +129,7 @@ _BUILTIN_LAYERS = {
     RESHAPE_KIND: ("Flatten", "Reshape", "Permute"),
     OPAQUE_KIND: ("Softmax", "LayerNormalization", "GroupNormalization", "UnitNormalization",
                   *COLOR_MIXING_AUGMENTATION_LAYERS),
+    KEPT_WHOLE_KIND: KEPT_WHOLE_LAYERS,
 }
 
 # keras.ops operations that appear as nodes in functional models (see the module docstring).
