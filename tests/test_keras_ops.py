@@ -157,7 +157,17 @@ def squeeze_without_axis():
     return keras.Model(x, head(y))
 
 
-FOLLOWED = [pad_zero_valid, pad_uneven_constant, pad_reflect, pad_symmetric_1d,
+def sum_pooled_dense():
+    x = img(8, 8)
+    return keras.Model(x, L.Dense(3)(ops.sum(producer(x), axis=(1, 2))))  # c·H·W: computed
+
+
+def cast_round_trip():
+    x = img()
+    return keras.Model(x, head(ops.cast(ops.cast(producer(x), "float16"), "float32")))
+
+
+FOLLOWED = [sum_pooled_dense, cast_round_trip, pad_zero_valid, pad_uneven_constant, pad_reflect, pad_symmetric_1d,
             concatenate_channels, concatenate_space, reshape_rows, reshape_flatten,
             reshape_pairs, transpose_space, mean_squeeze_excite, mean_pooled_dense,
             max_min_pooled, clip_maximum_minimum, expand_squeeze_1d, squeeze_without_axis]
@@ -216,7 +226,25 @@ def expand_last_axis():
     return keras.Model(x, L.Dense(3)(L.GlobalAveragePooling3D()(y)))
 
 
-PINNED = [pad_channels, pad_batch, mean_channels, mean_everything, clip_per_channel,
+def stack_branches():  # an op without a rule: kept whole
+    x = img(8, 8)
+    h = producer(x)
+    return keras.Model(x, head(ops.mean(ops.stack([h, 2.0 * h], axis=0), axis=0)))
+
+
+def einsum_channel_weights():
+    x = img(8, 8)
+    w = np.linspace(-1.0, 1.0, 8 * 4).reshape(8, 4).astype("float32")
+    return keras.Model(x, head(ops.einsum("bhwc,cd->bhwd", producer(x), w)))
+
+
+def matmul_channel_weights():
+    x = img(8, 8)
+    w = np.linspace(-1.0, 1.0, 8 * 4).reshape(8, 4).astype("float32")
+    return keras.Model(x, head(ops.matmul(producer(x), w)))
+
+
+PINNED = [stack_branches, einsum_channel_weights, matmul_channel_weights, pad_channels, pad_batch, mean_channels, mean_everything, clip_per_channel,
           transpose_channels_first, reshape_splits_channels, reshape_merges_batch,
           expand_last_axis]
 
@@ -273,6 +301,8 @@ def test_each_op_is_a_kind_decision():
         mean_channels: ("Mean", "opaque"), mean_everything: ("Mean", "opaque"),
         max_min_pooled: ("Max", "spatial"), clip_maximum_minimum: ("Clip", "pointwise"),
         clip_per_channel: ("Clip", "opaque"), expand_squeeze_1d: ("ExpandDims", "reshape"),
+        sum_pooled_dense: ("Sum", "spatial"), cast_round_trip: ("Cast", "pointwise"),
+        stack_branches: ("Stack", "opaque"), einsum_channel_weights: ("Einsum", "opaque"),
     }
     for builder, (op, kind) in expected.items():
         graph = channel_graph(builder())

@@ -12,16 +12,16 @@ reads or writes is kept, so it is rebuilt unchanged and stays exact):
 * ``add``, ``subtract``, ``multiply``, ``divide``, ``maximum``, ``minimum``,
   ``power``: ``merge`` with two tensors (channel ``k`` of both is one channel);
   ``pointwise`` with one tensor and scalar operands (``maximum(x, 0.5)``);
-* unary elementwise ops (``relu``, ``sigmoid``, ``abs``, ``exp`` ...):
+* unary elementwise ops (``relu``, ``sigmoid``, ``abs``, ``exp``, ``cast`` ...):
   ``pointwise``;
 * ``clip``: ``pointwise`` with scalar bounds (per-channel arrays: opaque);
 * ``pad``: ``spatial`` when neither the batch nor the channel axis is padded
   and the mode is ``"constant"`` (a scalar; 0 is treated exactly like
   ``ZeroPadding``, i.e. exact border maps, another value gives maps too),
   ``"reflect"`` or ``"symmetric"``;
-* ``mean``, ``max``, ``min``: ``spatial`` when they reduce spatial axes only
-  (not the batch or channel axis, not ``axis=None``), with or without
-  ``keepdims``;
+* ``mean``, ``max``, ``min``, ``sum``: ``spatial`` when they reduce spatial axes
+  only (not the batch or channel axis, not ``axis=None``), with or without
+  ``keepdims`` (a sum's constant is computed by running it);
 * ``concatenate``: ``concat`` over the last axis, ``merge`` over another
   non-batch axis (like the ``Concatenate`` layer), opaque over the batch axis;
 * ``reshape``, ``transpose``, ``expand_dims``, ``squeeze``: ``reshape``, which
@@ -37,7 +37,12 @@ reads or writes is kept, so it is rebuilt unchanged and stays exact):
 Keras' recurrent, attention, embedding and wrapper layers (:data:`KEPT_WHOLE_LAYERS`) are
 always kept whole (see below), so the convolutional part around them prunes.
 
-Unknown layer classes (and unknown ops) raise :class:`UnsupportedLayerError`
+Any other ``keras.ops`` node (``stack``, ``einsum``, ``matmul``, ``sort``,
+``softmax`` ...) is kept whole (:class:`~.opaque.KeptWholeKind`, named in the
+report's notes): an op has no state, so re-running it on inputs whose channels
+are all kept is exact.
+
+Unknown layer classes raise :class:`UnsupportedLayerError`
 unless ``unknown="opaque"`` (``prune_model(..., unknown_layers="opaque")``):
 they are then kept whole (:class:`~.opaque.KeptWholeKind`: all their channels
 kept, their weights copied unchanged) and named in the report's notes.
@@ -139,8 +144,8 @@ _OP_UNARY = {"Relu", "Relu6", "Sigmoid", "HardSigmoid", "Silu", "Swish", "HardSi
              "Gelu", "Tanh", "Elu", "Selu", "LeakyRelu", "Softplus", "Softsign", "Exp",
              "Negative", "Abs", "Absolute", "Square", "Sqrt", "Mish", "Celu", "LogSigmoid",
              "Log", "Log1p", "Expm1", "Reciprocal", "Rsqrt", "Erf", "Floor", "Ceil", "Round",
-             "Sign"}
-_OP_REDUCE = {"Mean", "Max", "Min"}
+             "Sign", "Cast"}
+_OP_REDUCE = {"Mean", "Max", "Min", "Sum"}
 _OP_RESHAPE = {"Reshape", "Transpose", "ExpandDims", "Squeeze"}
 _PAD_MODES = ("constant", "reflect", "symmetric")
 
@@ -206,14 +211,15 @@ def layer_kind(call: LayerCall, unknown: str = "error") -> LayerKind:
 
     Args:
         call: the call.
-        unknown: what to do with a layer class (or ``keras.ops`` operation) the
-            registry does not know, and with a Lambda layer: ``"error"``
+        unknown: what to do with a layer class the registry does not know, and
+            with a Lambda layer (a ``keras.ops`` operation without a rule is
+            always kept whole): ``"error"``
             (default) raises; ``"opaque"`` keeps it whole
             (:data:`KEPT_WHOLE_KIND`: every channel it reads or writes is
             kept, its weights are copied unchanged, the report's notes name it).
 
     Raises:
-        UnsupportedLayerError: Lambda layers and unknown layer types (with
+        UnsupportedLayerError: Lambda layers and unknown layer classes (with
             ``unknown="error"``), channels_first layouts, BatchNormalization
             over another axis.
         ArgumentError: ``unknown`` is not ``"error"`` or ``"opaque"``.
@@ -235,7 +241,8 @@ def layer_kind(call: LayerCall, unknown: str = "error") -> LayerKind:
         )
     kind = kind_of_layer(layer)
     if kind is None and cls.__module__.startswith("keras.src.ops"):
-        kind = _op_kind(call)
+        # a stateless op without a rule: re-run whole on channels kept whole, always exact
+        kind = _op_kind(call) or KEPT_WHOLE_KIND
     if kind is None:
         if unknown == "opaque":
             return KEPT_WHOLE_KIND
