@@ -3,12 +3,14 @@
 Every channel they read or write is pinned: never removed, and constants stop
 there.
 
-:class:`KeptWholeKind` is the opaque kind of a layer the registry does not know
-(a composite custom layer holding its own convs and BNs, a Lambda layer, an
-unknown ``keras.ops`` node) when the caller opted in with
-``unknown_layers="opaque"``: its channels are pinned like any opaque layer's,
-the report's notes name it, and it is rebuilt whole: re-created from its config
-(a Lambda layer: around the same Python function) with every weight copied
+:class:`KeptWholeKind` is the opaque kind of a layer the channel graph keeps
+whole: one the registry does not know (a composite custom layer holding its
+own convs and BNs, a Lambda layer) when the caller opted in with
+``unknown_layers="opaque"``, Keras' recurrent, attention and wrapper layers
+(``registry.KEPT_WHOLE_LAYERS``), and any ``keras.ops`` node without a rule.
+Its channels are pinned like any opaque layer's, the report's notes name it,
+and it is rebuilt whole: re-created from its config (a Lambda layer: around the
+same Python function) with every weight copied
 unchanged, in order, so nothing inside it is sliced or folded.
 
 >>> import keras
@@ -86,7 +88,7 @@ def _recreate(old: Any, name: str, qualified: str) -> Any:
     except Exception as e:  # noqa: BLE001 - any failure means: cannot be copied
         raise UnsupportedLayerError(
             f"Layer '{qualified}' ({type(old).__name__}) is kept whole "
-            "(unknown_layers=\"opaque\") but cannot be re-created from its config "
+            "but cannot be re-created from its config "
             f"({type(e).__name__}: {e}). Give the class a get_config() that returns its "
             "constructor arguments (what keras.saving needs too)."
         ) from e
@@ -100,7 +102,7 @@ def _copy_weights(old: Any, new: Any, qualified: str) -> None:
     if shapes_src != shapes_dst:
         raise UnsupportedLayerError(
             f"Layer '{qualified}' ({type(old).__name__}) is kept whole "
-            "(unknown_layers=\"opaque\") but its copy from config has weights of shapes "
+            "but its copy from config has weights of shapes "
             f"{shapes_dst}, the original {shapes_src}; its get_config() probably misses "
             "a constructor argument."
         )
