@@ -72,6 +72,7 @@ from absl import app, flags  # noqa: E402
 FLAGS = flags.FLAGS
 REFERENCE = "saved_models/fashion_vgg_reference.keras"
 DEFAULT_TARGET_MACS = 1 / 3
+DEFAULT_DISTILL_WEIGHT = 0.0
 # Per-flow defaults of the flags that both flows share (a flag left unset takes these).
 PRETRAINED_DEFAULTS = {"epochs": 1, "finetune_epochs": 2, "learning_rate": 0.03,
                        "finetune_learning_rate": 0.03, "train_examples": None}
@@ -100,6 +101,9 @@ def define_flags() -> None:
                        "decay). Default 0.03; --from_scratch: learning_rate / 5.")
     flags.DEFINE_integer("train_examples", None, "Training images used. Default: the reference's "
                          "55,000 (5,000 held out for validation); --from_scratch: the first 15,000.")
+    flags.DEFINE_float("distill_weight", DEFAULT_DISTILL_WEIGHT, "Default flow: distil the "
+                       "fine-tuning from the reference (weight of the KL term, temperature 4; 0: "
+                       "plain fine-tuning).")
     flags.DEFINE_integer("batch_size", 128, "Batch size.")
     flags.DEFINE_boolean("full", False, "With --from_scratch: all 60k images, 20 + 5 epochs.")
     flags.DEFINE_float("rho", 0.1, "--from_scratch: target ISTA strength ρ (the default flow: "
@@ -199,20 +203,29 @@ def monitoring_callbacks(log_dir: str):
             keras.callbacks.TensorBoard(log_dir=log_dir, write_graph=False)]
 
 
-def fine_tune(model, x, y, *, epochs, batch_size, learning_rate, seed, verbose=1, augment="flip"):
+def fine_tune(model, x, y, *, epochs, batch_size, learning_rate, seed, verbose=1, augment="flip",
+              teacher=None, distill_weight=0.0):
     """Short plain-SGD fine-tuning of the pruned model (cosine decay from ``learning_rate``,
-    momentum 0.9; ``augment`` as in ``data.make_dataset``)."""
+    momentum 0.9; ``augment`` as in ``data.make_dataset``). With a ``teacher`` and
+    ``distill_weight`` > 0 it is distilled from the teacher's logits on the same batches
+    (``tf_gamma_prune.sparsify.distillation.Distiller``, temperature 4): the loss is the labels'
+    cross-entropy + ``distill_weight`` · T² · KL. The teacher is not changed (a copy is frozen)."""
     import keras
 
     from tf_gamma_prune.data import make_dataset
 
     steps = epochs * -(-len(x) // batch_size)
-    model.compile(keras.optimizers.SGD(keras.optimizers.schedules.CosineDecay(learning_rate, steps),
-                                       momentum=0.9),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  metrics=["accuracy"])
-    model.fit(make_dataset(x, y, batch_size, shuffle=True, augment=augment, seed=seed),
-              epochs=epochs, verbose=verbose)
+    trained = model
+    if teacher is not None and distill_weight > 0:
+        from tf_gamma_prune.sparsify.distillation import Distiller
+
+        trained = Distiller(model, copy_model(teacher), temperature=4.0, weight=distill_weight)
+    trained.compile(keras.optimizers.SGD(keras.optimizers.schedules.CosineDecay(learning_rate, steps),
+                                         momentum=0.9),
+                    loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                    metrics=["accuracy"])
+    trained.fit(make_dataset(x, y, batch_size, shuffle=True, augment=augment, seed=seed),
+                epochs=epochs, verbose=verbose)
     return model
 
 
@@ -545,7 +558,8 @@ def prune_reference(reference, x, y, x_test, y_test, *, target_macs=DEFAULT_TARG
                     finetune_learning_rate=0.03, out_dir="saved_models/run", latency_runs=100,
                     seed=0, min_channels=4, cost_target_every=50, reach_at=0.3, verbose=1,
                     tflite_eval_examples=None, run_name=None, clock=None,
-                    qat_epochs=0, qat_examples=12000, round_to=1) -> DemoResult:
+                    qat_epochs=0, qat_examples=12000, round_to=1,
+                    distill_weight=0.0) -> DemoResult:
     """The default demo: a trained model → GammaISTA + CostTarget → prune_model → fine-tune →
     float32 / int8 TFLite, timed and evaluated against ``reference`` (which is not modified).
 
@@ -559,6 +573,7 @@ def prune_reference(reference, x, y, x_test, y_test, *, target_macs=DEFAULT_TARG
     :func:`tf_gamma_prune.qat.quantize_aware_finetune` (written to
     ``pruned_int8_qat.tflite``) next to post-training quantization's. ``round_to > 1``
     aligns the pruned widths to that tile (:class:`~tf_gamma_prune.CostTarget`'s option).
+    ``distill_weight > 0`` distils the fine-tuning from the reference (:func:`fine_tune`).
     """
     import numpy as np
 
@@ -609,13 +624,15 @@ def prune_reference(reference, x, y, x_test, y_test, *, target_macs=DEFAULT_TARG
     changed = int(np.sum(np.argmax(sparse_logits, -1) != np.argmax(pruned_logits, -1)))
 
     announce(4, total, f"fine-tuning the pruned model ({finetune_epochs} epochs, cosine from "
-                       f"{finetune_learning_rate})")
+                       f"{finetune_learning_rate}"
+                       + (f", distilled from the reference, weight {distill_weight:g}"
+                          if distill_weight > 0 else "") + ")")
     with clock(f"fine-tune ({finetune_epochs} ep)"):
         tuned = copy_model(pruned)
         if finetune_epochs:
             fine_tune(tuned, x, y, epochs=finetune_epochs, batch_size=batch_size,
                       learning_rate=finetune_learning_rate, seed=seed, verbose=verbose,
-                      augment="pad_crop_flip")
+                      augment="pad_crop_flip", teacher=reference, distill_weight=distill_weight)
         save_keras_atomic(copy_model(tuned), paths["pruned.keras"])
         _, acc_tuned = logits_and_accuracy(tuned, x_test, y_test)
 
@@ -739,7 +756,8 @@ def main_pretrained(settings: dict, clock: StageClock) -> None:
         learning_rate=settings["learning_rate"],
         finetune_learning_rate=settings["finetune_learning_rate"], out_dir=FLAGS.out_dir,
         latency_runs=FLAGS.latency_runs, seed=FLAGS.seed, clock=clock, qat_epochs=FLAGS.qat_epochs,
-        qat_examples=FLAGS.qat_examples, round_to=FLAGS.round_to)
+        qat_examples=FLAGS.qat_examples, round_to=FLAGS.round_to,
+        distill_weight=FLAGS.distill_weight)
     print_reference_result(result, len(x_test))
     print_files(result.paths)
 

@@ -154,6 +154,33 @@ def test_fashion_mnist_default_flow_aligns_widths_with_round_to(tmp_path):
     assert rows["pruned + fine-tuned"].macs <= 0.5 * rows["reference"].macs * 1.05
 
 
+def test_fine_tune_distils_from_a_teacher_it_leaves_unchanged():
+    """--distill_weight: the same seed and data with and without the teacher give different
+    students (the KL term acts), and the teacher's weights and trainability stay as they were."""
+    import fashion_mnist
+    import keras
+    import numpy as np
+
+    from tf_gamma_prune.reference_models import fashion_vgg
+
+    rng = np.random.default_rng(0)
+    x, y = rng.random((64, 28, 28, 1)).astype("float32"), rng.integers(0, 10, 64)
+    keras.utils.set_random_seed(0)
+    teacher, student = fashion_vgg(widths=(4, 4, 8, 8, 8, 8)), fashion_vgg(widths=(2, 2, 4, 4, 4, 4))
+    before = [np.array(w) for w in teacher.weights]
+    tuned = {}
+    for weight in (0.0, 1.0):
+        copy = fashion_mnist.copy_model(student)
+        keras.utils.set_random_seed(0)
+        fashion_mnist.fine_tune(copy, x, y, epochs=1, batch_size=32, learning_rate=0.05, seed=0,
+                                verbose=0, teacher=teacher, distill_weight=weight)
+        tuned[weight] = np.concatenate([np.ravel(w) for w in copy.get_weights()])
+    start = np.concatenate([np.ravel(w) for w in student.get_weights()])
+    assert not np.allclose(tuned[0.0], start)  # it trained
+    assert not np.allclose(tuned[1.0], tuned[0.0])  # the teacher changed the updates
+    assert teacher.trainable and all(np.array_equal(a, np.array(b)) for a, b in zip(before, teacher.weights))
+
+
 def test_fashion_mnist_flags_pick_each_flows_defaults():
     import fashion_mnist
 
