@@ -170,3 +170,20 @@ def test_colour_mixing_layers_are_opaque(name):
     pruned = prune_model(model)
     assert pruned.get_layer("rgb").filters == 3 and pruned.get_layer("p").filters == 6
     assert_same_function(model, pruned, random_inputs(model, batch=2))
+
+
+def test_gamma_ista_and_cost_target_train_a_model_with_augmentation():
+    """The tutorial model trains under GammaISTA + CostTarget (which build the channel graph) and
+    prunes to its budget, exactly at inference."""
+    from tf_gamma_prune import CostTarget, GammaISTA, count_macs
+
+    keras.utils.set_random_seed(0)
+    model = tutorial_model()
+    model.compile(GammaISTA(keras.optimizers.SGD(0.05), min_channels=1),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    rng = np.random.default_rng(0)
+    x, y = rng.uniform(0, 255, (128, 16, 16, 3)).astype("float32"), rng.integers(0, 3, 128)
+    model.fit(x, y, batch_size=16, epochs=3, verbose=0, callbacks=[CostTarget(macs=0.6, every=2)])
+    pruned = prune_model(model)
+    assert count_macs(pruned) <= 0.6 * 1.05 * count_macs(model)
+    assert_same_function(model, pruned, random_inputs(model, batch=3))
