@@ -291,6 +291,11 @@ def test_presets_and_settings_checks():
     assert cpu["mac_targets"] == [3.0, 6.0] and cpu["seeds"] == [0, 1]
     assert (cpu["sparsify_epochs"], cpu["finetune_epochs"]) == (2, 3)
     assert cpu["reference"] == "saved_models/fashion_vgg_reference.keras"
+    long = compression.make_settings("cpu_long")
+    assert (long["sparsify_epochs"], long["finetune_epochs"]) == (2, 10)
+    assert {m: len(t) for m, t in long["tuning"].items()} == {
+        "gamma_ista": 1, "slimming": 1, "l1_norm": 1, "random": 1, "scratch": 0}
+    assert compression.settings_hash(long) != compression.settings_hash(cpu)  # its own cache
     assert compression.make_settings("smoke")["reference"] is None
     assert compression.make_settings("cpu_short")["protocol"] == "from_scratch"
     assert compression.settings_hash(compression.make_settings("gpu")) == "e58b4d0dc110"
