@@ -54,6 +54,8 @@ kept, their weights copied unchanged) and named in the report's notes.
 >>> register_layer_kind(Swish2, "pointwise")
 >>> kind_of_layer(Swish2()).name
 'pointwise'
+>>> kind_of_layer(keras.layers.LSTM(4)) is KEPT_WHOLE_KIND  # always kept whole
+True
 """
 
 from __future__ import annotations

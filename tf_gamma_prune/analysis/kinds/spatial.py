@@ -36,6 +36,8 @@ never removed anyway).
 >>> from tf_gamma_prune.analysis.kinds import kind_of_layer
 >>> kind_of_layer(keras.layers.MaxPooling2D()).name
 'spatial'
+>>> kind_of_layer(keras.layers.RandomFlip()).name, kind_of_layer(keras.layers.RandomGrayscale()).name
+('spatial', 'opaque')
 """
 
 from __future__ import annotations
