@@ -156,7 +156,9 @@ def prune_model(
         unknown_layers: ``"error"`` (default) raises on a layer type the
             channel graph does not know; ``"opaque"`` keeps each such layer
             (and Lambda layers) whole: all its channels and weights kept, named
-            in the report's notes, the rest of the model pruned.
+            in the report's notes, the rest of the model pruned. (Keras'
+            recurrent, attention and wrapper layers and ``keras.ops`` calls
+            without a rule are kept whole that way in both modes.)
         return_report: return ``(pruned_model, PruneReport)``.
 
     Returns:

@@ -20,7 +20,9 @@ constant   ConstantFeature                                      :mod:`.constant`
 ``keras.ops`` nodes in functional models (``keras.ops.pad``, ``mean``,
 ``concatenate``, ``reshape``, ``clip`` ...) get one of these kinds too, by the
 op and its arguments (the table in :mod:`.registry`); arguments a kind's rule
-does not cover make the node opaque. With ``unknown="opaque"``
+does not cover make the node opaque, and an op without a rule is kept whole
+(:class:`~.opaque.KeptWholeKind`), as are Keras' recurrent, attention and
+wrapper layers (``registry.KEPT_WHOLE_LAYERS``). With ``unknown="opaque"``
 (``prune_model(..., unknown_layers="opaque")``) a layer class the registry does
 not know is kept whole (:class:`~.opaque.KeptWholeKind`) instead of raising.
 
