@@ -3,9 +3,10 @@
 The compression benchmark (``compression.py --preset cpu``) fixes one GammaISTA recipe per run; this
 script is where a new recipe earns its place first (issue 13, docs/evidence.md §5). From the committed
 reference (``saved_models/fashion_vgg_reference.keras``), for each ``--targets`` (MAC reductions) and
-each ``--seeds``, every recipe of ``--recipes`` spends the same ``--epochs`` after the reference (default
-5, the cpu preset's budget; :func:`phase_epochs` splits them) on the training images left after the 5,000 validation images (seed 0, the
-reference's own hold-out), and is scored on those validation images. The test set is never read.
+each ``--seeds``, every recipe of ``--recipes`` spends the same ``--epochs`` after the reference
+(default 5, the cpu preset's budget; :func:`phase_epochs` splits them) on the training images left
+after the 5,000 validation images (seed 0, the reference's own hold-out), and is scored on those
+validation images. The test set is never read.
 
 Recipes (GammaISTA: SGD with momentum 0.9, ``scale_beta``, ``min_channels=4``, ``CostTarget(macs=
 1/target, every=50, reach_at=0.6)``, sparsify rate 0.005; fine-tuning: SGD with momentum, cosine):

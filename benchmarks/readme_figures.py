@@ -225,7 +225,8 @@ NAMES = {"gamma_ista": "GammaISTA", "slimming": "Network Slimming", "l1_norm": "
          "receding_importance": "receding importances", "admm": "single-shot ADMM",
          "coarse_ranking": "Taylor (coarse ranking)",
          "gamma_ista_tiled": "GammaISTA with widths in 16-channel tiles"}
-README_ROWS = ("gamma_ista", "gamma_ista_tiled", "l1_norm", "slimming", "scratch")  # the rest: docs/benchmarks.md
+# the README's rows; the rest are in docs/benchmarks.md
+README_ROWS = ("gamma_ista", "gamma_ista_tiled", "l1_norm", "slimming", "scratch")
 
 
 def comparison_line() -> str:

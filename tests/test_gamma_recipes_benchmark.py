@@ -99,6 +99,7 @@ print("ok")
 
 
 def test_phase_epochs_split_every_budget():
-    proc = subprocess.run([sys.executable, "-c", PHASES, os.path.join(ROOT, "benchmarks", "gamma_recipes.py")],
+    script = os.path.join(ROOT, "benchmarks", "gamma_recipes.py")
+    proc = subprocess.run([sys.executable, "-c", PHASES, script],
                           capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]

@@ -167,8 +167,8 @@ def cast_round_trip():
     return keras.Model(x, head(ops.cast(ops.cast(producer(x), "float16"), "float32")))
 
 
-FOLLOWED = [sum_pooled_dense, cast_round_trip, pad_zero_valid, pad_uneven_constant, pad_reflect, pad_symmetric_1d,
-            concatenate_channels, concatenate_space, reshape_rows, reshape_flatten,
+FOLLOWED = [sum_pooled_dense, cast_round_trip, pad_zero_valid, pad_uneven_constant, pad_reflect,
+            pad_symmetric_1d, concatenate_channels, concatenate_space, reshape_rows, reshape_flatten,
             reshape_pairs, transpose_space, mean_squeeze_excite, mean_pooled_dense,
             max_min_pooled, clip_maximum_minimum, expand_squeeze_1d, squeeze_without_axis]
 
