@@ -1,9 +1,10 @@
 """GammaISTA against channel-pruning baselines at matched cost, on real Fashion-MNIST.
 
-    .venv/bin/python benchmarks/compression.py --out benchmarks/results/compression_cpu.json
+    .venv/bin/python benchmarks/compression.py      # --preset cpu: benchmarks/results/compression.json
     .venv/bin/python benchmarks/compression.py --preset smoke --out /tmp/smoke.json
-    .venv/bin/python benchmarks/compression.py --preset cpu_short   # the committed compression.json
-    .venv/bin/python benchmarks/compression_report.py --write     # docs table + plot (compression_cpu.json)
+    .venv/bin/python benchmarks/compression.py --preset cpu_short \\
+        --out benchmarks/results/compression_cpu_short.json          # the 8,000-image run
+    .venv/bin/python benchmarks/compression_report.py --write     # docs table + plot (compression.json)
     .venv/bin/python benchmarks/compression.py --preset gpu \\
         --out benchmarks/results/compression_gpu.json               # the device (GPU) machine
 

@@ -11,7 +11,7 @@ docstrings named here:
 * ``from_scratch`` (``compression_protocol.py``): every method trains from a
   fresh initialisation with the same epoch budget; presets ``gpu`` (the device
   machine) and ``cpu_short`` (the old ``cpu`` preset, verbatim: the committed
-  ``benchmarks/results/compression.json`` was made with it).
+  ``benchmarks/results/compression_cpu_short.json`` was made with it).
 
 ``compression.py``'s flags override single settings; ``make_settings``
 validates the result.

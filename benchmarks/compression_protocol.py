@@ -88,7 +88,7 @@ file without that key is from_scratch). Its presets (``--preset``, in
   (``--train_examples``), E = 4, S = 3, K = 2, 2 seeds. Sized to finish in
   ≈ 30–40 minutes on the shared 2-core development machine; too short to reach
   the accuracy targets (the JSON says so). It was called ``cpu`` when the
-  committed ``benchmarks/results/compression.json`` was made (reading a results
+  committed ``benchmarks/results/compression_cpu_short.json`` was made (reading a results
   file renames it: :func:`compression_presets.migrate_settings`).
 * ``gpu``: all 60,000 training images, the reference twice as wide, E = 40,
   S = 24, K = 3, 3 seeds — for the device machine (GPU training; without

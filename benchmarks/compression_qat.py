@@ -11,7 +11,7 @@ fine-tunes ``--qat_epochs`` with Adam at ``--learning_rate`` on the first ``--tr
 training images, which also calibrate PTQ.
 
     .venv/bin/python benchmarks/compression_qat.py \\
-        --results=benchmarks/results/compression_cpu.json      # ≈ 1.5 min per record
+        --results=benchmarks/results/compression.json      # ≈ 1.5 min per record
 
 Writes ``<results stem>_qat.json`` next to the results (``--output`` to change it); resumable
 (a record already there is skipped). A record whose cached model is gone is listed under
@@ -32,7 +32,7 @@ import common  # noqa: E402  (sets sys.path and TF's log level)
 from absl import app, flags  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("results", str(common.result_path("compression_cpu")), "A compression results JSON.")
+flags.DEFINE_string("results", str(common.result_path("compression")), "A compression results JSON.")
 flags.DEFINE_string("work_dir", str(common.RESULTS / "compression_work"), "The benchmark's model cache.")
 flags.DEFINE_string("output", None, "Where to write (default: <results stem>_qat.json).")
 flags.DEFINE_list("methods", ["gamma_ista"], "Methods whose records get a QAT figure.")

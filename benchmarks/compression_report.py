@@ -5,8 +5,8 @@
 
 docs/benchmarks.md keeps the rendering between ``<!-- compression:start -->`` and
 ``<!-- compression:end -->``; tests/test_compression_report.py fails when the
-block disagrees with the committed ``benchmarks/results/compression_cpu.json``
-(the full-data run; ``--json`` renders another, e.g. the short ``compression.json``),
+block disagrees with the committed ``benchmarks/results/compression.json``
+(the full-data run; ``--json`` renders another, e.g. the short ``compression_cpu_short.json``),
 so a rerun of ``benchmarks/compression.py`` must be followed by ``--write``.
 Only the JSON is read: everything shown, the targets' verdicts included, was
 computed by ``benchmarks/compression.py`` (rendering the markdown imports no
@@ -27,7 +27,7 @@ from compression_presets import FROM_REFERENCE, migrate_settings, protocol_of  #
 
 HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parent
-DEFAULT_JSON = HERE / "results" / "compression_cpu.json"  # the full-data run
+DEFAULT_JSON = HERE / "results" / "compression.json"  # the full-data run
 README = ROOT / "docs" / "benchmarks.md"  # the page with the marked block
 START, END = "<!-- compression:start -->", "<!-- compression:end -->"
 
@@ -209,7 +209,7 @@ def markdown(doc: dict, png: str = "benchmarks/results/compression.png") -> str:
     s, net = doc["settings"], doc["network"]
     train = f"{s['train_examples']:,}" if s["train_examples"] else "60,000"
     parts = [
-        "(rendered from `benchmarks/results/compression.json` by "
+        "(rendered from `benchmarks/results/compression_cpu_short.json` by "
         "`benchmarks/compression_report.py --write`)",
         "",
         f"`benchmarks/compression.py --preset {s['preset']}`: Fashion-MNIST ({train} training "

@@ -256,7 +256,7 @@ def run_benchmark(settings: dict, out: str | os.PathLike = DEFAULT_OUT,
                   deadline_minutes: float | None = None) -> Outcome:
     """Run (or resume) the whole benchmark; returns the JSON document and counters.
 
-        outcome = run_benchmark(make_settings("cpu_short"), "benchmarks/results/compression.json")
+        outcome = run_benchmark(make_settings("cpu_short"), "benchmarks/results/compression_cpu_short.json")
 
     from_reference settings (presets ``cpu``, ``smoke``) are run by
     ``compression_reference.run_reference`` (same arguments, same outcome).

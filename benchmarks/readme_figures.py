@@ -8,8 +8,8 @@ Two blocks, both rendered from committed files only (nothing is typed in by hand
 * README.md, between ``<!-- results:start -->`` and ``<!-- results:end -->``:
   the short results table of the Fashion-MNIST demo (from the committed transcript
   ``docs/demo/fashion_mnist_default.txt``) and, per MAC target, one bullet on how
-  GammaISTA compares with the baselines (from ``benchmarks/results/compression_cpu.json``, the full-data run,
-  once it holds GammaISTA records; else ``benchmarks/results/compression.json``);
+  GammaISTA compares with the baselines (from ``benchmarks/results/compression.json``, the full-data run,
+  once it holds GammaISTA records; else ``benchmarks/results/compression_cpu_short.json``);
 * docs/benchmarks.md, between ``<!-- figures:start -->`` and ``<!-- figures:end -->``:
   the speed, memory, latency and exactness figures from ``benchmarks/results/*.json``.
 
@@ -230,9 +230,9 @@ README_ROWS = ("gamma_ista", "gamma_ista_tiled", "l1_norm", "slimming", "scratch
 
 
 def comparison_line() -> str:
-    """GammaISTA against the baselines: the full-data run (compression_cpu.json) when it has
-    GammaISTA records, else the short run (compression.json)."""
-    full = _load("compression_cpu")
+    """GammaISTA against the baselines: the full-data run (compression.json) when it has
+    GammaISTA records, else the short run (compression_cpu_short.json)."""
+    full = _load("compression")
     if full and any(g["method"] == "gamma_ista" and g["n"] for g in full["summary"]["groups"]):
         return full_data_line(full)
     return short_run_line()
@@ -274,8 +274,8 @@ def full_data_line(d: dict) -> str:
 
 
 def short_run_line() -> str:
-    """One honest sentence on GammaISTA against the baselines (compression.json)."""
-    d = _load("compression")
+    """One honest sentence on GammaISTA against the baselines (compression_cpu_short.json)."""
+    d = _load("compression_cpu_short")
     if not d:
         return ""
     s = d["settings"]

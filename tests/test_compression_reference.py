@@ -9,7 +9,7 @@ preset's ``training_methods``) are added to a copy of that run by the slow
 ``smoke_training`` continuation (≈ 2 more minutes), which also checks that
 adding them keeps every earlier record. The verdict code
 is checked on hand-made records, and the continuation of a results file made
-before the training methods on a copy of the committed ``compression_cpu.json``.
+before the training methods on a copy of the committed ``compression.json``.
 """
 
 from __future__ import annotations
@@ -313,17 +313,17 @@ def test_presets_and_settings_checks():
 
 
 def test_results_before_the_training_methods_are_continued(tmp_path):
-    """A copy of the committed compression_cpu.json as written before ``training_methods``
+    """A copy of the committed compression.json as written before ``training_methods``
     existed (today's cpu settings) is accepted with the cpu preset, which lists them: its
     records are kept, the missing rows are the rest plus every training row, and the
     settings hash (the cache folder) is the same."""
     from compression_presets import ADDITIVE_SETTINGS
 
-    doc = json.loads((ROOT / "benchmarks/results/compression_cpu.json").read_text())
+    doc = json.loads((ROOT / "benchmarks/results/compression.json").read_text())
     doc["settings"] = {k: v for k, v in doc["settings"].items() if k not in ADDITIVE_SETTINGS}
     doc["records"] = [r for r in doc["records"] if r["method"] not in protocol.TRAINING_METHODS]
     doc.pop("settings_extended", None)  # the committed file was continued so already
-    path = tmp_path / "compression_cpu.json"
+    path = tmp_path / "compression.json"
     path.write_text(json.dumps(doc))
     cpu = compression.make_settings("cpu")
     assert cpu["training_methods"] == ["receding_importance", "admm", "coarse_ranking",
@@ -364,7 +364,7 @@ def test_results_before_the_training_methods_are_continued(tmp_path):
 def test_old_results_read_as_cpu_short():
     from compression_presets import migrate_settings
 
-    committed = json.loads((ROOT / "benchmarks/results/compression.json").read_text())
+    committed = json.loads((ROOT / "benchmarks/results/compression_cpu_short.json").read_text())
     assert "protocol" not in committed["settings"] and committed["settings"]["preset"] == "cpu"
     migrated = migrate_settings(committed["settings"])
     assert migrated == compression.make_settings("cpu_short")

@@ -12,8 +12,8 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 BENCHMARKS = ROOT / "benchmarks"
-COMMITTED = BENCHMARKS / "results" / "compression.json"  # the short from-scratch run (cpu_short)
-FULL_DATA = BENCHMARKS / "results" / "compression_cpu.json"  # the run docs/benchmarks.md shows
+COMMITTED = BENCHMARKS / "results" / "compression_cpu_short.json"  # the short from-scratch run (cpu_short)
+FULL_DATA = BENCHMARKS / "results" / "compression.json"  # the run docs/benchmarks.md shows
 
 
 def _load(name: str):
@@ -35,12 +35,12 @@ def test_docs_block_matches_committed_results():
     page = ROOT / "docs" / "benchmarks.md"
     assert report.README == page, "compression_report.py writes its block elsewhere"
     # the image link is relative to docs/, where the page is
-    png = "../benchmarks/results/compression_cpu.png"
+    png = "../benchmarks/results/compression.png"
     block = f"{report.START}\n{report.markdown(doc, png=png)}\n{report.END}"
     assert block in page.read_text(), (
         "docs/benchmarks.md compression block is stale: run "
         ".venv/bin/python benchmarks/compression_report.py --write")
-    assert (BENCHMARKS / "results" / "compression_cpu.png").exists()
+    assert (BENCHMARKS / "results" / "compression.png").exists()
     labelled = {r["method"] for r in doc["records"]} | {t["name"] for t in doc["summary"]["targets"]}
     assert labelled <= set(report.METHOD_LABELS) | set(report.REFERENCE_TARGET_LABELS)
 
@@ -55,6 +55,24 @@ def test_committed_results_are_complete_and_consistent():
     assert done <= expected
     # the stored summary is what the records give
     assert compression.summarize(doc) == doc["summary"]
+
+
+def test_full_data_results_follow_the_protocol():
+    """compression.json: all training and test images, >= 2 seeds for every method and
+    target it ran, and target verdicts that are the verdict code's on its records."""
+    doc = report.load(FULL_DATA)
+    s = doc["settings"]
+    assert s["preset"] == "cpu" and s["protocol"] == "from_reference"
+    assert s["train_examples"] == 0 and s["test_examples"] == 0  # 0: every image
+    seeds: dict[tuple, set] = {}
+    for r in doc["records"]:
+        if r["method"] != "reference":
+            seeds.setdefault((r["method"], r["target"]), set()).add(r["seed"])
+    assert {k for k, v in seeds.items() if len(v) < 2} == set()
+    assert {m for m, _ in seeds} >= {"gamma_ista", "slimming", "l1_norm", "random", "scratch"}
+    assert compression.summarize(doc) == doc["summary"]  # verdicts recomputed from the records
+    assert {t["name"] for t in doc["summary"]["targets"]} >= {
+        "compression_accuracy", "beats_baselines", "latency_follows_macs", "small_and_accurate"}
 
 
 def _synthetic_doc() -> dict:
