@@ -10,10 +10,10 @@ accuracy; trained on the 55,000 images left after ``data.validation_split(x, y,
 1. one epoch of ``GammaISTA(SGD(0.03, momentum=0.9), penalties=gamma_penalties(model,
    gamma_scale=True), min_channels=4, scale_beta=True)`` with ``CostTarget(macs=--target_macs,
    every=50, reach_at=0.3)``, which sets ρ so the zero-γ channels take the model down to the
-   budget (default 1/3 of the MACs; no ρ to choose) within the first 30 % of the epoch;
+   budget (default 0.38 of the MACs, ≈ 2.6× fewer; no ρ to choose) within the first 30 % of the epoch;
    the rest of the epoch trains the remaining channels;
 2. ``prune_model`` (exact: it changes no prediction; the run prints its deviation);
-3. two epochs of fine-tuning (SGD, cosine decay from 0.03, momentum 0.9, pad-crop-flip);
+3. five epochs of fine-tuning (SGD, cosine decay from 0.03, momentum 0.9, pad-crop-flip);
 4. float32 and int8 ``.tflite`` of the reference and of the pruned model, the int8
    files evaluated on the test set, and both pairs timed at 1 thread (LiteRT,
    alternating);
@@ -27,16 +27,17 @@ images), parameters, MACs, .tflite size (float32, int8), 1-thread latency, MAC
 reduction and speed-up; then the seconds each stage took. About 5–9 minutes on
 2 CPU cores.
 
-The default budget is 1/3 of the reference's MACs. The goal of at most 1 point of test
-accuracy lost at ≥ 2.5× fewer MACs is not met (docs/demo.md has every run). The recipe
-above (sparsify rate 0.03, the budget reached at 30 % of the epoch, λ times each layer's
-mean |γ|) lost 1.62–1.68 points at 3× in pilots, 1.28–1.46 at 2.5×; the earlier one (rate
-0.005, reached at 60 %, the paper's λ) 1.94–2.47 at 3×, 2.31 in the same pilot harness.
-Runs are not reproducible on CPU (same settings and seed, different MACs and accuracy).
+The goal: at least 2.5× fewer MACs at no more than 1 point of test accuracy lost. The
+default budget, 0.38 of the reference's MACs, stays above 2.5× even where CostTarget ends
+5 % over it. With five fine-tuning epochs two pilots lost 0.90 point at 2.65–2.66× (six
+epochs: 0.75–0.89), where two epochs at 1/3 of the MACs lost 1.62–1.68; docs/demo.md has
+every run. Runs are not reproducible on CPU (same settings and seed, different MACs and
+accuracy).
 
-    .venv/bin/python examples/fashion_mnist.py                      # the default: 1/3 of the MACs
+    .venv/bin/python examples/fashion_mnist.py                      # the default: 0.38 of the MACs
+    .venv/bin/python examples/fashion_mnist.py --target_macs 0.333 --finetune_epochs 2  # 3x, faster
     .venv/bin/python examples/fashion_mnist.py --target_macs 0.25   # 4x fewer MACs
-    .venv/bin/python examples/fashion_mnist.py --epochs 2 --finetune_epochs 4   # run longer
+    .venv/bin/python examples/fashion_mnist.py --epochs 2 --finetune_epochs 10  # run longer
     .venv/bin/python examples/fashion_mnist.py --from_scratch       # train from scratch (below)
     .venv/bin/tensorboard --logdir saved_models/run/logs           # watch γ sparsify (live)
 
@@ -71,10 +72,10 @@ from absl import app, flags  # noqa: E402
 
 FLAGS = flags.FLAGS
 REFERENCE = "saved_models/fashion_vgg_reference.keras"
-DEFAULT_TARGET_MACS = 1 / 3
+DEFAULT_TARGET_MACS = 0.38  # ≥ 2.5x fewer MACs even 5 % over the budget
 DEFAULT_DISTILL_WEIGHT = 0.0
 # Per-flow defaults of the flags that both flows share (a flag left unset takes these).
-PRETRAINED_DEFAULTS = {"epochs": 1, "finetune_epochs": 2, "learning_rate": 0.03,
+PRETRAINED_DEFAULTS = {"epochs": 1, "finetune_epochs": 5, "learning_rate": 0.03,
                        "finetune_learning_rate": 0.03, "train_examples": None}
 SCRATCH_DEFAULTS = {"epochs": 3, "finetune_epochs": 1, "learning_rate": 0.05,
                     "finetune_learning_rate": None, "train_examples": 15000}
@@ -87,13 +88,13 @@ def define_flags() -> None:
                          "(the earlier demo) instead of pruning the committed reference.")
     flags.DEFINE_string("reference", REFERENCE, "The trained .keras model to prune (default flow).")
     flags.DEFINE_float("target_macs", DEFAULT_TARGET_MACS, "MAC budget of the pruned model, a "
-                       "fraction of the reference's (default flow; 1/3: 3x fewer MACs).")
+                       "fraction of the reference's (default flow; 0.38: about 2.6x fewer MACs).")
     flags.DEFINE_integer("round_to", 1, "Default flow: conv widths at multiples of this "
                          "(CostTarget(round_to=...): 16 matches XNNPACK's float32 tiles on AVX-512, "
                          "8 on ARM NEON), so the speed-up follows the MAC reduction.")
     flags.DEFINE_integer("epochs", None, "Sparsifying (GammaISTA) epochs. Default 1; "
                          "--from_scratch: 3.")
-    flags.DEFINE_integer("finetune_epochs", None, "Fine-tuning epochs after pruning. Default 2; "
+    flags.DEFINE_integer("finetune_epochs", None, "Fine-tuning epochs after pruning. Default 5; "
                          "--from_scratch: 1.")
     flags.DEFINE_float("learning_rate", None, "SGD learning rate of the sparsifying phase. "
                        "Default 0.03 (constant); --from_scratch: 0.05 (cosine decay).")
@@ -554,7 +555,7 @@ class DemoResult:
 
 
 def prune_reference(reference, x, y, x_test, y_test, *, target_macs=DEFAULT_TARGET_MACS,
-                    epochs=1, finetune_epochs=2, batch_size=128, learning_rate=0.03,
+                    epochs=1, finetune_epochs=5, batch_size=128, learning_rate=0.03,
                     finetune_learning_rate=0.03, out_dir="saved_models/run", latency_runs=100,
                     seed=0, min_channels=4, cost_target_every=50, reach_at=0.3, verbose=1,
                     tflite_eval_examples=None, run_name=None, clock=None,
