@@ -667,13 +667,15 @@ class ReferenceRun(RunBase):
                  f"accuracy {entry['validation_accuracy']}")
 
     def record(self, method: str, k: int, extra: dict) -> dict:
-        """The measured record of (method, k) (or its unreachable record)."""
-        start = time.perf_counter()
+        """The measured record of (method, k) (or its unreachable record); its
+        ``measure_seconds`` start once the final model is there (training it, when no
+        trial left it in the cache, is its ``train_seconds``)."""
         extra = {**extra, "mac_target": self.s["mac_targets"][k]}
         try:
             model, meta = self.final_model(method, k)
         except Unreachable as e:
             return self.unreachable(method, k, str(e), {**extra, **e.extra})
+        start = time.perf_counter()
         extra.update(meta["extra"])
         extra["validation_accuracy"] = accuracy(model, self.data.x_val, self.data.y_val)
         if method == "scratch":

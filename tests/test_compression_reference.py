@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import pathlib
 import shutil
+import types
 
 import pytest
 
@@ -487,3 +488,27 @@ def test_compression_qat_adds_ptq_and_qat_figures_for_gamma_records(smoke, tmp_p
     before = out.read_text()
     subprocess.run(command, check=True, capture_output=True, timeout=600, cwd=ROOT)
     assert json.loads(out.read_text())["records"] == json.loads(before)["records"]
+
+
+def test_measure_seconds_leave_out_the_training_of_the_final_model(monkeypatch):
+    """A record whose final model is trained inside ``record`` (no trial cached it, e.g. scratch)
+    counts that training in ``train_seconds`` only, not in ``measure_seconds`` as well."""
+    import time
+
+    import compression_reference as runs
+
+    run = object.__new__(runs.ReferenceRun)
+    run.s = {"mac_targets": [3.0]}
+    run.data = types.SimpleNamespace(x_val=None, y_val=None)
+
+    def final_model(method, k):
+        time.sleep(0.3)  # training
+        return "model", {"seconds": 0.3, "extra": {}}
+
+    run.final_model = final_model
+    run.measure = lambda model, method, k, train_seconds, _, extra: {
+        "method": method, "macs": 100, "train_seconds": train_seconds, **extra}
+    monkeypatch.setattr(runs, "accuracy", lambda model, x, y: 0.9)
+    record = run.record("scratch", 0, {"macs_target": 100})
+    assert record["train_seconds"] == 0.3 and record["measure_seconds"] < 0.2
+    assert record["macs_relative_difference"] == 0.0
