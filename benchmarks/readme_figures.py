@@ -289,10 +289,9 @@ def full_data_line(d: dict, longer: dict | None = None) -> str:
         text += (f" With {_epochs_after_reference(longer['settings'])} epochs after the reference instead "
                  f"of {epochs} (the core methods; `--preset {longer['settings']['preset']}`, "
                  f"{long_state}):\n\n" + "\n".join(long_bullets) + "\n\n")
-        text += "Every method"
     else:
-        text += " Every method"
-    return (text + ", the seed papers' included: [docs/benchmarks.md](docs/benchmarks.md); "
+        text += " "
+    return (text + "Every method, the seed papers' included: [docs/benchmarks.md](docs/benchmarks.md); "
             "the diagnosis: [docs/evidence.md](docs/evidence.md).")
 
 
