@@ -183,6 +183,32 @@ def test_a_run_that_ends_above_the_budget_is_trimmed_to_it():
             np.testing.assert_array_equal(model.get_layer(name).beta.numpy(), beta)
 
 
+def test_the_trim_skips_a_wide_group_that_would_jump_below_the_band():
+    """A small-|γ| group costing more than the tolerance band: taking it with the threshold
+    lands below the band; the trim skips it for the next groups and lands within."""
+    model = compiled(small_vgg())
+    spread_gammas(model, seed=3)
+    graph = channel_graph(model, fold="bias")
+    scores = group_scores(graph, model.optimizer)
+    target = started(CostTarget(macs=0.5, every=10, total_steps=100, fold="bias"), model)
+    budgets = [round(target.start_cost * f) for f in np.linspace(0.4, 0.9, 51)]
+    jumps = [b for b in budgets if target.threshold_for(graph, scores, b)[1] < 0.95 * b]
+    assert jumps, "no budget where the plain threshold jumps below the band"
+    target.budget = jumps[0]
+    model.optimizer.iterations.assign(100)  # the run's last step done
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        target.on_train_end()
+    last = target.history[-1]
+    assert target.within_budget() and last["trimmed"] > 0
+    gone = channel_graph(model, fold="bias").removable_constant_groups()
+    assert planned_macs(graph, gone) == last["macs"] == count_macs(prune_model(model, fold="bias"))
+    skipped = ~gone & np.isfinite(scores) & (scores < scores[gone].max())
+    assert skipped.any()  # a smaller score kept: the wide group
+    for group in np.flatnonzero(skipped):  # each skipped group would have jumped below
+        assert planned_macs(graph, gone | (np.arange(graph.num_groups) == group)) < 0.95 * jumps[0]
+
+
 def test_hold_stays_at_rho_min_at_a_zero_learning_rate():
     # the end of a cosine schedule: nothing to remove must not read as "infinite rho"
     model = compiled(small_vgg(), learning_rate=0.0)

@@ -481,7 +481,8 @@ class CostTarget(keras.callbacks.Callback):
 
     def trim_to_budget(self, optimizer: Any | None = None) -> int:
         """If the cost is more than ``tolerance`` above the budget: γ = 0 (β kept) for the
-        groups of smallest ``|γ|/λ`` whose removal brings it closest to the budget, locked,
+        groups of smallest ``|γ|/λ`` whose removal brings it closest to the budget (a group
+        whose removal would jump below the tolerance band is skipped for the next), locked,
         recorded in :attr:`history` (``"trimmed"``: how many groups) and warned about.
         Returns the number of groups set to zero (0: the cost was within tolerance)."""
         optimizer = optimizer or self._optimizer()
@@ -496,6 +497,10 @@ class CostTarget(keras.callbacks.Callback):
             threshold = next((float(c) for c in above
                               if self.cost(graph, removed | (scores <= c)) <= limit), threshold)
         groups = np.flatnonzero(~removed & np.isfinite(scores) & (scores <= threshold))
+        floor = self.budget * (1 - self.tolerance) - (cost - plain)
+        if self.cost(graph, removed | np.isin(np.arange(graph.num_groups), groups)) < floor:
+            within = self._groups_within(graph, scores, removed, floor, limit)
+            groups = groups if within is None else within
         self._zero_groups(optimizer, groups, beta=False)
         for group in groups:
             self._lock_step.setdefault(int(group), self._done)
@@ -514,6 +519,25 @@ class CostTarget(keras.callbacks.Callback):
             "absorbs the removal; final_trim=False leaves the model as trained.",
             UserWarning, stacklevel=2)
         return int(groups.size)
+
+    def _groups_within(self, graph: ChannelGraph, scores: np.ndarray, removed: np.ndarray,
+                       floor: float, limit: float) -> np.ndarray | None:
+        """Groups taken in ascending score, skipping any that would take the cost below
+        ``floor``, until it is at most ``limit``; ``None`` if that never happens. Used when a
+        plain threshold jumps over the tolerance band (one wide group of small score)."""
+        chosen, taken = removed.copy(), []
+        for group in np.argsort(scores, kind="stable"):
+            if removed[group] or not np.isfinite(scores[group]):
+                continue
+            chosen[group] = True
+            cost = self.cost(graph, chosen)
+            if cost < floor:
+                chosen[group] = False
+                continue
+            taken.append(int(group))
+            if cost <= limit:
+                return np.array(taken, dtype=int)
+        return None
 
     def set_slimming_threshold(self, optimizer: Any) -> dict[str, np.ndarray]:
         """With :class:`~tf_gamma_prune.NetworkSlimming`: the global |γ| threshold that meets
