@@ -55,15 +55,21 @@ def test_recipes_are_recorded_paired_and_resumed(tmp_path):
     assert again.returncode == 0, again.stderr[-3000:]
     assert json.loads((tmp_path / "recipes.json").read_text())["records"] == records
     # a recipe added later extends the file; a changed one is refused
-    doc["settings"]["recipes"].pop("mean_gamma_one_fit")
+    for later in ("mean_gamma_one_fit", "l1_norm_kd", "paper_s2_kd"):
+        doc["settings"]["recipes"].pop(later)
     (tmp_path / "recipes.json").write_text(json.dumps(doc))
-    extended = run(tmp_path, "--recipes=l1_norm,mean_gamma_one_fit")
+    extended = run(tmp_path, "--recipes=l1_norm,mean_gamma_one_fit,l1_norm_kd,paper_s2_kd")
     assert extended.returncode == 0, extended.stderr[-3000:]
     grown = json.loads((tmp_path / "recipes.json").read_text())
     assert {k: grown["records"][k] for k in records} == records
     new = grown["records"]["mean_gamma_one_fit/2x/seed0"]
     assert new["minus_l1_norm"] == pytest.approx(
         round(100 * (new["validation_accuracy"] - base["validation_accuracy"]), 2))
+    base_kd, gamma_kd = (grown["records"][f"{r}/2x/seed0"] for r in ("l1_norm_kd", "paper_s2_kd"))
+    assert "minus_l1_norm_kd" not in base_kd and "minus_l1_norm_kd" not in new  # not distilled
+    assert base_kd["widths"] == base["widths"]  # the same L1-norm cut, fine-tuned distilled
+    assert gamma_kd["minus_l1_norm_kd"] == pytest.approx(
+        round(100 * (gamma_kd["validation_accuracy"] - base_kd["validation_accuracy"]), 2))
     changed = {**grown, "settings": {**grown["settings"], "recipes": {
         **grown["settings"]["recipes"], "one_fit": {"sparsify_epochs": 4}}}}
     (tmp_path / "recipes.json").write_text(json.dumps(changed))
