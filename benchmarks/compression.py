@@ -43,7 +43,8 @@ from compression_runs import DEFAULT_OUT, DEFAULT_WORK_DIR, load_data, run_bench
 
 # What the tests and reports use as ``compression.<name>``, besides the command line.
 __all__ = ["EXIT_CALL_AGAIN", "METHODS", "PRESETS", "PUBLIC_BENCHMARKS", "PUBLIC_SOURCE",
-           "SettingsError", "SettingsMismatchError", "load_data", "main", "make_settings",
+           "SettingsError", "SettingsMismatchError", "drop_records", "load_data", "main",
+           "make_settings",
            "record_key", "run_benchmark", "settings_hash", "stratified_subset", "summarize"]
 
 EXIT_CALL_AGAIN = 75  # main(): stopped at --deadline_minutes, or TFLite measurements pending
@@ -54,6 +55,49 @@ def stratified_subset(y, n: int, seed: int = 0):
     from tf_gamma_prune.data import stratified_indices
 
     return stratified_indices(y, n, seed=seed)
+
+
+def drop_records(out: pathlib.Path, keys: list[str]) -> list[dict]:
+    """Remove the records named ``METHOD:TARGET:SEED`` (TARGET: the target's index, as in the
+    records) from the results file ``out``, atomically, and return them. The next run measures
+    them again from the cached final models, with no training: for records whose latency was
+    timed while other jobs loaded the machine (``--remeasure``).
+
+    >>> import tempfile
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "r.json"
+    >>> _ = path.write_text(json.dumps({"records": [{"method": "l1_norm", "target": 0, "seed": 1},
+    ...                                             {"method": "random", "target": 0, "seed": 1}]}))
+    >>> [r["method"] for r in drop_records(path, ["l1_norm:0:1"])]
+    ['l1_norm']
+    >>> [r["method"] for r in json.loads(path.read_text())["records"]]
+    ['random']
+    >>> drop_records(path, ["l1_norm:0:1"])
+    Traceback (most recent call last):
+    ...
+    compression_protocol.SettingsError: --remeasure l1_norm:0:1: no such record in ...r.json (METHOD:TARGET:SEED, TARGET the target's index: 0 for the first of --mac_targets).
+    """
+    from tf_gamma_prune.atomic_io import write_json_atomic
+
+    doc = json.loads(pathlib.Path(out).read_text())
+    wanted = {}
+    for key in keys:
+        parts = key.split(":")
+        try:
+            method, target, seed = parts[0], int(parts[1]), int(parts[2])
+        except (IndexError, ValueError):
+            raise SettingsError(f"--remeasure {key}: expected METHOD:TARGET:SEED such as "
+                                "l1_norm:0:1 (TARGET the target's index).") from None
+        if len(parts) != 3:
+            raise SettingsError(f"--remeasure {key}: expected METHOD:TARGET:SEED.")
+        wanted[(method, target, seed)] = key
+    found = [r for r in doc["records"] if record_key(r) in wanted]
+    for missing in set(wanted) - {record_key(r) for r in found}:
+        raise SettingsError(f"--remeasure {wanted[missing]}: no such record in {out} "
+                            "(METHOD:TARGET:SEED, TARGET the target's index: 0 for the first of "
+                            "--mac_targets).")
+    doc["records"] = [r for r in doc["records"] if record_key(r) not in wanted]
+    write_json_atomic(out, doc)
+    return found
 
 
 HELP = {
@@ -150,6 +194,9 @@ def define_flags() -> None:
     flags.DEFINE_boolean("restart", False, "Discard the results in --out and their cached models.")
     flags.DEFINE_float("deadline_minutes", None, "Start no training after this many minutes "
                        "(exit status 75: call again to go on). Not part of the settings.")
+    flags.DEFINE_list("remeasure", [], "Records METHOD:TARGET:SEED (TARGET: the index) to measure "
+                      "again from the cached final models, no training: for latencies timed while "
+                      "other jobs loaded the machine.")
 
 
 def settings_from_flags() -> dict:
@@ -184,6 +231,9 @@ def main(argv) -> None:
     png = pathlib.Path(FLAGS.png) if FLAGS.png else out.with_suffix(".png")
     try:
         settings = settings_from_flags()
+        for record in drop_records(out, FLAGS.remeasure) if FLAGS.remeasure else []:
+            print(f"measuring again: {record['method']} target {record['target']} seed "
+                  f"{record['seed']} (was {record.get('speedup')}x faster)")
         outcome = run_benchmark(settings, out, FLAGS.work_dir, restart=FLAGS.restart,
                                 log=lambda line: print(line, flush=True), png=png,
                                 deadline_minutes=FLAGS.deadline_minutes)

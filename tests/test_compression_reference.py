@@ -251,6 +251,26 @@ def test_a_lost_record_is_measured_again_from_the_cache(smoke, tmp_path):
     assert lost["accuracy"] is not None or lost["unreachable"]
 
 
+def test_remeasure_drops_named_records_and_measures_them_again_without_training(smoke, tmp_path):
+    out = tmp_path / "remeasure.json"
+    out.write_text(smoke["text"])
+    doc = json.loads(smoke["text"])
+    first = next(r for r in doc["records"] if r["method"] == "l1_norm" and r.get("accuracy"))
+    key = f"l1_norm:{first['target']}:{first['seed']}"
+    with pytest.raises(compression.SettingsError, match="no such record"):
+        compression.drop_records(out, [key, "l1_norm:9:0"])
+    assert out.read_text() == smoke["text"]  # nothing dropped when one key is wrong
+    (dropped,) = compression.drop_records(out, [key])
+    assert dropped == first and len(json.loads(out.read_text())["records"]) == len(doc["records"]) - 1
+    outcome = compression.run_benchmark(smoke["settings"], out, smoke["work_dir"],
+                                        log=lambda line: None)
+    assert outcome.records_added == 1 and outcome.epochs_trained == 0 and outcome.finished
+    again = _by_key(outcome.doc)[(first["method"], first["target"], first["seed"])]
+    for field in ("accuracy", "macs", "params", "widths", "train_seconds"):
+        assert again[field] == first[field], field
+    assert again["speedup"] > 0 and again["latency_ms"] > 0  # timed anew
+
+
 def test_results_of_another_reference_are_refused(smoke, tmp_path):
     out = tmp_path / "other.json"
     doc = json.loads(smoke["text"])
