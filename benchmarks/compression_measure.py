@@ -267,6 +267,8 @@ class RunBase:
             "speedup_over_mac_reduction": speedup / mac_reduction if mac_reduction else None,
             "int8_latency_ms": lat8, "int8_reference_latency_ms": ref_lat8,
             "int8_speedup": speedup8,
+            # when: latency ratios move between machines (each session gets a new one, all "vm")
+            "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
 
     def add(self, record: dict) -> None:

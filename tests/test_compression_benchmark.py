@@ -8,6 +8,7 @@ network, a re-evaluation of the cached reference, the gamma_ista widths).
 
 from __future__ import annotations
 
+import datetime
 import importlib.util
 import json
 import pathlib
@@ -84,6 +85,9 @@ def test_every_method_has_a_sane_record(tiny_run):
         assert 0 < r["tflite_int8_bytes"] < r["tflite_float_bytes"]
         assert r["latency_ms"] > 0 and r["reference_latency_ms"] > 0 and r["speedup"] > 0
         assert r["speedup_over_mac_reduction"] == pytest.approx(r["speedup"] / r["mac_reduction"])
+        measured = datetime.datetime.strptime(r["measured_at"], "%Y-%m-%dT%H:%M:%SZ")
+        now = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
+        assert abs(now - measured) < datetime.timedelta(hours=2)  # when it was timed
         assert sorted(r["widths"]) == [f"bn{i}" for i in range(1, 7)]
         assert r["sparsify_epochs"] + r["finetune_epochs"] == 2
     # the reference learned something (chance is 0.1)
