@@ -81,20 +81,18 @@ def drop_records(out: pathlib.Path, keys: list[str]) -> list[dict]:
     doc = json.loads(pathlib.Path(out).read_text())
     wanted = {}
     for key in keys:
-        parts = key.split(":")
         try:
-            method, target, seed = parts[0], int(parts[1]), int(parts[2])
-        except (IndexError, ValueError):
+            method, target, seed = key.split(":")
+            wanted[(method, int(target), int(seed))] = key
+        except ValueError:
             raise SettingsError(f"--remeasure {key}: expected METHOD:TARGET:SEED such as "
                                 "l1_norm:0:1 (TARGET the target's index).") from None
-        if len(parts) != 3:
-            raise SettingsError(f"--remeasure {key}: expected METHOD:TARGET:SEED.")
-        wanted[(method, target, seed)] = key
-    found = [r for r in doc["records"] if record_key(r) in wanted]
-    for missing in set(wanted) - {record_key(r) for r in found}:
-        raise SettingsError(f"--remeasure {wanted[missing]}: no such record in {out} "
+    missing = set(wanted) - {record_key(r) for r in doc["records"]}
+    if missing:
+        raise SettingsError(f"--remeasure {wanted[min(missing)]}: no such record in {out} "
                             "(METHOD:TARGET:SEED, TARGET the target's index: 0 for the first of "
                             "--mac_targets).")
+    found = [r for r in doc["records"] if record_key(r) in wanted]
     doc["records"] = [r for r in doc["records"] if record_key(r) not in wanted]
     write_json_atomic(out, doc)
     return found
@@ -231,7 +229,8 @@ def main(argv) -> None:
     png = pathlib.Path(FLAGS.png) if FLAGS.png else out.with_suffix(".png")
     try:
         settings = settings_from_flags()
-        for record in drop_records(out, FLAGS.remeasure) if FLAGS.remeasure else []:
+        dropped = drop_records(out, FLAGS.remeasure) if FLAGS.remeasure else []
+        for record in dropped:
             print(f"measuring again: {record['method']} target {record['target']} seed "
                   f"{record['seed']} (was {record.get('speedup')}x faster)")
         outcome = run_benchmark(settings, out, FLAGS.work_dir, restart=FLAGS.restart,

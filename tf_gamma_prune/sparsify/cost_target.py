@@ -496,9 +496,10 @@ class CostTarget(keras.callbacks.Callback):
             above = np.unique(scores[np.isfinite(scores) & (scores > threshold)])
             threshold = next((float(c) for c in above
                               if self.cost(graph, removed | (scores <= c)) <= limit), threshold)
-        groups = np.flatnonzero(~removed & np.isfinite(scores) & (scores <= threshold))
+        taken = ~removed & np.isfinite(scores) & (scores <= threshold)
+        groups = np.flatnonzero(taken)
         floor = self.budget * (1 - self.tolerance) - (cost - plain)
-        if self.cost(graph, removed | np.isin(np.arange(graph.num_groups), groups)) < floor:
+        if self.cost(graph, removed | taken) < floor:
             within = self._groups_within(graph, scores, removed, floor, limit)
             groups = groups if within is None else within
         self._zero_groups(optimizer, groups, beta=False)
