@@ -6,6 +6,8 @@
 * :mod:`.penalties` — the paper's per-layer λ and the γ–W rescaling of pretrained models;
 * :mod:`.callbacks` — :class:`SparsityMonitor` (History / TensorBoard);
 * :mod:`.cost_target` — :class:`CostTarget`: ρ steered to a MAC budget;
+* :mod:`.budget_cuts` — the one-shot cuts to a budget (threshold, end-of-run trim,
+  Network Slimming's global threshold) that :class:`CostTarget` makes;
 * :mod:`.recalibration` — BN moving statistics re-estimated after pruning;
 * :mod:`.resume` — exact mid-epoch resume of an interrupted ``fit``;
 * :mod:`.bounded_batchnorm` — :class:`BoundedBatchNormalization` (scale ``sigmoid(w)``)

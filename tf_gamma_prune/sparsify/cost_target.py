@@ -135,6 +135,8 @@ from tf_gamma_prune.analysis.flops import planned_macs, planned_params
 from tf_gamma_prune.analysis.latency_table import LatencyTable, planned_latency_ms
 from tf_gamma_prune.errors import ArgumentError, BudgetUnreachableError
 from tf_gamma_prune.prune.plan import plan_removal, rounded_removal
+from tf_gamma_prune.sparsify.budget_cuts import (closest_threshold, group_scores, slimming_selection,
+                                                trim_groups, zero_dropped_gamma)
 from tf_gamma_prune.sparsify.distillation import model_being_trained
 from tf_gamma_prune.sparsify.width_alignment import aligned_removal
 
@@ -489,19 +491,12 @@ class CostTarget(keras.callbacks.Callback):
         graph, removed, plain, cost = self.measure(rounded=False)
         if cost <= self.budget * (1 + self.tolerance):
             return 0
-        scores = group_scores(graph, optimizer)
-        limit = self.budget * (1 + self.tolerance) - (cost - plain)
-        threshold, planned = self.threshold_for(graph, scores, self.budget - (cost - plain), removed)
-        if planned > limit:  # the closest stays above the tolerance: the next step down
-            above = np.unique(scores[np.isfinite(scores) & (scores > threshold)])
-            threshold = next((float(c) for c in above
-                              if self.cost(graph, removed | (scores <= c)) <= limit), threshold)
-        taken = ~removed & np.isfinite(scores) & (scores <= threshold)
-        groups = np.flatnonzero(taken)
-        floor = self.budget * (1 - self.tolerance) - (cost - plain)
-        if self.cost(graph, removed | taken) < floor:
-            within = self._groups_within(graph, scores, removed, floor, limit)
-            groups = groups if within is None else within
+        extra = cost - plain  # what carriers and rounding add on top of the plain cost
+        groups = trim_groups(group_scores(graph, optimizer), removed,
+                             lambda chosen: self.cost(graph, chosen),
+                             target=self.budget - extra,
+                             low=self.budget * (1 - self.tolerance) - extra,
+                             high=self.budget * (1 + self.tolerance) - extra)
         self._zero_groups(optimizer, groups, beta=False)
         for group in groups:
             self._lock_step.setdefault(int(group), self._done)
@@ -521,25 +516,6 @@ class CostTarget(keras.callbacks.Callback):
             UserWarning, stacklevel=2)
         return int(groups.size)
 
-    def _groups_within(self, graph: ChannelGraph, scores: np.ndarray, removed: np.ndarray,
-                       floor: float, limit: float) -> np.ndarray | None:
-        """Groups taken in ascending score, skipping any that would take the cost below
-        ``floor``, until it is at most ``limit``; ``None`` if that never happens. Used when a
-        plain threshold jumps over the tolerance band (one wide group of small score)."""
-        chosen, taken = removed.copy(), []
-        for group in np.argsort(scores, kind="stable"):
-            if removed[group] or not np.isfinite(scores[group]):
-                continue
-            chosen[group] = True
-            cost = self.cost(graph, chosen)
-            if cost < floor:
-                chosen[group] = False
-                continue
-            taken.append(int(group))
-            if cost <= limit:
-                return np.array(taken, dtype=int)
-        return None
-
     def set_slimming_threshold(self, optimizer: Any) -> dict[str, np.ndarray]:
         """With :class:`~tf_gamma_prune.NetworkSlimming`: the global |γ| threshold that meets
         the budget (Network Slimming's prune step), applied by setting the γ below it to 0.
@@ -551,46 +527,13 @@ class CostTarget(keras.callbacks.Callback):
         folding their β instead of dropping it. Returns the selection (also
         :attr:`selection`). Called by ``on_train_end``.
         """
-        from tf_gamma_prune.prune.criteria import gamma_threshold_selection
-
         model = model_being_trained(self.model)
         graph = self.measure_graph()
         names = [name for name, _ in optimizer._state.targets]
-        constant = graph.removable_constant_groups()
-
-        def at(fraction: float) -> tuple[dict, np.ndarray, int]:
-            selection = gamma_threshold_selection(model, fraction, layers=names)
-            removed = constant.copy()
-            for name, kept in selection.items():
-                groups = graph.layer_channels(name)
-                drop = np.ones(len(groups), bool)
-                drop[kept] = False
-                removed[groups[drop]] = True
-            return selection, removed, self.rounded_cost(graph, removed)
-
-        lo, hi = 0.0, 1.0 - 1e-9
-        best = at(lo)
-        channels = len(np.unique(np.concatenate([graph.layer_channels(n) for n in names])))
-        if best[2] > self.budget:
-            # the cost falls as the fraction grows; a step finer than one channel changes nothing
-            while hi - lo > 0.5 / max(channels, 1):
-                mid = (lo + hi) / 2
-                found = at(mid)
-                if found[2] > self.budget:
-                    lo = mid
-                else:
-                    hi, best = mid, found
-            if best[2] > self.budget:
-                best = at(hi)
-        selection, removed, cost = best
-        layers = dict(batchnorm_layers(model))
-        for name, kept in selection.items():
-            layer = layers[name]
-            gamma = keras.ops.convert_to_numpy(layer.gamma).copy()
-            drop = np.ones(len(gamma), bool)
-            drop[kept] = False
-            gamma[drop] = 0.0
-            layer.gamma.assign(gamma)
+        selection, cost = slimming_selection(model, graph, names,
+                                             lambda removed: self.rounded_cost(graph, removed),
+                                             self.budget)
+        zero_dropped_gamma(dict(batchnorm_layers(model)), selection)
         final = self.measure()[3]
         self.selection = selection
         self.history.append({"step": self._iterations(optimizer) - self._start_iteration,
@@ -865,26 +808,7 @@ class CostTarget(keras.callbacks.Callback):
         if not isinstance(scores, np.ndarray):
             scores = group_scores(graph, scores)
         base = np.zeros(graph.num_groups, bool) if removed is None else removed
-        candidates = np.unique(scores[np.isfinite(scores)])
-        if candidates.size == 0:
-            return 0.0, float(self.cost(graph, base))
-
-        def cost_at(i: int) -> int:
-            return self.cost(graph, base | (scores <= candidates[i]))
-
-        low, high = 0, len(candidates) - 1
-        while low < high:  # the smallest threshold at or below the target
-            mid = (low + high) // 2
-            if cost_at(mid) <= target:
-                high = mid
-            else:
-                low = mid + 1
-        best, best_cost = low, cost_at(low)
-        if low > 0:  # one group fewer may be closer
-            above = cost_at(low - 1)
-            if abs(above - target) < abs(best_cost - target):
-                best, best_cost = low - 1, above
-        return float(candidates[best]), float(best_cost)
+        return closest_threshold(scores, target, lambda chosen: self.cost(graph, chosen), base)
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None and self.history:
@@ -1001,23 +925,3 @@ def _latency_table(table: Any, needed: bool) -> LatencyTable | None:
     if isinstance(table, str):
         return LatencyTable.load(table)
     return LatencyTable.from_json(table)
-
-
-def group_scores(graph: Any, optimizer: Any) -> np.ndarray:
-    """Per channel group, the largest ``|γ|/λ`` of its penalised BatchNormalization
-    channels; ``inf`` for groups that cannot go (pinned, unpenalised, or among
-    the ``min_channels`` largest of a layer)."""
-    scores = np.full(graph.num_groups, -np.inf)
-    spared = np.zeros(graph.num_groups, bool)
-    keep = int(getattr(optimizer, "min_channels", 0))
-    for name, variable, penalty in optimizer.targets:
-        try:
-            groups = graph.layer_channels(name)
-        except KeyError:
-            continue
-        magnitude = np.abs(keras.ops.convert_to_numpy(variable)).astype(float) / penalty
-        np.maximum.at(scores, groups, magnitude)
-        if keep:
-            spared[groups[np.argsort(-magnitude, kind="stable")[:keep]]] = True
-    scores[np.isneginf(scores) | graph.pinned | spared] = np.inf
-    return scores
