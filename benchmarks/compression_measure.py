@@ -157,16 +157,15 @@ class RunBase:
 
     def reference_tflite(self) -> dict[str, bytes]:
         """The final reference's float32 and int8 ``.tflite`` (cached next to it)."""
-        from tf_gamma_prune import to_tflite
+        from tf_gamma_prune import to_tflite_variants
 
         if self._ref_tflite is None:
             paths = {"float": self.work / "reference.tflite",
                      "int8": self.work / "reference_int8.tflite"}
             if not all(p.exists() for p in paths.values()):
                 model, _ = self.reference_final()
-                to_tflite(model, paths["float"])
-                to_tflite(model, paths["int8"], quantization="int8",
-                          representative_data=self.data.calibration)
+                to_tflite_variants(model, (None, "int8"), self.data.calibration,
+                                   paths={None: paths["float"], "int8": paths["int8"]})
             self._ref_tflite = {k: p.read_bytes() for k, p in paths.items()}
         return self._ref_tflite
 
@@ -237,12 +236,12 @@ class RunBase:
 
     def measure_tflite(self, model, method: str, preds: np.ndarray) -> dict[str, Any]:
         """float32 / int8 ``.tflite`` sizes, int8 accuracy, latency against the reference."""
-        from tf_gamma_prune import benchmark_latency, compare_latency, model_cost, to_tflite
+        from tf_gamma_prune import benchmark_latency, compare_latency, model_cost, to_tflite_variants
 
         s, d = self.s, self.data
         mac_reduction = model_cost(self.build(s["widths"])).macs / model_cost(model).macs
-        flt = to_tflite(model)
-        int8 = to_tflite(model, quantization="int8", representative_data=d.calibration)
+        files = to_tflite_variants(model, (None, "int8"), d.calibration)  # one export, two files
+        flt, int8 = files[None], files["int8"]
         self.stats["tflite_conversions"] += 2
         n_eval = min(s["tflite_eval_examples"], len(d.x_test))
         int8_preds = tflite_predictions(int8, d.x_test[:n_eval])

@@ -431,7 +431,7 @@ def run_pipeline(x, y, x_test, y_test, *, epochs, finetune_epochs, batch_size, l
     import example_plots
     from tf_gamma_prune import prune_model, sparsity_summary
     from tf_gamma_prune.export import (
-        check_parity, compare_latency, save_keras_atomic, to_tflite,
+        check_parity, compare_latency, save_keras_atomic, to_tflite, to_tflite_variants,
     )
     from tf_gamma_prune.analysis.flops import model_cost
 
@@ -464,9 +464,9 @@ def run_pipeline(x, y, x_test, y_test, *, epochs, finetune_epochs, batch_size, l
 
     announce(4, total, "exporting float32 and int8 TFLite, checking parity")
     sparse_tfl = to_tflite(model, paths["sparse.tflite"])
-    pruned_tfl = to_tflite(pruned, paths["pruned.tflite"])
-    int8_tfl = to_tflite(pruned, paths["pruned_int8.tflite"], quantization="int8",
-                         representative_data=[x[i:i + 1] for i in range(200)])
+    pruned_tfl, int8_tfl = to_tflite_variants(
+        pruned, (None, "int8"), [x[i:i + 1] for i in range(200)],
+        paths={None: paths["pruned.tflite"], "int8": paths["pruned_int8.tflite"]}).values()
     parity = check_parity(pruned, pruned_tfl, x_test[:256])
     parity_int8 = check_parity(pruned, int8_tfl, x_test[:256])
     print(f"TFLite float32 parity: max rel {parity.max_rel:.2e}; int8 top-1 agreement "
@@ -581,7 +581,7 @@ def prune_reference(reference, x, y, x_test, y_test, *, target_macs=DEFAULT_TARG
     import example_plots
     from tf_gamma_prune import CostTarget, prune_model, sparsity_summary
     from tf_gamma_prune.analysis.flops import model_cost
-    from tf_gamma_prune.export import check_parity, compare_latency, save_keras_atomic, to_tflite
+    from tf_gamma_prune.export import check_parity, compare_latency, save_keras_atomic, to_tflite_variants
 
     clock = clock or StageClock()
     total = 6
@@ -640,12 +640,12 @@ def prune_reference(reference, x, y, x_test, y_test, *, target_macs=DEFAULT_TARG
     announce(5, total, "exporting float32 and int8 TFLite (reference and pruned), checking parity")
     representative = [x[i:i + 1] for i in range(min(200, len(x)))]
     with clock("TFLite export"):
-        ref_tfl = to_tflite(reference, paths["reference.tflite"])
-        ref_int8 = to_tflite(reference, paths["reference_int8.tflite"], quantization="int8",
-                             representative_data=representative)
-        pruned_tfl = to_tflite(tuned, paths["pruned.tflite"])
-        pruned_int8 = to_tflite(tuned, paths["pruned_int8.tflite"], quantization="int8",
-                                representative_data=representative)
+        ref_tfl, ref_int8 = to_tflite_variants(  # one export, two conversions
+            reference, (None, "int8"), representative,
+            paths={None: paths["reference.tflite"], "int8": paths["reference_int8.tflite"]}).values()
+        pruned_tfl, pruned_int8 = to_tflite_variants(
+            tuned, (None, "int8"), representative,
+            paths={None: paths["pruned.tflite"], "int8": paths["pruned_int8.tflite"]}).values()
         parity = check_parity(tuned, pruned_tfl, x_test[:256])
         parity_int8 = check_parity(tuned, pruned_int8, x_test[:256])
     print(f"TFLite float32 parity: max rel {parity.max_rel:.2e}; int8 top-1 agreement "

@@ -24,6 +24,7 @@ from tf_gamma_prune.export import (
     gpu_compatibility,
     op_counts,
     to_tflite,
+    to_tflite_variants,
 )
 
 
@@ -191,6 +192,52 @@ def _erf_model():
     x = keras.Input((4,))
     y = keras.layers.Dense(3)(x)
     return keras.Model(x, keras.ops.erf(y))
+
+
+def test_variants_from_one_export_equal_separate_conversions(convnet, float_tflite, tmp_path,
+                                                              monkeypatch):
+    model, x = convnet
+    sources = []
+    original = tf.lite.TFLiteConverter.from_saved_model
+    monkeypatch.setattr(tf.lite.TFLiteConverter, "from_saved_model",
+                        lambda path, *a, **k: sources.append(path) or original(path, *a, **k))
+    calibration = [x[:8], x[8:16], x[16:]]
+    files = to_tflite_variants(model, (None, "dynamic", "int8"), calibration, int8_io=True,
+                               paths={"int8": tmp_path / "m_int8.tflite"})
+    assert len(sources) == 3 and len(set(sources)) == 1  # one SavedModel for the three
+    monkeypatch.undo()
+    assert list(files) == [None, "dynamic", "int8"]
+    assert files[None] == float_tflite  # the same file to_tflite writes
+    assert files["dynamic"] == to_tflite(model, quantization="dynamic")
+    assert _io_dtypes(files["int8"]) == (np.int8, np.int8)  # int8_io: the int8 variant only
+    assert _io_dtypes(files["dynamic"]) == (np.float32, np.float32)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m_int8.tflite"]
+    assert (tmp_path / "m_int8.tflite").read_bytes() == files["int8"]
+    report = check_parity(model, files["int8"], x)
+    assert report.max_rel < 0.1 and report.top1_agreement >= 0.8, report
+
+
+def test_variants_refuse_bad_arguments_before_writing(convnet, tmp_path):
+    model, x = convnet
+    target = tmp_path / "f.tflite"
+    for args, kwargs, error, match in [
+        (((None, None),), {}, ExportError, "at most"),
+        (((),), {}, ExportError, "at least one"),
+        ((("int4",),), {}, ExportError, "int4"),
+        (((None,),), {"paths": {"int8": target}}, ExportError, "not among"),
+        (((None,),), {"int8_io": True}, ExportError, "int8_io"),
+        (((None, "int8"),), {"paths": {None: target}}, CalibrationDataError, "representative_data"),
+    ]:
+        with pytest.raises(error, match=match):
+            to_tflite_variants(model, *args, **kwargs)
+    assert not target.exists()
+
+
+def test_a_failed_variant_writes_none_of_the_files(tmp_path):
+    paths = {None: tmp_path / "f.tflite", "dynamic": tmp_path / "d.tflite"}
+    with pytest.raises(ExportError, match="Erf"):
+        to_tflite_variants(_erf_model(), (None, "dynamic"), paths=paths)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_unconvertible_model_leaves_no_file(tmp_path):

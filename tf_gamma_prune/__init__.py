@@ -74,6 +74,7 @@ from tf_gamma_prune.export import (
     gpu_compatibility,
     load_keras_model,
     to_tflite,
+    to_tflite_variants,
 )
 from tf_gamma_prune.layers import BorderCorrection, ConstantFeature
 

@@ -3,7 +3,7 @@
 One module per job:
 
 * :mod:`.convert` — :func:`to_tflite` (builtin ops only, float16/dynamic/int8
-  quantization, atomic write);
+  quantization, atomic write) and :func:`to_tflite_variants` (several quantizations, one export);
 * :mod:`.model_file` — :func:`read_tflite`, :func:`load_keras_model` (safe mode,
   typed errors for missing/corrupt files);
 * :mod:`.flatbuffer` — operator names from the flatbuffer,
@@ -39,7 +39,7 @@ from tf_gamma_prune.errors import (
     ParityError,
     UnsafeModelError,
 )
-from tf_gamma_prune.export.convert import QUANTIZATIONS, to_tflite
+from tf_gamma_prune.export.convert import QUANTIZATIONS, to_tflite, to_tflite_variants
 from tf_gamma_prune.export.flatbuffer import (
     assert_builtin_only,
     builtin_op_names,
@@ -72,5 +72,5 @@ __all__ = [
     "analyzer_text", "assert_builtin_only", "benchmark_latency", "builtin_op_names",
     "check_parity", "compare_latency", "custom_op_names", "gpu_compatibility", "load_keras_model",
     "make_interpreter", "measure_latency_table", "op_counts", "read_tflite", "save_keras_atomic", "time_in_turns",
-    "to_tflite", "write_atomic", "calibration_inputs",
+    "to_tflite", "to_tflite_variants", "write_atomic", "calibration_inputs",
 ]

@@ -27,7 +27,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -291,14 +291,64 @@ def to_tflite(
     >>> len(to_tflite(m, quantization="dynamic")) > 0
     True
     """
+    flatbuffer = to_tflite_variants(
+        model, (quantization,), representative_data=representative_data, int8_io=int8_io,
+        batch_size=batch_size, input_signature=input_signature,
+        calibration_samples=calibration_samples)[quantization]
+    if path is not None:
+        write_atomic(path, flatbuffer)
+    return flatbuffer
+
+
+def to_tflite_variants(
+    model: Any,
+    quantizations: Sequence[str | None] = (None, "int8"),
+    representative_data: Any = None,
+    int8_io: bool = False,
+    *,
+    paths: Mapping[str | None, str | os.PathLike] | None = None,
+    batch_size: int | None = 1,
+    input_signature: Sequence[Any] | None = None,
+    calibration_samples: int = 200,
+) -> dict[str | None, bytes]:
+    """:func:`to_tflite` for several quantizations of one model from one export.
+
+    The model is traced and written as a SavedModel once, then converted once per
+    entry of ``quantizations`` (the keys of the result, in that order): a float32
+    file next to its int8 twin costs one export, not two. ``paths`` maps some of
+    those quantizations to where their ``.tflite`` is written (atomically, each
+    after all conversions succeeded); the other arguments are :func:`to_tflite`'s.
+
+    Raises:
+        ExportError: an unknown or repeated quantization, a path for one not asked
+            for, or a failed conversion (nothing is written then).
+        CalibrationDataError: ``"int8"`` without (usable) ``representative_data``.
+
+    Example:
+
+    >>> import keras, numpy as np
+    >>> m = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    >>> files = to_tflite_variants(m, (None, "int8"), [np.ones((8, 4), "float32")])
+    >>> sorted(files, key=str), len(files["int8"]) < len(files[None]) + 2048
+    ([None, 'int8'], True)
+    """
     import keras
     import tensorflow as tf
 
-    if quantization not in QUANTIZATIONS:
-        raise ExportError(f"quantization={quantization!r}; use one of {QUANTIZATIONS}.")
-    if int8_io and quantization != "int8":
+    quantizations = tuple(quantizations)
+    for quantization in quantizations:
+        if quantization not in QUANTIZATIONS:
+            raise ExportError(f"quantization={quantization!r}; use one of {QUANTIZATIONS}.")
+    if not quantizations or len(set(quantizations)) != len(quantizations):
+        raise ExportError(f"quantizations={quantizations!r}: give each of {QUANTIZATIONS} at most "
+                          "once, and at least one.")
+    paths = dict(paths or {})
+    if set(paths) - set(quantizations):
+        raise ExportError(f"paths names {sorted(map(str, set(paths) - set(quantizations)))}, which "
+                          f"are not among quantizations={quantizations!r}.")
+    if int8_io and "int8" not in quantizations:
         raise ExportError("int8_io=True needs quantization='int8' (the only variant with int8 tensors).")
-    if quantization == "int8" and representative_data is None:
+    if "int8" in quantizations and representative_data is None:
         raise CalibrationDataError(
             "quantization='int8' needs representative_data: pass a tf.data.Dataset or a list of "
             "numpy batches of real, preprocessed model inputs (a few hundred examples), e.g. "
@@ -308,10 +358,11 @@ def to_tflite(
         model = float32_copy(model)
     signature = list(input_signature) if input_signature is not None else signature_of(model, batch_size)
     representative = None
-    if quantization == "int8":
+    if "int8" in quantizations:
         representative = _representative_dataset(representative_data, signature,
                                                  calibration_samples)
 
+    files: dict[str | None, bytes] = {}
     with tempfile.TemporaryDirectory(prefix="tf_gamma_prune_export_") as saved_model_dir:
         # Keras 3 note: TFLiteConverter.from_keras_model does the same ExportArchive
         # dance but swallows its errors and prints the whole signature to stdout;
@@ -321,35 +372,21 @@ def to_tflite(
         archive.track(model)
         archive.add_endpoint("serve", _inference_fn(model), signature)
         archive.write_out(saved_model_dir, verbose=False)
-        converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir)
-        _configure_quantization(converter, quantization, representative, int8_io)
-        try:
-            flatbuffer = converter.convert()
-        except CalibrationDataError:
-            raise
-        except Exception as e:  # ConverterError, ValueError, RuntimeError from the calibrator
-            cause = e.__cause__ or e.__context__
-            if isinstance(cause, CalibrationDataError):
-                raise cause from None
-            raise _conversion_error(e, quantization) from e
-
-    flatbuffer = bytes(flatbuffer)
-    assert_builtin_only(flatbuffer)
-    if path is not None:
-        write_atomic(path, flatbuffer)
-    return flatbuffer
-
-
-
-
-
-
-
-
-# ----------------------------------------------------------------------------
-# GPU delegate readiness
-# ----------------------------------------------------------------------------
-
-
-
-
+        for quantization in quantizations:
+            converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir)
+            _configure_quantization(converter, quantization, representative,
+                                    int8_io and quantization == "int8")
+            try:
+                flatbuffer = bytes(converter.convert())
+            except CalibrationDataError:
+                raise
+            except Exception as e:  # ConverterError, ValueError, RuntimeError from the calibrator
+                cause = e.__cause__ or e.__context__
+                if isinstance(cause, CalibrationDataError):
+                    raise cause from None
+                raise _conversion_error(e, quantization) from e
+            assert_builtin_only(flatbuffer)
+            files[quantization] = flatbuffer
+    for quantization, path in paths.items():
+        write_atomic(path, files[quantization])
+    return files
