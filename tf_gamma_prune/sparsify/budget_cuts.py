@@ -137,11 +137,12 @@ def _groups_within(scores: np.ndarray, removed: np.ndarray, cost: Cost, low: flo
         if removed[group] or not np.isfinite(scores[group]):
             continue
         chosen[group] = True
-        if cost(chosen) < low:
+        value = cost(chosen)
+        if value < low:
             chosen[group] = False
             continue
         taken.append(int(group))
-        if cost(chosen) <= high:
+        if value <= high:
             return np.array(taken, dtype=int)
     return None
 
