@@ -49,7 +49,7 @@ def _passed(summary: str) -> int:
 
 def test_library_tests_pass_on_the_jax_backend():
     summary = _pytest_on_jax(FILES)
-    assert _passed(summary) >= 70, summary  # the files really ran
+    assert _passed(summary) >= 75, summary  # the files really ran (77 with no skip among them)
     assert " skipped" in summary, summary  # the TensorFlow-only tests skipped: it was JAX
 
 
