@@ -39,11 +39,14 @@ TRAINING_METHOD_SETTINGS: dict[str, tuple[str, ...]] = {
     "admm": ("admm_rho", "admm_rho_growth", "admm_updates"),
     "coarse_ranking": (),
     "gamma_ista_tiled": ("tile_round_to",),
+    "l1_norm_tiled": ("tile_round_to",),
 }
 # Training methods that are a variant of a core method: they run with that method's chosen
 # tuning trial (the others with l1_norm's fine-tuning) and meet the MAC budget themselves
 # instead of matching gamma_ista's MACs.
-TUNED_LIKE = {"gamma_ista_tiled": "gamma_ista"}
+TUNED_LIKE = {"gamma_ista_tiled": "gamma_ista", "l1_norm_tiled": "l1_norm"}
+# Of those, the ones without a sparsify phase: like l1_norm, S + F fine-tune epochs.
+FINETUNE_ONLY = ("l1_norm_tiled",)
 # Left out of settings_hash; a results file may lack them (it is then continued with them).
 ADDITIVE_SETTINGS = ("training_methods",
                      *(key for keys in TRAINING_METHOD_SETTINGS.values() for key in keys))
@@ -130,7 +133,10 @@ _CPU: dict[str, Any] = {
     # sparsify_learning_rate, a MAC-matched selection, F fine-tune epochs at l1_norm's tuned
     # rate. Their knobs are fixed from the package's docs/tests (docs/rni_admm.md), never
     # tuned here (no validation trials: the core methods' equal tuning effort stays).
-    "training_methods": ["receding_importance", "admm", "coarse_ranking", "gamma_ista_tiled"],
+    # l1_norm_tiled: l1_norm's cut moved to widths in tiles (tiled_selection_for_macs), the
+    # fair latency comparison for gamma_ista_tiled (docs/evidence.md §10)
+    "training_methods": ["receding_importance", "admm", "coarse_ranking", "gamma_ista_tiled",
+                         "l1_norm_tiled"],
     # λ, b: the values whose bimodality docs/rni_admm.md measured on fashion_vgg / Fashion-MNIST
     # (benchmarks/importance_histograms.py, test_receding_importance.py); the notes' VGG-16 /
     # CIFAR-10 values (1e-3, b = 3) were made for long training, not 2 epochs. Kept although
@@ -152,7 +158,8 @@ _CPU: dict[str, Any] = {
     "admm_updates": 12,
     # gamma_ista_tiled: gamma_ista with CostTarget(round_to=...): XNNPACK's float32 tile on
     # this machine (benchmarks/results/latency_table.json: conv2 4-16 outputs cost the same,
-    # 20-32 twice that), so every width is a multiple of it and no tile is paid half-used.
+    # 20-32 twice that), so every width is a multiple of it and no tile is paid half-used;
+    # l1_norm_tiled: tiled_selection_for_macs(l1_norm_selection, round_to=...), the same tile.
     "tile_round_to": 16,
     "augment": "pad_crop_flip",
     "match_tolerance": 0.05,

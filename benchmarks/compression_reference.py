@@ -38,7 +38,7 @@ import numpy as np
 from common import ROOT, tensorflow_available
 from compression_measure import Data, DeadlineReached, Outcome, RunBase, keras_predictions, loss
 from compression_protocol import REFERENCE, SettingsError, SettingsMismatchError, settings_hash
-from compression_presets import TRAINING_METHOD_SETTINGS, TUNED_LIKE
+from compression_presets import FINETUNE_ONLY, TRAINING_METHOD_SETTINGS, TUNED_LIKE
 from compression_reference_protocol import (
     CRITERIA_METHODS, METHODS, TRAINING_METHODS, ReferenceResults, chosen_trial, method_groups,
     trials_of,
@@ -213,7 +213,7 @@ class ReferenceRun(RunBase):
             return {"reference_epochs": self.ref.epochs}
         if method == "scratch":
             return {"scratch_epochs": self.scratch_epochs()}
-        if method in ("gamma_ista", "slimming", *TRAINING_METHODS):
+        if method in ("gamma_ista", "slimming", *TRAINING_METHODS) and method not in FINETUNE_ONLY:
             return {"sparsify_epochs": sparsify, "finetune_epochs": finetune}
         return {"sparsify_epochs": 0, "finetune_epochs": sparsify + finetune}
 
@@ -383,6 +383,20 @@ class ReferenceRun(RunBase):
 
         pruned, extra = self.matched(self.ref.load(), l1_norm_selection, k)
         return pruned, self.finetune_all(pruned, "l1_norm", k), extra
+
+    def train_l1_norm_tiled(self, k: int):
+        """Reference → L1-norm filters with widths in tiles of ``tile_round_to``, at the
+        MAC budget itself (``tiled_selection_for_macs``) → S + F fine-tune epochs."""
+        from tf_gamma_prune import l1_norm_selection, tiled_selection_for_macs
+
+        model = self.ref.load()
+        budget = round(self.reference_macs() / self.s["mac_targets"][k])
+        with unreachable_below(budget):
+            selection, _ = tiled_selection_for_macs(model, l1_norm_selection, budget,
+                                                    int(self.s["tile_round_to"]),
+                                                    tolerance=self.s["match_tolerance"])
+        pruned = self.prune(model, selection)
+        return pruned, self.finetune_all(pruned, "l1_norm_tiled", k), {}
 
     def train_random(self, k: int):
         """Reference → random channels down to gamma_ista's widths → S + F fine-tune epochs."""

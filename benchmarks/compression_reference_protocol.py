@@ -101,6 +101,13 @@ tests (``compression_presets.py`` says which and why), never tuned here.
   budget itself (``macs_budget``, like gamma_ista), it is not matched to
   gamma_ista's MACs. Its record's ``cost_target`` is gamma_ista's.
 
+* **l1_norm_tiled** (a variant of l1_norm, the fair latency comparison for
+  gamma_ista_tiled): l1_norm exactly (the reference's weights, S + F fine-tune
+  epochs with l1_norm's chosen trial), but its cut made by
+  ``tiled_selection_for_macs(l1_norm_selection, round_to=tile_round_to)``: each
+  layer's width moves by whole tiles, in L1-norm's own order of removal, to the
+  MAC budget itself (``macs_budget``, not gamma_ista's MACs).
+
 A results file written before ``training_methods`` existed (or with fewer of
 them) is continued, not refused: :func:`continued_settings`.
 
@@ -416,7 +423,8 @@ def _training_notes(s: dict) -> list[str]:
              f"from the reference at SGD {s['sparsify_learning_rate']}, matched to gamma_ista's "
              f"MACs, {s['finetune_epochs']} fine-tune epochs at l1_norm's chosen rate; knobs fixed "
              f"from the package's docs and tests, not tuned ({knobs})."] if seeds else []
-    return notes + [f"{m}: {TUNED_LIKE[m]} with its chosen trial, CostTarget(round_to="
+    how = {"gamma_ista": "CostTarget", "l1_norm": "tiled_selection_for_macs"}
+    return notes + [f"{m}: {TUNED_LIKE[m]} with its chosen trial, {how[TUNED_LIKE[m]]}(round_to="
                     f"{s['tile_round_to']}), its own MAC budget." for m in methods if m in TUNED_LIKE]
 
 
@@ -487,7 +495,8 @@ def evaluate_reference_targets(rows: list[dict], records: list[dict],
             _every_model_fast(records, settings.get("latency_timing", "steady")),
             _small_and_accurate(rows)] + [
         _every_model_fast(records, settings.get("latency_timing", "steady"), method)
-        for method in TUNED_LIKE if method in (settings.get("training_methods") or ())]
+        for method, source in TUNED_LIKE.items()
+        if source == "gamma_ista" and method in (settings.get("training_methods") or ())]
 
 
 def _leads_at_every_target(rows: list[dict], n_targets: int, tolerance: float) -> dict:

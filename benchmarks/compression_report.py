@@ -45,6 +45,7 @@ METHOD_LABELS = {
     "admm": "single-shot ADMM",
     "coarse_ranking": "Taylor (coarse ranking)",
     "gamma_ista_tiled": "GammaISTA, widths in tiles of 16",
+    "l1_norm_tiled": "L1-norm filters, widths in tiles of 16",
 }
 TARGET_LABELS = {
     "compression_accuracy": "(1) ≥ 3× fewer MACs and ≥ 5× fewer params, accuracy drop (points)",
@@ -325,7 +326,8 @@ def plot(doc: dict, path: str | pathlib.Path) -> None:
     markers = {"reference": "*", "gamma_ista": "o", "slimming": "s", "l1_norm": "^",
                "random": "v", "scratch": "D", "structural_redundancy": "x",
                "redundancy_random": "+", "prunenet": "P", "receding_importance": "<",
-               "admm": ">", "coarse_ranking": "h", "gamma_ista_tiled": "X"}
+               "admm": ">", "coarse_ranking": "h", "gamma_ista_tiled": "X",
+               "l1_norm_tiled": "d"}
     groups = [g for g in doc["summary"]["groups"] if g["n"]]
     for method, label in METHOD_LABELS.items():
         rows = sorted((g for g in groups if g["method"] == method), key=lambda g: g["macs"])

@@ -224,7 +224,8 @@ NAMES = {"gamma_ista": "GammaISTA", "slimming": "Network Slimming", "l1_norm": "
          "redundancy-allocated random", "prunenet": "PruneNet",
          "receding_importance": "receding importances", "admm": "single-shot ADMM",
          "coarse_ranking": "Taylor (coarse ranking)",
-         "gamma_ista_tiled": "GammaISTA with widths in 16-channel tiles"}
+         "gamma_ista_tiled": "GammaISTA with widths in 16-channel tiles",
+         "l1_norm_tiled": "L1-norm filters with widths in 16-channel tiles"}
 # the README's rows; the rest are in docs/benchmarks.md
 README_ROWS = ("gamma_ista", "gamma_ista_tiled", "l1_norm", "slimming", "scratch")
 

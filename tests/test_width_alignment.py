@@ -11,7 +11,7 @@ from tf_gamma_prune.analysis.channel_graph import channel_graph
 from tf_gamma_prune.analysis.flops import planned_macs
 from tf_gamma_prune.prune.plan import rounded_removal
 from tf_gamma_prune.reference_models import fashion_vgg
-from tf_gamma_prune.sparsify.width_alignment import aligned_removal
+from tf_gamma_prune.prune.width_alignment import aligned_removal
 
 CONVS = [f"conv{i}" for i in range(1, 7)]
 
@@ -112,7 +112,7 @@ def test_bad_arguments():
 def test_module_doctest():
     import doctest
 
-    from tf_gamma_prune.sparsify import width_alignment
+    from tf_gamma_prune.prune import width_alignment
 
     assert doctest.testmod(width_alignment).failed == 0
     keras.backend.clear_session()

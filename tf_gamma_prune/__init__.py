@@ -105,6 +105,7 @@ from tf_gamma_prune.prune.criteria_redundancy import (
 from tf_gamma_prune.prune.plan import RemovalPlan, plan_removal
 from tf_gamma_prune.prune.prune_model import prune_model
 from tf_gamma_prune.prune.report import PruneReport
+from tf_gamma_prune.prune.tiled_selection import tiled_selection_for_macs
 
 # --- sparsify (train) ---
 from tf_gamma_prune.sparsify.admm import (

@@ -138,7 +138,7 @@ from tf_gamma_prune.prune.plan import plan_removal, rounded_removal
 from tf_gamma_prune.sparsify.budget_cuts import (closest_threshold, group_scores, slimming_selection,
                                                 trim_groups, zero_dropped_gamma)
 from tf_gamma_prune.sparsify.distillation import model_being_trained
-from tf_gamma_prune.sparsify.width_alignment import aligned_removal
+from tf_gamma_prune.prune.width_alignment import aligned_removal
 
 _STATE_FORMAT = 1
 LATENCY = "latency_ns"  # the metric of a latency budget: predicted nanoseconds (integers, like MACs)
@@ -207,7 +207,7 @@ class CostTarget(keras.callbacks.Callback):
             next tile's time). Until the schedule reaches the budget the
             controller steers as without it; then, once, it moves every width to
             a multiple of ``round_to`` within the budget
-            (:func:`~tf_gamma_prune.sparsify.width_alignment.aligned_removal`:
+            (:func:`~tf_gamma_prune.prune.width_alignment.aligned_removal`:
             the lowest ``|γ|/λ`` of a layer go to zero to drop a block, removed
             channels come back to fill one) and holds those widths for the rest
             of the fit. The model's own widths are then multiples of
@@ -656,7 +656,7 @@ class CostTarget(keras.callbacks.Callback):
 
     def align_widths(self, optimizer: Any | None = None) -> np.ndarray:
         """``round_to``: move every width to a multiple of it within the budget, now
-        (see :func:`~tf_gamma_prune.sparsify.width_alignment.aligned_removal`):
+        (see :func:`~tf_gamma_prune.prune.width_alignment.aligned_removal`):
         every removed channel gets γ = β = 0 (a kept β would need a carrier tile) and
         is locked, those to bring back (and
         the zero-γ channels that fill a started block) get a small γ and train
