@@ -34,6 +34,7 @@ def _pytest_on_jax(files: tuple[str, ...]) -> str:
     env = {**os.environ, "KERAS_BACKEND": "jax"}
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not slow",
+         "-n", "0",  # one process: the suite around it already runs two
          *(str(ROOT / "tests" / f) for f in files)],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)
     tail = (proc.stdout + proc.stderr)[-4000:]
