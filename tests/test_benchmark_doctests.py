@@ -8,7 +8,7 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-WITH_EXAMPLES = ["compression", "compression_reference_protocol", "gamma_recipes"]
+WITH_EXAMPLES = ["compression", "compression_reference_protocol", "gamma_recipes", "width_speed"]
 PROGRAM = """
 import doctest, importlib, sys
 sys.path.insert(0, "benchmarks")

@@ -111,7 +111,7 @@ def tiled_selection_for_macs(
     if start is None:
         start = dict(criterion(model, fraction, **criterion_kwargs))
     order = removal_order(graph, lambda f: criterion(model, f, **criterion_kwargs),
-                          steps or max(64, *(len(g) for g in _layer_groups(graph))))
+                          steps or max([64, *(len(g) for g in _layer_groups(graph))]))
     first = plan_removal(graph, start).removed
     candidates = []
     # aligned_removal keeps within budget · (1 ± band / 2): the tight band first, then
