@@ -227,7 +227,7 @@ NAMES = {"gamma_ista": "GammaISTA", "slimming": "Network Slimming", "l1_norm": "
          "gamma_ista_tiled": "GammaISTA with widths in 16-channel tiles",
          "l1_norm_tiled": "L1-norm filters with widths in 16-channel tiles"}
 # the README's rows; the rest are in docs/benchmarks.md
-README_ROWS = ("gamma_ista", "gamma_ista_tiled", "l1_norm", "slimming", "scratch")
+README_ROWS = ("gamma_ista", "gamma_ista_tiled", "l1_norm", "l1_norm_tiled", "slimming", "scratch")
 
 
 def comparison_line() -> str:
@@ -283,8 +283,9 @@ def full_data_line(d: dict, longer: dict | None = None) -> str:
     epochs = _epochs_after_reference(d["settings"])
     text = (f"The full-data compression benchmark ({state}; test accuracy and 1-thread float32 speed-up, "
             f"mean of the seeds) gives every pruning method {epochs} epochs after the "
-            f"{100 * ref['accuracy']:.2f} % reference:\n\n" + "\n".join(bullets)
-            + f"\n\n{verdict_text}.")
+            f"{100 * ref['accuracy']:.2f} % reference:\n\n" + "\n".join(bullets) + "\n\n"
+            + (side + " " if (side := side_by_side_line(d, _load("width_speed"))) else "")
+            + f"{verdict_text}.")
     if longer and any(g["method"] == "gamma_ista" and g["n"] for g in longer["summary"]["groups"]):
         long_state, long_bullets, _ = _budget_bullets(longer)
         text += (f" With {_epochs_after_reference(longer['settings'])} epochs after the reference instead "
@@ -294,6 +295,42 @@ def full_data_line(d: dict, longer: dict | None = None) -> str:
         text += " "
     return (text + "Every method, the seed papers' included: [docs/benchmarks.md](docs/benchmarks.md); "
             "the diagnosis: [docs/evidence.md](docs/evidence.md).")
+
+
+SIDE_BY_SIDE = {"gamma_ista": "GammaISTA", "gamma_ista_tiled": "GammaISTA in tiles",
+                "l1_norm": "L1-norm", "l1_norm_tiled": "L1-norm in tiles"}
+
+
+def side_by_side_line(d: dict, speed: dict | None) -> str:
+    """The speed-ups of width_speed.json (every width vector timed in one run), per MAC target,
+    for GammaISTA and L1-norm with and without tiles; empty without that file.
+
+    >>> rows = [{"records": ["reference"], "speedup": 1.0},
+    ...         {"records": ["gamma_ista target 0 seed 0"], "speedup": 1.8},
+    ...         {"records": ["gamma_ista target 0 seed 1"], "speedup": 1.7},
+    ...         {"records": ["l1_norm_tiled target 0 seed 0", "l1_norm_tiled target 0 seed 1"],
+    ...          "speedup": 2.4}]
+    >>> side_by_side_line({"settings": {"mac_targets": [3.0]}}, {"rows": rows}).split(": ", 1)[1]
+    'at 3× fewer MACs GammaISTA 1.70–1.80×, L1-norm in tiles 2.40×.'
+    """
+    if not speed:
+        return ""
+    parts = []
+    for k, reduction in enumerate(d["settings"]["mac_targets"]):
+        items = []
+        for method, name in SIDE_BY_SIDE.items():
+            found = sorted(r["speedup"] for r in speed["rows"]
+                           if any(n.startswith(f"{method} target {k} ") for n in r["records"]))
+            if found:
+                span = f"{found[0]:.2f}" + ("" if found[0] == found[-1] else f"–{found[-1]:.2f}")
+                items.append(f"{name} {span}×")
+        if items:
+            parts.append(f"at {reduction:g}× fewer MACs " + ", ".join(items))
+    if not parts:
+        return ""
+    return ("Those speed-ups were timed as each record landed, on different sessions' machines; the "
+            "same widths timed side by side in one run (`benchmarks/width_speed.py`): "
+            + "; ".join(parts) + ".")
 
 
 def short_run_line() -> str:
