@@ -68,7 +68,7 @@ def test_reaches_budgets_that_uniform_tiles_cannot(vgg):
     (the closest: 0.64 and 1.29 of them); moving each layer by its own tiles meets them."""
     for reduction in (2.0, 2.5):
         target = round(count_macs(vgg) / reduction)
-        with pytest.raises(TargetUnreachableError):
+        with pytest.raises(TargetUnreachableError, match="tiled_selection_for_macs moves"):
             selection_for_macs(vgg, l1_norm_selection, target, round_to=8)
         selection, macs = tiled_selection_for_macs(vgg, l1_norm_selection, target, 8)
         assert abs(macs - target) <= 0.05 * target

@@ -461,7 +461,9 @@ def selection_for_macs(
         f"'{model.name}' to {target:,} MACs within ±{tolerance:.0%}: the closest it "
         f"reaches is {closest:,} MACs (prune_fraction {fraction:.4f}; unpruned "
         f"{macs_lo:,}). Pick a target near that, raise the tolerance, or use a "
-        "criterion with finer steps.",
+        "criterion with finer steps" + (
+            f" (with round_to={round_to}, tiled_selection_for_macs moves each layer by its "
+            "own tiles and reaches more budgets)." if round_to > 1 else "."),
         target_macs=target, closest_macs=int(closest), closest_fraction=float(fraction),
     )
 
