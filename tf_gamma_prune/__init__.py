@@ -79,7 +79,6 @@ from tf_gamma_prune.export import (
 from tf_gamma_prune.layers import BorderCorrection, ConstantFeature
 
 # --- prune ---
-from tf_gamma_prune.prune.coarse_ranking import CoarseRanking
 from tf_gamma_prune.prune.criteria import (
     gamma_threshold_selection,
     l1_norm_selection,
@@ -119,6 +118,7 @@ from tf_gamma_prune.sparsify.bounded_batchnorm import (
     to_bounded_batchnorm,
     to_standard_batchnorm,
 )
+from tf_gamma_prune.sparsify.coarse_ranking import CoarseRanking
 from tf_gamma_prune.sparsify.callbacks import SparsityMonitor, gamma_sparsity, sparsity_summary
 from tf_gamma_prune.sparsify.cost_target import CostTarget
 from tf_gamma_prune.sparsify.distillation import Distiller

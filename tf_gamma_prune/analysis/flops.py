@@ -37,7 +37,7 @@ import keras
 import numpy as np
 
 from tf_gamma_prune.analysis.kinds import DEPTHWISE, MIXING
-from tf_gamma_prune.analysis.layer_graph import LayerCall, LayerGraph, layer_graph
+from tf_gamma_prune.analysis.layer_graph import LayerCall, LayerGraph, batchnorm_after, layer_graph
 
 if TYPE_CHECKING:
     from tf_gamma_prune.analysis.channel_graph import ChannelGraph
@@ -324,9 +324,7 @@ def _planned_mixing_params(graph: ChannelGraph, call: LayerCall, removed: np.nda
             total += math.prod(shape)
     if not has_bias and k_in < c_in and graph.kinds[call].name == MIXING and _folds_nonzero(
             graph, call.inputs[0], removed):
-        from tf_gamma_prune.prune.folding import batchnorm_after
-
         shared = len(graph.layer_graph.calls_of(layer)) > 1
-        if shared or batchnorm_after(graph, call) is None:
+        if shared or batchnorm_after(graph.layer_graph, call) is None:
             total += k_out
     return total

@@ -30,6 +30,7 @@ from typing import Any, Iterator
 
 import keras
 
+from tf_gamma_prune.analysis.activations import layer_activation_name
 from tf_gamma_prune.errors import UnsupportedModelError  # noqa: F401
 
 TensorId = int
@@ -104,6 +105,27 @@ class LayerGraph:
             if id(call.layer) not in seen:
                 seen.add(id(call.layer))
                 yield call.layer
+
+
+def batchnorm_after(graph: LayerGraph, call: LayerCall) -> LayerCall | None:
+    """The BatchNormalization call that alone reads this (linear) layer call's output, if
+    any: where a bias-free layer folds removed channels' values (into the BN's moving mean).
+
+    >>> x = keras.Input((4,))
+    >>> h = keras.layers.Dense(3, use_bias=False, name="d")(x)
+    >>> g = layer_graph(keras.Model(x, keras.layers.BatchNormalization(name="bn")(h)))
+    >>> batchnorm_after(g, g.calls[0]).name
+    'bn'
+    """
+    out_t = call.outputs[0]
+    if out_t in graph.outputs or layer_activation_name(call.layer) != "linear":
+        return None
+    readers = graph.consumers(out_t)
+    if len(readers) != 1 or not isinstance(readers[0].layer, keras.layers.BatchNormalization):
+        return None
+    if len(graph.calls_of(readers[0].layer)) != 1:
+        return None
+    return readers[0]
 
 
 def functional_core(model: keras.Model) -> keras.Model:

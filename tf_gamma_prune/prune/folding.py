@@ -6,7 +6,8 @@ The layer reading it (a fold site: conv/dense) receives that value's response
 (:func:`removed_response`) in its bias; with ``fold="carrier"`` a kept constant
 channel carries the others through its weights instead (:func:`carried_channels`).
 A bias-free layer followed by a BatchNormalization that alone reads it folds
-into that BN's moving mean instead (:func:`batchnorm_after`).
+into that BN's moving mean instead
+(:func:`~tf_gamma_prune.analysis.layer_graph.batchnorm_after`).
 
 These functions read the channel graph and the removal plan; the rebuild engine
 (:mod:`tf_gamma_prune.prune.rebuild`) and the mixing kind
@@ -18,27 +19,12 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from tf_gamma_prune.analysis.activations import layer_activation_name
 from tf_gamma_prune.analysis.channel_graph import ChannelGraph, static_shape
 from tf_gamma_prune.analysis.conv_response import has_padding_effect, linear_response
 from tf_gamma_prune.analysis.layer_graph import LayerCall, TensorId
 from tf_gamma_prune.prune.plan import RemovalPlan, removed_values, same_shape
 
 L = keras.layers
-
-
-def batchnorm_after(graph: ChannelGraph, call: LayerCall) -> LayerCall | None:
-    """The BatchNormalization that alone reads this (linear) layer's output, if any."""
-    lg = graph.layer_graph
-    out_t = call.outputs[0]
-    if out_t in lg.outputs or layer_activation_name(call.layer) != "linear":
-        return None
-    readers = lg.consumers(out_t)
-    if len(readers) != 1 or not isinstance(readers[0].layer, L.BatchNormalization):
-        return None
-    if len(lg.calls_of(readers[0].layer)) != 1:
-        return None
-    return readers[0]
 
 
 def carried_channels(graph: ChannelGraph, plan: RemovalPlan, means: dict[TensorId, np.ndarray],

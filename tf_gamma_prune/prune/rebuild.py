@@ -19,9 +19,9 @@ import numpy as np
 
 from tf_gamma_prune.analysis.activations import apply_activation
 from tf_gamma_prune.analysis.channel_graph import ChannelGraph
-from tf_gamma_prune.analysis.layer_graph import LayerCall, TensorId, functional_core
+from tf_gamma_prune.analysis.layer_graph import LayerCall, TensorId, batchnorm_after, functional_core
 from tf_gamma_prune.layers import ConstantFeature
-from tf_gamma_prune.prune.folding import batchnorm_after, carried_channels, removed_response
+from tf_gamma_prune.prune.folding import carried_channels, removed_response
 from tf_gamma_prune.prune.plan import RemovalPlan
 
 L = keras.layers
@@ -136,7 +136,7 @@ class Rebuilder:
         return removed_response(self.graph, self.plan, self.means, call, carried, self.notes)
 
     def batchnorm_after(self, call: LayerCall) -> LayerCall | None:
-        return batchnorm_after(self.graph, call)
+        return batchnorm_after(self.graph.layer_graph, call)
 
     def call_building_from(self, layer: Any, arrays: dict[str, np.ndarray], name: str,
                            args: list, kwargs: dict) -> Any:

@@ -14,5 +14,7 @@
   and the conversions to and from standard BatchNormalization;
 * :mod:`.receding_importance` — the receding-importance regulariser and the
   10x-BN-rate optimizer wrapper of its recipe;
-* :mod:`.admm` — :class:`ADMMFilterPruning`, single-shot ADMM towards k filters per layer.
+* :mod:`.admm` — :class:`ADMMFilterPruning`, single-shot ADMM towards k filters per layer;
+* :mod:`.coarse_ranking` — :class:`CoarseRanking`, an optimizer wrapper that ranks channels by
+  Taylor scores from the training steps it sees (its selections are criteria).
 """
