@@ -29,7 +29,10 @@ Recipes (GammaISTA: SGD with momentum 0.9, ``scale_beta``, ``min_channels=4``, `
 * ``mean_gamma_one_fit``: ``one_fit`` with λ = each layer's mean |γ| alone (no memory cost: a channel
   goes when its |γ| is small *relative to its layer*, like PruneNet's ``layer_mean`` scores, which
   matched L1-norm in the compression benchmark; a demo-harness pilot kept conv5 / conv6 at 49 / 71
-  where the paper's λ keeps 31–40 / 65–117).
+  where the paper's λ keeps 31–40 / 65–117);
+* ``paper_s2_reweighted``: ``paper_s2`` with ``GammaISTA(reweight_epsilon=0.1)`` (reweighted ℓ1:
+  each channel's threshold divided by ``|γ|/mean_l|γ| + 0.1``), aimed at §2's diagnosis: the
+  paper's threshold shrinks the survivors as much as the losers.
 
 Records (one per recipe, target and seed): validation accuracy, MACs, parameters, widths, seconds, and
 for every row but ``l1_norm`` the paired difference to ``l1_norm`` of the same target and seed.
@@ -72,6 +75,8 @@ RECIPES: dict[str, dict[str, Any]] = {
     "l1_norm_kd": {"sparsify_epochs": 0, "finetune_learning_rate": 0.01, "distill_weight": 1.0},
     "paper_s2_kd": {"sparsify_epochs": 2, "finetune_learning_rate": 0.03, "gamma_scale": False,
                     "distill_weight": 1.0},
+    "paper_s2_reweighted": {"sparsify_epochs": 2, "finetune_learning_rate": 0.03,
+                            "gamma_scale": False, "reweight_epsilon": 0.1},
 }
 """Each recipe's knobs, for the default budget of 5 epochs after the reference (``--epochs``)."""
 
@@ -167,7 +172,8 @@ def run_recipe(recipe: str, target: float, seed: int, data: dict) -> dict:
             steps = -(-len(data["x"]) // FLAGS.batch_size)
             rate = keras.optimizers.schedules.CosineDecay(rate, sparsify_epochs * steps)
         model.compile(GammaISTA(keras.optimizers.SGD(rate, momentum=0.9), rho=1e-3,
-                                penalties=penalties, min_channels=4, scale_beta=True),
+                                penalties=penalties, min_channels=4, scale_beta=True,
+                                reweight_epsilon=knobs.get("reweight_epsilon")),
                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
         model.fit(_dataset(data, seed), epochs=sparsify_epochs, verbose=0,
                   callbacks=[CostTarget(macs=1 / target, every=FLAGS.every,

@@ -47,16 +47,25 @@ Cost = Callable[[np.ndarray], int]
 def group_scores(graph: Any, optimizer: Any) -> np.ndarray:
     """Per channel group, the largest ``|γ|/λ`` of its penalised BatchNormalization
     channels; ``inf`` for groups that cannot go (pinned, unpenalised, or among
-    the ``min_channels`` largest of a layer)."""
+    the ``min_channels`` largest of a layer).
+
+    With ``GammaISTA(reweight_epsilon=ε)`` a channel's shrink per step is
+    ``η·ρ·λ / (|γ|/m + ε)`` (``m``: its layer's mean |γ|), so the score is
+    ``|γ|·(|γ|/m + ε)/λ``: the cumulative ``η·ρ`` that empties it, as ``|γ|/λ`` is
+    for the paper's step (same order within a layer, not across layers)."""
     scores = np.full(graph.num_groups, -np.inf)
     spared = np.zeros(graph.num_groups, bool)
     keep = int(getattr(optimizer, "min_channels", 0))
+    epsilon = getattr(optimizer, "reweight_epsilon", None)
     for name, variable, penalty in optimizer.targets:
         try:
             groups = graph.layer_channels(name)
         except KeyError:
             continue
-        magnitude = np.abs(keras.ops.convert_to_numpy(variable)).astype(float) / penalty
+        magnitude = np.abs(keras.ops.convert_to_numpy(variable)).astype(float)
+        if epsilon is not None and magnitude.mean() > 0:
+            magnitude = magnitude * (magnitude / magnitude.mean() + epsilon)
+        magnitude = magnitude / penalty
         np.maximum.at(scores, groups, magnitude)
         if keep:
             spared[groups[np.argsort(-magnitude, kind="stable")[:keep]]] = True

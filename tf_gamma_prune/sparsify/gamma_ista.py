@@ -92,6 +92,13 @@ class GammaISTA(WrapsInnerOptimizer, keras.optimizers.Optimizer):
             surviving |γ| from ≈ 1.0 to ≈ 0.3 at β ≈ −0.3, so the survivors fired
             far less often than before (see docs/evidence.md). Off by default
             (the paper's step); the benchmark and the demo turn it on.
+        reweight_epsilon: ``None`` (default): the paper's threshold, the same
+            ``η·ρ·λ_l`` for every channel of a layer. A float ε > 0: reweighted ℓ1
+            (Candès, Wakin and Boyd 2008): each channel's threshold is divided by
+            ``|γ_i| / mean_l|γ| + ε`` (the layer's mean over all its channels, zeros
+            included), so small γ fall faster and the large ones, the survivors,
+            shrink less; the step stays the exact prox of a weighted ℓ1 whose weights
+            come from the current γ. See :func:`reweighted_thresholds`.
         name: optimizer name.
 
     γ discovery: when Keras builds the optimizer (``fit``, ``load_model``, ...)
@@ -114,6 +121,7 @@ class GammaISTA(WrapsInnerOptimizer, keras.optimizers.Optimizer):
         default_penalty: float = 1.0,
         min_channels: int = 0,
         scale_beta: bool = False,
+        reweight_epsilon: float | None = None,
         name: str | None = None,
         **kwargs: Any,
     ):
@@ -141,6 +149,7 @@ class GammaISTA(WrapsInnerOptimizer, keras.optimizers.Optimizer):
         self.default_penalty = validated_penalty("default_penalty", default_penalty)
         self.min_channels = min_channels
         self.scale_beta = bool(scale_beta)
+        self.reweight_epsilon = _validated_epsilon(reweight_epsilon)
         if self.scale_beta and gamma_variables is not None:
             raise ArgumentError(
                 "scale_beta=True needs each γ's BatchNormalization layer (to scale its β); "
@@ -253,7 +262,7 @@ class GammaISTA(WrapsInnerOptimizer, keras.optimizers.Optimizer):
         else:
             for t, threshold, grad in jobs:
                 _shrink_variable(t.variable, threshold, grad, learning_rate, self.min_channels,
-                                 t.beta, *t.slots)
+                                 self.reweight_epsilon, t.beta, *t.slots)
 
     # ---------------------------------------------------------- serialization
     def get_config(self):
@@ -276,6 +285,7 @@ class GammaISTA(WrapsInnerOptimizer, keras.optimizers.Optimizer):
             "default_penalty": self.default_penalty,
             "min_channels": self.min_channels,
             "scale_beta": self.scale_beta,
+            "reweight_epsilon": self.reweight_epsilon,
         }
 
     @classmethod
@@ -325,12 +335,45 @@ def _scaled_beta(layer: Any) -> Any:
     return layer.beta
 
 
-def _shrink_variable(gamma, threshold, grad, learning_rate, keep, beta, *slots) -> None:
+def _validated_epsilon(epsilon: float | None) -> float | None:
+    if epsilon is None:
+        return None
+    if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)) or not epsilon > 0:
+        raise ArgumentError(
+            f"reweight_epsilon must be None (the paper's threshold) or a number > 0 "
+            f"(e.g. 0.1), got {epsilon!r}."
+        )
+    return float(epsilon)
+
+
+def reweighted_thresholds(gamma: Any, threshold: Any, epsilon: float) -> Any:
+    """Per-channel thresholds of ``GammaISTA(reweight_epsilon=ε)``: ``t / (|γ_i|/m + ε)``.
+
+    ``m`` is the mean |γ| of the layer (all channels); a layer whose γ are all zero
+    gets ``t / ε``. Scaling a layer's γ by ``c`` scales ``m`` by ``c`` too, so the
+    weights depend on each γ relative to its layer only.
+
+    >>> import numpy as np
+    >>> np.round(np.asarray(reweighted_thresholds(np.array([2.0, 1.0, 0.0]), 0.1, 0.1)), 4)
+    array([0.0476, 0.0909, 1.    ])
+    """
+    ops = keras.ops
+    magnitude = ops.abs(ops.convert_to_tensor(gamma))
+    mean = ops.mean(magnitude)
+    relative = ops.where(mean > 0, magnitude / ops.where(mean > 0, mean, ops.ones_like(mean)),
+                         ops.zeros_like(magnitude))
+    return ops.cast(threshold, magnitude.dtype) / (relative + ops.cast(epsilon, magnitude.dtype))
+
+
+def _shrink_variable(gamma, threshold, grad, learning_rate, keep, epsilon, beta, *slots) -> None:
     """γ ← soft_threshold(γ [− η·g], threshold), sparing the ``keep`` largest |γ|;
-    zero the slots where γ is 0; scale ``beta`` (when given) by the same factor."""
+    zero the slots where γ is 0; scale ``beta`` (when given) by the same factor.
+    With ``epsilon``, the threshold is reweighted per channel (:func:`reweighted_thresholds`)."""
     ops = keras.ops
     value = gamma if grad is None else gamma - ops.cast(learning_rate, gamma.dtype) * grad
     value = ops.convert_to_tensor(value)
+    if epsilon is not None:
+        threshold = reweighted_thresholds(value, threshold, epsilon)
     # sign(v)·max(|v| − t, 0), written so that the sign is taken *before* the
     # shrink and zeros come out as +0.0.
     shrunk = ops.where(
@@ -373,7 +416,7 @@ def _tf_shrink(optimizer: GammaISTA, jobs: list, learning_rate) -> None:
         for t, threshold, grad in jobs:
             def update(gamma, threshold, grad, learning_rate, beta, *slots):
                 _shrink_variable(gamma, threshold, grad, learning_rate, optimizer.min_channels,
-                                 beta, *slots)
+                                 optimizer.reweight_epsilon, beta, *slots)
 
             beta = None if t.beta is None else t.beta.value
             distribution.extended.update(
