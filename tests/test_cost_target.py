@@ -573,3 +573,27 @@ def test_a_model_with_a_composite_layer_needs_opaque_and_then_meets_the_budget()
     assert abs(count_macs(pruned) - target.budget) <= 0.05 * target.budget
     assert pruned.get_layer("block").filters == 8  # kept whole
     assert CostTarget.from_config(target.get_config()).unknown_layers == "opaque"
+
+
+def test_reweighted_scores_are_the_cumulative_shrink_that_empties_each_channel():
+    model = small_vgg()
+    gamma = np.linspace(0.1, 0.8, 8)
+    model.get_layer("bn6").gamma.assign(gamma)
+    model.compile(GammaISTA(keras.optimizers.SGD(0.01), min_channels=2, penalties={"bn6": 2.0},
+                            reweight_epsilon=0.1), loss="mse")
+    model.optimizer.attach(model).build(model.trainable_variables)
+    graph = channel_graph(model, fold="bias")
+    scores = group_scores(graph, model.optimizer)[graph.layer_channels("bn6")]
+    np.testing.assert_allclose(scores[:6], (gamma * (gamma / gamma.mean() + 0.1) / 2.0)[:6])
+    assert np.isinf(scores[6:]).all()
+
+
+def test_reweighted_gamma_ista_meets_a_mac_budget():
+    model = compiled(small_vgg(), reweight_epsilon=0.1)
+    spread_gammas(model)
+    target = CostTarget(macs=0.5, every=4)
+    x, y = data()
+    model.fit(x, y, batch_size=16, epochs=3, verbose=0, callbacks=[target])
+    pruned = prune_model(model)
+    assert count_macs(pruned) == target.history[-1]["macs"]
+    assert abs(count_macs(pruned) - target.budget) <= 0.05 * target.budget

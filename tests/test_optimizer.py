@@ -366,3 +366,55 @@ def test_scale_beta_off_leaves_beta_and_is_in_the_config():
     assert GammaISTA.from_config(config).scale_beta is True
     with pytest.raises(ValueError, match="scale_beta"):
         GammaISTA(keras.optimizers.SGD(0.1), scale_beta=True, gamma_variables=["bn/gamma"])
+
+
+def test_reweighted_step_matches_numpy_weighted_soft_threshold():
+    model = six_channel_model()
+    lr, rho, lam, eps = 0.1, 0.05, 2.0, 0.1
+    opt = GammaISTA(keras.optimizers.SGD(lr), rho=rho, penalties={"bn": lam},
+                    reweight_epsilon=eps).attach(model)
+    step_with_gradients(model, opt, {"bn/gamma": GRAD})
+    before = GAMMA0 - lr * GRAD
+    relative = np.abs(before) / np.mean(np.abs(before))
+    expected = soft_threshold(before, lr * rho * lam / (relative + eps))
+    got = model.get_layer("bn").gamma.numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7)
+    # the survivors lose less than the paper's uniform threshold would take
+    uniform = soft_threshold(before, lr * rho * lam)
+    large = np.abs(before) > np.mean(np.abs(before))
+    assert np.all(np.abs(got[large]) > np.abs(uniform[large]))
+
+
+def test_reweighted_thresholds_depend_on_gamma_relative_to_its_layer():
+    from tf_gamma_prune.sparsify.gamma_ista import reweighted_thresholds
+
+    gamma = np.array([0.2, 1.0, 3.0, 0.0], np.float32)
+    one = np.asarray(reweighted_thresholds(gamma, 0.01, 0.1))
+    scaled = np.asarray(reweighted_thresholds(7.0 * gamma, 0.01, 0.1))
+    np.testing.assert_allclose(one, scaled, rtol=1e-6)
+    np.testing.assert_allclose(one, 0.01 / (np.abs(gamma) / np.mean(np.abs(gamma)) + 0.1),
+                               rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(reweighted_thresholds(np.zeros(3), 0.01, 0.1)),
+                               np.full(3, 0.1))
+
+
+def test_reweight_epsilon_is_in_the_config_and_checked():
+    config = GammaISTA(keras.optimizers.SGD(0.1), reweight_epsilon=0.2).get_config()
+    assert GammaISTA.from_config(config).reweight_epsilon == 0.2
+    assert GammaISTA(keras.optimizers.SGD(0.1)).get_config()["reweight_epsilon"] is None
+    for bad in (0.0, -1.0, True, "0.1"):
+        with pytest.raises(ValueError, match="reweight_epsilon"):
+            GammaISTA(keras.optimizers.SGD(0.1), reweight_epsilon=bad)
+
+
+def test_reweighted_gamma_ista_survives_save_and_load(tmp_path):
+    model = dense_bn_model()
+    model.compile(GammaISTA(keras.optimizers.SGD(0.05), rho=0.5, reweight_epsilon=0.1), loss="mse")
+    rng = np.random.default_rng(0)
+    model.fit(rng.normal(size=(16, 5)), rng.normal(size=(16, 2)), epochs=1, verbose=0)
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert loaded.optimizer.reweight_epsilon == 0.1
+    np.testing.assert_array_equal(loaded.get_layer("bn").gamma.numpy(),
+                                  model.get_layer("bn").gamma.numpy())

@@ -116,3 +116,21 @@ def test_module_doctest():
 
     assert doctest.testmod(width_alignment).failed == 0
     keras.backend.clear_session()
+
+
+def test_rounded_removal_brings_back_the_highest_scores_first():
+    graph, scores = graph_and_scores(seed=3)
+    removed = np.zeros(graph.num_groups, bool)
+    conv = graph.layer_channels("conv5")  # 24 channels: keep 9, so 7 more come back (tile 16)
+    gone = conv[np.argsort(scores[conv])[:15]]
+    removed[gone] = True
+    got = rounded_removal(graph, removed, 16, scores=scores)
+    back = gone[~got[gone]]
+    np.testing.assert_array_equal(np.sort(back), np.sort(gone[np.argsort(-scores[gone])[:7]]))
+    assert widths(graph, got)[4] == 16 and widths(graph, got)[:4] == [8, 12, 16, 16]
+    # without scores the order is |γ| (here all 1: the lowest channel indices come back)
+    assert np.all(graph.gamma_scores()[conv] == 1.0)
+    plain = rounded_removal(graph, removed, 16)
+    np.testing.assert_array_equal(np.sort(gone[~plain[gone]]), np.sort(gone)[:7])
+    with pytest.raises(ArgumentError, match="one value per channel group"):
+        rounded_removal(graph, removed, 16, scores=scores[:-1])

@@ -479,10 +479,15 @@ def _carrier_usefulness(graph: ChannelGraph) -> np.ndarray:
     return useful
 
 
-def rounded_removal(graph: ChannelGraph, removed: np.ndarray, round_to: int) -> np.ndarray:
+def rounded_removal(graph: ChannelGraph, removed: np.ndarray, round_to: int,
+                    scores: np.ndarray | None = None) -> np.ndarray:
     """``removed`` with channels put back until every conv/dense output width is a
     multiple of ``round_to`` (or its full width), the largest |γ| first: what
     ``prune_model(..., round_to=round_to)`` keeps. A copy; ``round_to=1`` changes nothing.
+
+    ``scores`` (one per channel group, larger comes back first) replaces |γ| as the
+    order, e.g. a criterion's order of removal
+    (:func:`~tf_gamma_prune.prune.tiled_selection.removal_order`).
 
     Example:
 
@@ -498,15 +503,18 @@ def rounded_removal(graph: ChannelGraph, removed: np.ndarray, round_to: int) -> 
     """
     if isinstance(round_to, bool) or not isinstance(round_to, (int, np.integer)) or round_to < 1:
         raise ArgumentError(f"round_to must be an integer >= 1, got {round_to!r}.")
+    if scores is not None and np.shape(scores) != (graph.num_groups,):
+        raise ArgumentError(f"scores must have one value per channel group ({graph.num_groups}), "
+                            f"got shape {np.shape(scores)}.")
     if round_to == 1:
         return removed.copy()
-    return _round_widths(graph, removed, int(round_to), [])
+    return _round_widths(graph, removed, int(round_to), [], scores)
 
 
 def _round_widths(graph: ChannelGraph, removed: np.ndarray, n: int,
-                  notes: list[str]) -> np.ndarray:
+                  notes: list[str], scores: np.ndarray | None = None) -> np.ndarray:
     removed = removed.copy()
-    scores = graph.gamma_scores()
+    scores = graph.gamma_scores() if scores is None else np.asarray(scores, float)
     useful = (_carrier_usefulness(graph) if graph.fold in ("carrier", "auto")
               else np.zeros(graph.num_groups))
     outputs = [c.outputs[0] for c in graph.layer_graph.calls if graph.kinds[c].folds_constants]

@@ -48,7 +48,7 @@ from tf_gamma_prune.analysis.channel_graph import ChannelGraph, channel_graph
 from tf_gamma_prune.analysis.flops import planned_macs
 from tf_gamma_prune.errors import CriterionError, TargetUnreachableError
 from tf_gamma_prune.prune.criteria import Selection, _has_parameter, selection_for_macs
-from tf_gamma_prune.prune.plan import plan_removal
+from tf_gamma_prune.prune.plan import plan_removal, rounded_removal
 from tf_gamma_prune.prune.width_alignment import _layer_groups, aligned_removal
 
 
@@ -119,7 +119,8 @@ def tiled_selection_for_macs(
     for band in (tolerance, 2 * tolerance):
         removed = aligned_removal(graph, first, order, n, int(target_macs), planned_macs,
                                   tolerance=band, revive_order=order)
-        removed = _filled_tiles(graph, removed, order, n)
+        # each width up to its tile, the channels the criterion removes last back first
+        removed = rounded_removal(graph, removed, n, scores=order)
         selection = {name: np.flatnonzero(~removed[graph.layer_channels(name)])
                      for name in start}
         macs = int(planned_macs(graph, plan_removal(graph, selection).removed))
@@ -158,17 +159,3 @@ def removal_order(graph: ChannelGraph, select: Callable[[float], Mapping[str, An
         order[plan_removal(graph, select(k / steps)).removed] = k / steps
     order[graph.pinned] = np.inf
     return order
-
-
-def _filled_tiles(graph: ChannelGraph, removed: np.ndarray, order: np.ndarray,
-                  n: int) -> np.ndarray:
-    """``removed`` with each width rounded up to a multiple of ``n`` (or its full
-    width), the channels the criterion removes last coming back first."""
-    removed = removed.copy()
-    for groups in _layer_groups(graph):
-        kept = int(np.count_nonzero(~removed[groups]))
-        extra = min(-(-kept // n) * n, len(groups)) - kept
-        back = groups[removed[groups] & ~graph.pinned[groups]]
-        if kept and extra > 0:
-            removed[back[np.argsort(-order[back], kind="stable")[:extra]]] = False
-    return removed
