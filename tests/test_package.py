@@ -35,3 +35,35 @@ def test_import_never_loads_tfmot_or_flips_legacy_keras():
     assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-2000:]
 
 
+
+
+STAGE_ORDER = ("analysis", "prune", "sparsify")  # each may import only the ones before it
+
+
+def stage_imports() -> list[tuple[str, str, str]]:
+    """``(file, its stage, imported stage)`` for every import between the stage subpackages."""
+    import ast
+    import pathlib
+
+    root = pathlib.Path(__file__).resolve().parents[1] / "tf_gamma_prune"
+    found = []
+    for stage in STAGE_ORDER:
+        for path in sorted((root / stage).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                names = ([node.module or ""] if isinstance(node, ast.ImportFrom)
+                         else [a.name for a in node.names] if isinstance(node, ast.Import) else [])
+                for name in names:
+                    parts = name.split(".")
+                    if len(parts) > 1 and parts[0] == "tf_gamma_prune" and parts[1] in STAGE_ORDER:
+                        found.append((str(path.relative_to(root)), stage, parts[1]))
+    return found
+
+
+def test_stages_import_one_way_sparsify_prune_analysis():
+    found = stage_imports()
+    assert any(imported == "analysis" for _, stage, imported in found if stage == "prune")
+    backwards = [(f, imported) for f, stage, imported in found
+                 if STAGE_ORDER.index(imported) > STAGE_ORDER.index(stage)]
+    assert not backwards, (
+        f"{backwards}: a stage imports a later one (order {' <- '.join(STAGE_ORDER)}); move the "
+        "shared piece down (docs/architecture.md)")

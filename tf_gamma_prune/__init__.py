@@ -113,11 +113,8 @@ from tf_gamma_prune.sparsify.admm import (
     admm_targets_for_macs,
     filter_projection,
 )
-from tf_gamma_prune.sparsify.bounded_batchnorm import (
-    BoundedBatchNormalization,
-    to_bounded_batchnorm,
-    to_standard_batchnorm,
-)
+from tf_gamma_prune.bounded_layer import BoundedBatchNormalization
+from tf_gamma_prune.sparsify.bounded_batchnorm import to_bounded_batchnorm, to_standard_batchnorm
 from tf_gamma_prune.sparsify.coarse_ranking import CoarseRanking
 from tf_gamma_prune.sparsify.callbacks import SparsityMonitor, gamma_sparsity, sparsity_summary
 from tf_gamma_prune.sparsify.cost_target import CostTarget

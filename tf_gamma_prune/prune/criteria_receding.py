@@ -53,7 +53,7 @@ from tf_gamma_prune.prune.criteria_redundancy import (
     _checked_round_to,
     _finish_widths,
 )
-from tf_gamma_prune.sparsify.bounded_batchnorm import BoundedBatchNormalization
+from tf_gamma_prune.bounded_layer import BoundedBatchNormalization
 
 L = keras.layers
 

@@ -53,7 +53,7 @@ from typing import Any
 import keras
 
 from tf_gamma_prune.errors import ArgumentError
-from tf_gamma_prune.sparsify.bounded_batchnorm import BoundedBatchNormalization
+from tf_gamma_prune.bounded_layer import BoundedBatchNormalization
 from tf_gamma_prune.sparsify.distillation import model_being_trained
 from tf_gamma_prune.sparsify.wrapper import (
     WrapsInnerOptimizer,
