@@ -63,15 +63,11 @@ def distinct_widths(records: list[dict], methods: list[str]) -> dict[tuple, list
 def time_side_by_side(flatbuffers: list[bytes], runs: int, block: int, warmup: int,
                       seed: int) -> list[list[float]]:
     """Milliseconds per model, all timed in one loop in a fresh random order every turn."""
-    import numpy as np
+    from tf_gamma_prune import latency_side_by_side
 
-    from tf_gamma_prune.export.latency import _TimedModel, time_in_turns
-
-    models = [_TimedModel(f, num_threads=1) for f in flatbuffers]
-    rng = np.random.default_rng(seed)
-    return time_in_turns([m.invoke_timed for m in models],
-                         lambda i: rng.permutation(len(models)).tolist(),
-                         timing="steady", runs=runs, warmup=warmup, block=block)
+    reports = latency_side_by_side(flatbuffers, num_threads=1, runs=runs, warmup=warmup,
+                                   block=block, seed=seed)
+    return [list(r.samples_ms) for r in reports]
 
 
 def main(argv):

@@ -367,6 +367,35 @@ def test_compare_latency_alternates_and_counts(convnet, float_tflite, monkeypatc
         compare_latency(float_tflite, small, threads=(1,), timing="cold")
 
 
+
+def test_latency_side_by_side_times_every_model_in_one_random_loop(float_tflite, monkeypatch):
+    small = to_tflite(small_bn_convnet(input_shape=(16, 16, 1), widths=(4, 8)))
+    models = [float_tflite, small, float_tflite]
+    calls = []
+    real = latency._TimedModel.invoke_timed
+    real_init = latency._TimedModel.__init__
+    count = iter(range(3))
+
+    def tagged_init(self, tflite, num_threads, seed=0):
+        real_init(self, tflite, num_threads, seed)
+        self.tag = next(count)
+
+    def logged(self):
+        calls.append(self.tag)
+        return real(self)
+
+    monkeypatch.setattr(latency._TimedModel, "__init__", tagged_init)
+    monkeypatch.setattr(latency._TimedModel, "invoke_timed", logged)
+    reports = export.latency_side_by_side(models, runs=4, warmup=1, block=2, seed=3)
+    assert [r.runs for r in reports] == [4, 4, 4] and all(r.median_ms > 0 for r in reports)
+    turns = calls[3:]  # after one warm-up each, turns of 1 untimed + 2 timed
+    orders = [[turns[i] for i in range(start, start + 9, 3)] for start in range(0, 18, 9)]
+    rng = np.random.default_rng(3)
+    assert orders == [rng.permutation(3).tolist() for _ in range(2)]
+    assert calls[:3] == [0, 1, 2]
+    with pytest.raises(ValueError, match="at least one model"):
+        export.latency_side_by_side([])
+
 # --- other model kinds, docs --------------------------------------------------------
 
 

@@ -72,6 +72,7 @@ from tf_gamma_prune.export import (
     check_parity,
     compare_latency,
     gpu_compatibility,
+    latency_side_by_side,
     load_keras_model,
     to_tflite,
     to_tflite_variants,

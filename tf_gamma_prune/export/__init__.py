@@ -11,7 +11,8 @@ One module per job:
 * :mod:`.gpu` — :func:`gpu_compatibility` with the GPU delegate;
 * :mod:`.interpreter` — :func:`make_interpreter` (LiteRT);
 * :mod:`.parity` — :func:`check_parity` against the Keras model;
-* :mod:`.latency` — :func:`benchmark_latency`, :func:`compare_latency`;
+* :mod:`.latency` — :func:`benchmark_latency`, :func:`compare_latency`,
+  :func:`latency_side_by_side`;
 * :mod:`.layer_latency` — :func:`measure_latency_table` (per-layer latencies
   for latency budgets).
 
@@ -54,6 +55,7 @@ from tf_gamma_prune.export.latency import (
     LatencyReport,
     benchmark_latency,
     compare_latency,
+    latency_side_by_side,
     time_in_turns,
 )
 from tf_gamma_prune.export.model_file import (
@@ -70,7 +72,8 @@ __all__ = [
     "LatencyComparison", "LatencyReport", "ModelFileError", "NonBuiltinOpError", "ParityError",
     "ParityReport", "QUANTIZATIONS", "TFLITE_IDENTIFIER", "TFLiteSource", "UnsafeModelError",
     "analyzer_text", "assert_builtin_only", "benchmark_latency", "builtin_op_names",
-    "check_parity", "compare_latency", "custom_op_names", "gpu_compatibility", "load_keras_model",
+    "check_parity", "compare_latency", "custom_op_names", "gpu_compatibility", "latency_side_by_side",
+    "load_keras_model",
     "make_interpreter", "measure_latency_table", "op_counts", "read_tflite", "save_keras_atomic", "time_in_turns",
     "to_tflite", "to_tflite_variants", "write_atomic", "calibration_inputs",
 ]

@@ -3,7 +3,9 @@
 :func:`benchmark_latency` times one model; :func:`compare_latency` times a
 reference and a candidate in alternating turns (``timing="steady"``: one
 untimed re-warm run, then ``block`` back-to-back timed runs per turn), so that
-machine noise hits both alike; :func:`time_in_turns` is the loop both use.
+machine noise hits both alike; :func:`latency_side_by_side` times any number of
+models in one loop, a fresh random order every turn; :func:`time_in_turns` is
+the loop they all use.
 """
 
 from __future__ import annotations
@@ -215,3 +217,38 @@ def compare_latency(
                 f"b {comparison.b.median_ms:.3f} ms, speed-up a/b {comparison.speedup:.2f}x ({timing})"
             )
     return results
+
+
+def latency_side_by_side(
+    models: Sequence[TFLiteSource],
+    num_threads: int = 1,
+    runs: int = 50,
+    warmup: int = 5,
+    block: int = 10,
+    seed: int = 0,
+) -> list[LatencyReport]:
+    """Time several ``.tflite`` models in one loop (steady turns, a fresh random order each).
+
+    Ratios between the reports are fair (machine drift hits every model alike);
+    absolute figures of a long loop run a little slower than a pair's, because
+    more models evict more of the caches between turns.
+
+    Returns:
+        One :class:`LatencyReport` per model, in the order of ``models``.
+
+    >>> import keras
+    >>> from tf_gamma_prune.export import to_tflite
+    >>> convs = [keras.Sequential([keras.Input((16, 16, 3)), keras.layers.Conv2D(n, 3)])
+    ...          for n in (32, 16, 8)]
+    >>> reports = latency_side_by_side([to_tflite(m) for m in convs], runs=6)
+    >>> [r.runs for r in reports]
+    [6, 6, 6]
+    """
+    if len(models) < 1:
+        raise ArgumentError("latency_side_by_side needs at least one model.")
+    timed = [_TimedModel(read_tflite(m), num_threads) for m in models]
+    rng = np.random.default_rng(seed)
+    samples = time_in_turns([t.invoke_timed for t in timed],
+                            lambda i: rng.permutation(len(timed)).tolist(),
+                            "steady", runs, warmup, block)
+    return [LatencyReport.from_samples(s, num_threads, warmup) for s in samples]
