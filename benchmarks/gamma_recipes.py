@@ -30,9 +30,10 @@ Recipes (GammaISTA: SGD with momentum 0.9, ``scale_beta``, ``min_channels=4``, `
   goes when its |γ| is small *relative to its layer*, like PruneNet's ``layer_mean`` scores, which
   matched L1-norm in the compression benchmark; a demo-harness pilot kept conv5 / conv6 at 49 / 71
   where the paper's λ keeps 31–40 / 65–117);
-* ``paper_s2_reweighted``: ``paper_s2`` with ``GammaISTA(reweight_epsilon=0.1)`` (reweighted ℓ1:
-  each channel's threshold divided by ``|γ|/mean_l|γ| + 0.1``), aimed at §2's diagnosis: the
-  paper's threshold shrinks the survivors as much as the losers.
+* ``paper_s2_reweighted`` / ``one_fit_reweighted``: ``paper_s2`` / ``one_fit`` with
+  ``GammaISTA(reweight_epsilon=0.1)`` (reweighted ℓ1: each channel's threshold divided by
+  ``|γ|/mean_l|γ| + 0.1``), aimed at §2's diagnosis: the paper's threshold shrinks the survivors
+  as much as the losers.
 
 Records (one per recipe, target and seed): validation accuracy, MACs, parameters, widths, seconds, and
 for every row but ``l1_norm`` the paired difference to ``l1_norm`` of the same target and seed.
@@ -77,6 +78,8 @@ RECIPES: dict[str, dict[str, Any]] = {
                     "distill_weight": 1.0},
     "paper_s2_reweighted": {"sparsify_epochs": 2, "finetune_learning_rate": 0.03,
                             "gamma_scale": False, "reweight_epsilon": 0.1},
+    "one_fit_reweighted": {"sparsify_epochs": 5, "sparsify_learning_rate": 0.03, "cosine": True,
+                           "reach_at": 0.2, "gamma_scale": False, "reweight_epsilon": 0.1},
 }
 """Each recipe's knobs, for the default budget of 5 epochs after the reference (``--epochs``)."""
 
