@@ -38,6 +38,7 @@ accuracy).
     .venv/bin/python examples/fashion_mnist.py --target_macs 0.333 --finetune_epochs 2  # 3x, faster
     .venv/bin/python examples/fashion_mnist.py --target_macs 0.25   # 4x fewer MACs
     .venv/bin/python examples/fashion_mnist.py --epochs 2 --finetune_epochs 10  # run longer
+    .venv/bin/python examples/fashion_mnist.py --method l1_norm --round_to 16  # L1-norm, tiles
     .venv/bin/python examples/fashion_mnist.py --from_scratch       # train from scratch (below)
     .venv/bin/tensorboard --logdir saved_models/run/logs           # watch γ sparsify (live)
 
@@ -89,6 +90,11 @@ def define_flags() -> None:
     flags.DEFINE_string("reference", REFERENCE, "The trained .keras model to prune (default flow).")
     flags.DEFINE_float("target_macs", DEFAULT_TARGET_MACS, "MAC budget of the pruned model, a "
                        "fraction of the reference's (default flow; 0.38: about 2.6x fewer MACs).")
+    flags.DEFINE_enum("method", "gamma_ista", ["gamma_ista", "l1_norm"], "Default flow: how the "
+                      "channels are chosen: GammaISTA + CostTarget during --epochs, or L1-norm "
+                      "filters of the reference cut at the budget (no sparsifying epochs; with "
+                      "--round_to 16 its widths in tiles: the README's recommendation for a "
+                      "trained model).")
     flags.DEFINE_integer("round_to", 1, "Default flow: conv widths at multiples of this "
                          "(CostTarget(round_to=...): 16 matches XNNPACK's float32 tiles on AVX-512, "
                          "8 on ARM NEON), so the speed-up follows the MAC reduction.")
@@ -378,8 +384,10 @@ def write_plots(recorder, report, rows: list[StageRow], model, paths: dict[str, 
     """The three PNGs: γ per layer over training, widths before/after, accuracy vs MACs."""
     import example_plots
 
-    example_plots.plot_gamma_distributions(
-        recorder.history, paths["gamma_per_layer.png"], epochs=recorder.epochs, title=gamma_title)
+    if recorder is not None:
+        example_plots.plot_gamma_distributions(
+            recorder.history, paths["gamma_per_layer.png"], epochs=recorder.epochs,
+            title=gamma_title)
     example_plots.plot_channel_widths(report.widths, paths["channel_widths.png"],
                                       layers=conv_layer_names(model))
     example_plots.plot_accuracy_vs_macs(
@@ -552,6 +560,19 @@ class DemoResult:
     controller: object
     clock: StageClock
     int8_examples: int
+    method: str = "gamma_ista"
+
+
+DEMO_METHODS = ("gamma_ista", "l1_norm")
+
+
+def l1_norm_cut(model, target_macs: int, round_to: int = 1) -> dict:
+    """L1-norm filters at ``target_macs`` (±5 %), widths in tiles of ``round_to`` when > 1."""
+    from tf_gamma_prune import l1_norm_selection, selection_for_macs, tiled_selection_for_macs
+
+    if round_to > 1:
+        return tiled_selection_for_macs(model, l1_norm_selection, target_macs, round_to)[0]
+    return selection_for_macs(model, l1_norm_selection, target_macs)[0]
 
 
 def prune_reference(reference, x, y, x_test, y_test, *, target_macs=DEFAULT_TARGET_MACS,
@@ -560,7 +581,7 @@ def prune_reference(reference, x, y, x_test, y_test, *, target_macs=DEFAULT_TARG
                     seed=0, min_channels=4, cost_target_every=50, reach_at=0.3, verbose=1,
                     tflite_eval_examples=None, run_name=None, clock=None,
                     qat_epochs=0, qat_examples=12000, round_to=1,
-                    distill_weight=0.0) -> DemoResult:
+                    distill_weight=0.0, method="gamma_ista") -> DemoResult:
     """The default demo: a trained model → GammaISTA + CostTarget → prune_model → fine-tune →
     float32 / int8 TFLite, timed and evaluated against ``reference`` (which is not modified).
 
@@ -575,6 +596,11 @@ def prune_reference(reference, x, y, x_test, y_test, *, target_macs=DEFAULT_TARG
     ``pruned_int8_qat.tflite``) next to post-training quantization's. ``round_to > 1``
     aligns the pruned widths to that tile (:class:`~tf_gamma_prune.CostTarget`'s option).
     ``distill_weight > 0`` distils the fine-tuning from the reference (:func:`fine_tune`).
+    ``method="l1_norm"`` replaces step 2 by L1-norm filter pruning of the reference at the budget
+    (``selection_for_macs``; with ``round_to > 1`` ``tiled_selection_for_macs``, widths in tiles):
+    no sparsifying epochs, ``epochs`` is ignored, the prune row is not exact (the cut removes live
+    channels) and there is no γ plot; ``sparse`` and ``controller`` are then the reference's copy
+    and ``None``.
     """
     import numpy as np
 
@@ -595,30 +621,43 @@ def prune_reference(reference, x, y, x_test, y_test, *, target_macs=DEFAULT_TARG
     print(f"reference: {acc_ref:.4f} test accuracy, {ref_cost.params:,} parameters, "
           f"{ref_cost.macs:,} MACs")
 
-    announce(2, total, f"GammaISTA + CostTarget(macs={target_macs:.3g}) for {epochs} epoch(s) on "
-                       f"{len(x):,} images; TensorBoard: tensorboard --logdir "
-                       f"{os.path.dirname(paths['logs'])}")
-    model = copy_model(reference)
-    controller = CostTarget(macs=target_macs, every=cost_target_every, reach_at=reach_at,
-                            round_to=round_to)
-    recorder = example_plots.GammaRecorder()
-    with clock(f"GammaISTA ({epochs} ep)"):
-        # rho: a placeholder; CostTarget sets its own start value and steers it
-        sparsify_trained(model, x, y, epochs=epochs, batch_size=batch_size,
-                         learning_rate=learning_rate, rho=1e-3, seed=seed, verbose=verbose,
-                         min_channels=min_channels, scale_beta=True, gamma_scale=True,
-                         augment="pad_crop_flip",
-                         callbacks=[controller, *monitoring_callbacks(paths["logs"]), recorder])
-    print(sparsity_summary(model))
-    if controller.history:
-        last = controller.history[-1]
-        print(f"CostTarget: {last['macs_fraction']:.3f} of the reference's MACs at the last "
-              f"measurement (budget {target_macs:.3f}; within tolerance: "
-              f"{'yes' if controller.within_budget() else 'no'})")
-
-    announce(3, total, "removing the zero-γ channels (prune_model, exact)")
+    if method not in DEMO_METHODS:
+        raise ValueError(f"method must be one of {DEMO_METHODS}, got {method!r}.")
+    if method == "l1_norm":
+        paths.pop("gamma_per_layer.png")
+        paths.pop("logs")  # no training run to log before the fine-tuning
+        model, controller, recorder = copy_model(reference), None, None
+        announce(2, total, f"L1-norm filters at {target_macs:.3g} of the MACs"
+                           + (f", widths in tiles of {round_to}" if round_to > 1 else ""))
+        with clock("L1-norm selection"):
+            selection = l1_norm_cut(model, round(ref_cost.macs * target_macs), round_to)
+        announce(3, total, "removing the cut channels (prune_model with the selection)")
+    else:
+        announce(2, total, f"GammaISTA + CostTarget(macs={target_macs:.3g}) for {epochs} epoch(s) "
+                           f"on {len(x):,} images; TensorBoard: tensorboard --logdir "
+                           f"{os.path.dirname(paths['logs'])}")
+        model = copy_model(reference)
+        controller = CostTarget(macs=target_macs, every=cost_target_every, reach_at=reach_at,
+                                round_to=round_to)
+        recorder = example_plots.GammaRecorder()
+        with clock(f"GammaISTA ({epochs} ep)"):
+            # rho: a placeholder; CostTarget sets its own start value and steers it
+            sparsify_trained(model, x, y, epochs=epochs, batch_size=batch_size,
+                             learning_rate=learning_rate, rho=1e-3, seed=seed, verbose=verbose,
+                             min_channels=min_channels, scale_beta=True, gamma_scale=True,
+                             augment="pad_crop_flip",
+                             callbacks=[controller, *monitoring_callbacks(paths["logs"]), recorder])
+        print(sparsity_summary(model))
+        if controller.history:
+            last = controller.history[-1]
+            print(f"CostTarget: {last['macs_fraction']:.3f} of the reference's MACs at the last "
+                  f"measurement (budget {target_macs:.3f}; within tolerance: "
+                  f"{'yes' if controller.within_budget() else 'no'})")
+        selection = None
+        announce(3, total, "removing the zero-γ channels (prune_model, exact)")
     with clock("prune + check"):
-        pruned, report = prune_model(model, return_report=True, probe_inputs=x_test[:64])
+        pruned, report = prune_model(model, selection, return_report=True,
+                                     probe_inputs=x_test[:64])
         sparse_logits, acc_sparse = logits_and_accuracy(model, x_test, y_test)
         pruned_logits, acc_pruned = logits_and_accuracy(pruned, x_test, y_test)
     print(report.summary())
@@ -666,8 +705,8 @@ def prune_reference(reference, x, y, x_test, y_test, *, target_macs=DEFAULT_TARG
                  lat.a.median_ms, 1.0, 1.0),
         StageRow("reference, int8", acc_ref_int8, ref_cost.params, ref_cost.macs,
                  len(ref_int8) / 1024, lat8.a.median_ms, 1.0, 1.0),
-        StageRow("pruned (exact, no tuning)", acc_pruned, after.params, after.macs,
-                 mac_reduction=reduction),
+        StageRow("pruned (exact, no tuning)" if selection is None else "pruned (cut, no tuning)",
+                 acc_pruned, after.params, after.macs, mac_reduction=reduction),
         StageRow("pruned + fine-tuned", acc_tuned, after.params, after.macs, len(pruned_tfl) / 1024,
                  lat.b.median_ms, reduction, lat.a.median_ms / lat.b.median_ms),
         StageRow("pruned + fine-tuned, int8", acc_int8, after.params, after.macs,
@@ -687,8 +726,10 @@ def prune_reference(reference, x, y, x_test, y_test, *, target_macs=DEFAULT_TARG
                     gamma_title="Fashion-MNIST reference: sorted |γ| per layer before and after "
                                 "GammaISTA")
     check_outputs_exist(paths)
-    print(f"after GammaISTA (unpruned): test accuracy {acc_sparse:.4f}; pruned: {acc_pruned:.4f}")
-    return DemoResult(rows, report, paths, model, pruned, tuned, changed, controller, clock, n_eval)
+    print(f"after {'GammaISTA' if selection is None else 'the reference'} (unpruned): test "
+          f"accuracy {acc_sparse:.4f}; pruned: {acc_pruned:.4f}")
+    return DemoResult(rows, report, paths, model, pruned, tuned, changed, controller, clock, n_eval,
+                      method)
 
 
 def qat_row(tuned, x, y, x_eval, y_eval, ref_int8: bytes, *, epochs: int, path: str, reduction: float,
@@ -733,9 +774,13 @@ def print_reference_result(result: DemoResult, n_test: int) -> None:
     print(f"accuracy lost against the reference: {100 * (ref.accuracy - tuned.accuracy):.2f} points "
           f"at {ref.macs / tuned.macs:.2f}× fewer MACs, {ref.params / tuned.params:.2f}× fewer "
           "parameters")
-    print(f"exact prune: max relative output deviation {result.report.max_rel_deviation:.1e} "
-          f"(before fine-tuning); {result.changed_predictions} of {n_test:,} test predictions "
-          "changed")
+    if result.method == "l1_norm":
+        print(f"the L1-norm cut (before fine-tuning) changed {result.changed_predictions} of "
+              f"{n_test:,} test predictions")
+    else:
+        print(f"exact prune: max relative output deviation {result.report.max_rel_deviation:.1e} "
+              f"(before fine-tuning); {result.changed_predictions} of {n_test:,} test predictions "
+              "changed")
     print(result.clock.summary())
 
 
@@ -758,7 +803,7 @@ def main_pretrained(settings: dict, clock: StageClock) -> None:
         finetune_learning_rate=settings["finetune_learning_rate"], out_dir=FLAGS.out_dir,
         latency_runs=FLAGS.latency_runs, seed=FLAGS.seed, clock=clock, qat_epochs=FLAGS.qat_epochs,
         qat_examples=FLAGS.qat_examples, round_to=FLAGS.round_to,
-        distill_weight=FLAGS.distill_weight)
+        distill_weight=FLAGS.distill_weight, method=FLAGS.method)
     print_reference_result(result, len(x_test))
     print_files(result.paths)
 
@@ -766,8 +811,10 @@ def main_pretrained(settings: dict, clock: StageClock) -> None:
 def print_files(paths: dict[str, str]) -> None:
     """The files written and how to open the TensorBoard logs."""
     paths = dict(paths)
-    logs = paths.pop("logs")
+    logs = paths.pop("logs", None)
     print("files:\n  " + "\n  ".join(sorted(paths.values())))
+    if logs is None:
+        return
     tensorboard = os.path.relpath(os.path.join(os.path.dirname(sys.executable), "tensorboard"))
     print(f"TensorBoard logs: {logs}\n  view with: {tensorboard} --logdir {os.path.dirname(logs)}")
 

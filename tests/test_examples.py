@@ -355,3 +355,35 @@ def test_reference_training_records_and_resumes(tmp_path):
                                                work_dir=str(work), epochs=1, verbose=0)
     assert again["history"] == record["history"]  # resumed at the end: nothing retrained
     assert again["test_accuracy"] == record["test_accuracy"]
+
+
+def test_fashion_mnist_default_flow_with_l1_norm_in_tiles(tmp_path, capsys):
+    """``method="l1_norm"``: the reference's L1-norm filters cut at the budget, widths in tiles."""
+    import fashion_mnist
+
+    from tf_gamma_prune import count_macs
+
+    result = tiny_default_flow(tmp_path, method="l1_norm", round_to=16, target_macs=1 / 3,
+                               finetune_epochs=1, qat_epochs=0)
+    rows = {r.stage: r for r in result.rows}
+    assert "pruned (cut, no tuning)" in rows and result.controller is None
+    widths = [int(result.tuned.get_layer(f"conv{i}").kernel.shape[-1]) for i in range(1, 7)]
+    assert all(w % 16 == 0 for w in widths), widths
+    reference_macs = rows["reference"].macs
+    assert abs(count_macs(result.tuned) - reference_macs / 3) <= 0.05 * reference_macs / 3
+    # the cut keeps each layer's largest-L1-norm filters of the reference (numpy, independently)
+    kept = result.pruned.get_layer("conv1").kernel.numpy()
+    full = result.sparse.get_layer("conv1").kernel.numpy()
+    norms = np.abs(full).sum(axis=(0, 1, 2))
+    top = np.sort(np.argsort(-norms, kind="stable")[:kept.shape[-1]])
+    np.testing.assert_array_equal(kept, full[..., top])
+    assert "gamma_per_layer.png" not in result.paths and "logs" not in result.paths
+    for path in result.paths.values():
+        assert os.path.exists(path), path
+    fashion_mnist.print_reference_result(result, 128)
+    fashion_mnist.print_files(result.paths)
+    printed = capsys.readouterr().out
+    assert "the L1-norm cut (before fine-tuning) changed" in printed
+    assert "pruned.tflite" in printed and "TensorBoard" not in printed
+    with pytest.raises(ValueError, match="method must be one of"):
+        tiny_default_flow(tmp_path, method="taylor")
