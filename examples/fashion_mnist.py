@@ -575,6 +575,30 @@ def l1_norm_cut(model, target_macs: int, round_to: int = 1) -> dict:
     return selection_for_macs(model, l1_norm_selection, target_macs)[0]
 
 
+def sparsify_to_budget(model, x, y, *, target_macs, epochs, batch_size, learning_rate, seed,
+                       verbose, min_channels, every, reach_at, round_to, log_dir):
+    """The demo's GammaISTA epoch(s) with ``CostTarget(macs=target_macs)`` on ``model`` (in
+    place); prints the sparsity and where CostTarget ended. Returns ``(controller, recorder)``."""
+    import example_plots
+    from tf_gamma_prune import CostTarget, sparsity_summary
+
+    controller = CostTarget(macs=target_macs, every=every, reach_at=reach_at, round_to=round_to)
+    recorder = example_plots.GammaRecorder()
+    # rho: a placeholder; CostTarget sets its own start value and steers it
+    sparsify_trained(model, x, y, epochs=epochs, batch_size=batch_size,
+                     learning_rate=learning_rate, rho=1e-3, seed=seed, verbose=verbose,
+                     min_channels=min_channels, scale_beta=True, gamma_scale=True,
+                     augment="pad_crop_flip",
+                     callbacks=[controller, *monitoring_callbacks(log_dir), recorder])
+    print(sparsity_summary(model))
+    if controller.history:
+        last = controller.history[-1]
+        print(f"CostTarget: {last['macs_fraction']:.3f} of the reference's MACs at the last "
+              f"measurement (budget {target_macs:.3f}; within tolerance: "
+              f"{'yes' if controller.within_budget() else 'no'})")
+    return controller, recorder
+
+
 def prune_reference(reference, x, y, x_test, y_test, *, target_macs=DEFAULT_TARGET_MACS,
                     epochs=1, finetune_epochs=5, batch_size=128, learning_rate=0.03,
                     finetune_learning_rate=0.03, out_dir="saved_models/run", latency_runs=100,
@@ -604,8 +628,7 @@ def prune_reference(reference, x, y, x_test, y_test, *, target_macs=DEFAULT_TARG
     """
     import numpy as np
 
-    import example_plots
-    from tf_gamma_prune import CostTarget, prune_model, sparsity_summary
+    from tf_gamma_prune import prune_model
     from tf_gamma_prune.analysis.flops import model_cost
     from tf_gamma_prune.export import check_parity, compare_latency, save_keras_atomic, to_tflite_variants
 
@@ -637,22 +660,12 @@ def prune_reference(reference, x, y, x_test, y_test, *, target_macs=DEFAULT_TARG
                            f"on {len(x):,} images; TensorBoard: tensorboard --logdir "
                            f"{os.path.dirname(paths['logs'])}")
         model = copy_model(reference)
-        controller = CostTarget(macs=target_macs, every=cost_target_every, reach_at=reach_at,
-                                round_to=round_to)
-        recorder = example_plots.GammaRecorder()
         with clock(f"GammaISTA ({epochs} ep)"):
-            # rho: a placeholder; CostTarget sets its own start value and steers it
-            sparsify_trained(model, x, y, epochs=epochs, batch_size=batch_size,
-                             learning_rate=learning_rate, rho=1e-3, seed=seed, verbose=verbose,
-                             min_channels=min_channels, scale_beta=True, gamma_scale=True,
-                             augment="pad_crop_flip",
-                             callbacks=[controller, *monitoring_callbacks(paths["logs"]), recorder])
-        print(sparsity_summary(model))
-        if controller.history:
-            last = controller.history[-1]
-            print(f"CostTarget: {last['macs_fraction']:.3f} of the reference's MACs at the last "
-                  f"measurement (budget {target_macs:.3f}; within tolerance: "
-                  f"{'yes' if controller.within_budget() else 'no'})")
+            controller, recorder = sparsify_to_budget(
+                model, x, y, target_macs=target_macs, epochs=epochs, batch_size=batch_size,
+                learning_rate=learning_rate, seed=seed, verbose=verbose,
+                min_channels=min_channels, every=cost_target_every, reach_at=reach_at,
+                round_to=round_to, log_dir=paths["logs"])
         selection = None
         announce(3, total, "removing the zero-γ channels (prune_model, exact)")
     with clock("prune + check"):

@@ -73,7 +73,7 @@ __all__ = [
     "ParityReport", "QUANTIZATIONS", "TFLITE_IDENTIFIER", "TFLiteSource", "UnsafeModelError",
     "analyzer_text", "assert_builtin_only", "benchmark_latency", "builtin_op_names",
     "check_parity", "compare_latency", "custom_op_names", "gpu_compatibility", "latency_side_by_side",
-    "load_keras_model",
-    "make_interpreter", "measure_latency_table", "op_counts", "read_tflite", "save_keras_atomic", "time_in_turns",
-    "to_tflite", "to_tflite_variants", "write_atomic", "calibration_inputs",
+    "load_keras_model", "make_interpreter", "measure_latency_table", "op_counts", "read_tflite",
+    "save_keras_atomic", "time_in_turns", "to_tflite", "to_tflite_variants", "write_atomic",
+    "calibration_inputs",
 ]
