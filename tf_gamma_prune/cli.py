@@ -11,7 +11,7 @@ Usage:
   python -m tf_gamma_prune sparsify IN.keras --out OUT.keras --data fashion_mnist|npz:PATH
       (--target_macs 1/3 | --target_params 100000 | --rho 0.01)
       [--epochs 2 --learning_rate 0.01 --train_batch_size 128 --train_examples 0
-       --min_channels 2 --every 50 --reach_at 0.75 --fold ... --tflite OUT.tflite]
+       --min_channels 2 --every 50 --reach_at 0.75 --seed 0 --fold ... --tflite OUT.tflite]
 
 sparsify trains IN.keras with GammaISTA (SGD with momentum 0.9, the paper's
 per-layer penalties) and prunes the channels it zeroed. Say the budget, not ρ:
@@ -94,6 +94,9 @@ flags.DEFINE_integer("every", 50, "sparsify with a budget: adapt ρ every this m
                      lower_bound=1, flag_values=FLAGS)
 flags.DEFINE_float("reach_at", 0.75, "sparsify with a budget: fraction of the training at "
                    "which the budget is reached (the rest recovers accuracy).", flag_values=FLAGS)
+flags.DEFINE_integer("seed", None, "sparsify: seed the data order and every random op, and make "
+                     "TensorFlow's ops deterministic, so that a run can be repeated exactly (a "
+                     "little slower). Unset: not repeatable.", flag_values=FLAGS)
 
 COMMANDS = ("export", "prune", "benchmark", "sparsify")
 
@@ -275,6 +278,8 @@ def cmd_sparsify(args: list[str]) -> None:
     from tf_gamma_prune import CostTarget, GammaISTA, count_macs, gamma_penalties, prune_model
     from tf_gamma_prune.atomic_io import save_keras_atomic
 
+    if FLAGS.seed is not None:
+        _repeatable(FLAGS.seed)
     target = None
     if chosen[0] != "rho":
         budget = parse_budget(FLAGS[chosen[0]].value, "--" + chosen[0])
@@ -314,6 +319,18 @@ def cmd_sparsify(args: list[str]) -> None:
     if FLAGS.tflite:
         _export(pruned, FLAGS.tflite, outputs)
     outputs.commit()
+
+
+def _repeatable(seed: int) -> None:
+    """Seed Python, NumPy and the backend, and (TensorFlow) make every op deterministic: this
+    process is a command-line run, so changing process-wide settings is its to do."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
 
 
 def cmd_benchmark(args: list[str]) -> None:
