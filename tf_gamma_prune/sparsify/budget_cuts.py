@@ -40,6 +40,7 @@ import keras
 import numpy as np
 
 from tf_gamma_prune.analysis.channel_graph import ChannelGraph
+from tf_gamma_prune.sparsify.gamma_ista import reweighted_thresholds
 
 Cost = Callable[[np.ndarray], int]
 
@@ -63,8 +64,10 @@ def group_scores(graph: Any, optimizer: Any) -> np.ndarray:
         except KeyError:
             continue
         magnitude = np.abs(keras.ops.convert_to_numpy(variable)).astype(float)
-        if epsilon is not None and magnitude.mean() > 0:
-            magnitude = magnitude * (magnitude / magnitude.mean() + epsilon)
+        if epsilon is not None:  # divided by the per-channel threshold of a unit step
+            unit = np.asarray(keras.ops.convert_to_numpy(
+                reweighted_thresholds(magnitude, 1.0, epsilon)), float)
+            magnitude = magnitude / unit
         magnitude = magnitude / penalty
         np.maximum.at(scores, groups, magnitude)
         if keep:
